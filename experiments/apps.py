@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class ExperimentsConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "experiments"
+    verbose_name = "Experiments"

@@ -1,0 +1,80 @@
+"""WebSocket: /ws/runs/<id>/?after=<seq> streams a run's events, with nothing lost on reconnect."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from . import realtime, selectors
+
+CLOSE_FORBIDDEN = 4403
+REPLAY_BATCH = 2000
+
+
+class RunEventsConsumer(AsyncJsonWebsocketConsumer):
+    """Join the run's group first, then send what is stored after `after`, then stream.
+
+    Joining before reading means an event committed during the replay is either in the replay or
+    arrives through the group; `last_seq` drops the duplicates, and a jump in seq (a frame the
+    channel layer dropped) is filled from the database.
+    """
+
+    run_id: int
+    last_seq: int = 0
+    group_name: str | None = None
+
+    async def connect(self) -> None:
+        await self.accept()
+        user = self.scope.get("user")
+        self.run_id = int(self.scope["url_route"]["kwargs"]["run_id"])
+        allowed = bool(user and user.is_authenticated) and await database_sync_to_async(
+            selectors.user_can_view_run
+        )(user=user, run_id=self.run_id)
+        if not allowed:
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        try:
+            self.last_seq = max(0, int(query.get("after", ["0"])[0]))
+        except ValueError:
+            self.last_seq = 0
+        self.group_name = realtime.run_group_name(self.run_id)
+        await self.channel_layer.group_add(self.group_name, self.channel_name)
+        await self._send_stored_after(self.last_seq)
+
+    async def disconnect(self, code: int) -> None:
+        if self.group_name:
+            await self.channel_layer.group_discard(self.group_name, self.channel_name)
+
+    async def receive_json(self, content, **kwargs) -> None:
+        # Clients only listen; a {"type": "ping"} gets a pong so that they can tell a stale socket.
+        if isinstance(content, dict) and content.get("type") == "ping":
+            await self.send_json({"type": "pong", "last_seq": self.last_seq})
+
+    async def run_events(self, message: dict) -> None:
+        events = [event for event in message["events"] if event["seq"] > self.last_seq]
+        if not events:
+            return
+        if events[0]["seq"] > self.last_seq + 1:
+            await self._send_stored_after(self.last_seq)
+            events = [event for event in events if event["seq"] > self.last_seq]
+            if not events:
+                return
+        await self._send_events(events)
+
+    async def _send_stored_after(self, after: int) -> None:
+        while True:
+            events = await database_sync_to_async(selectors.run_events_after)(
+                run_id=self.run_id, after=after, limit=REPLAY_BATCH
+            )
+            if events:
+                await self._send_events(events)
+                after = self.last_seq
+            if len(events) < REPLAY_BATCH:
+                return
+
+    async def _send_events(self, events: list[dict]) -> None:
+        self.last_seq = events[-1]["seq"]
+        await self.send_json({"type": "events", "events": events})

@@ -1,0 +1,195 @@
+"""`manage.py up`: everything on one machine, in the foreground, until Ctrl-C.
+
+Starts the embedded Redis (unless REDIS_URL is set), migrates, makes sure an admin account exists,
+seeds the demo, then runs the ASGI server, two Celery workers (the `train` queue, one run at a time,
+and the `default` queue with the beat scheduler) and the bundled demo tool/grader server. Ctrl-C (or
+SIGTERM) stops every one of them, process groups included, and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from rftweb.embedded_redis import start_embedded_redis
+
+STOP_GRACE_S = 10.0
+
+
+class Command(BaseCommand):
+    help = "Run the whole app locally (server, workers, embedded Redis, demo servers) until Ctrl-C."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--host", default=os.environ.get("RFTWEB_HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("RFTWEB_PORT", "8000")))
+        parser.add_argument("--demo-port", type=int, default=int(os.environ.get("RFTWEB_DEMO_PORT", "8765")))
+        parser.add_argument("--no-demo", action="store_true", help="Do not start the demo tool server.")
+
+    def handle(self, *args, **options) -> None:
+        self.children: list[tuple[str, subprocess.Popen]] = []
+        self.stopping = False
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        try:
+            self._start_all(options)
+            self._supervise()
+        finally:
+            self._stop_all()
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.stopping:  # a second Ctrl-C: no more grace
+            for _, process in self.children:
+                _kill_group(process, signal.SIGKILL)
+        self.stopping = True
+
+    def _start_all(self, options) -> None:
+        settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+        if settings.REDIS_IS_EMBEDDED:
+            socket_path = Path(settings.REDIS_URL.removeprefix("unix://"))
+            redis_process = start_embedded_redis(socket_path)
+            if redis_process is not None:
+                self.children.append(("redis", redis_process))
+                self._announce("redis", redis_process, f"embedded, unix socket {socket_path}")
+        call_command("migrate", interactive=False, verbosity=0)
+        self._ensure_admin()
+        host, port = options["host"], options["port"]
+        python = sys.executable
+        environment = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"],
+            "PYTHONUNBUFFERED": "1",
+        }
+        processes = [
+            ("web", [python, "-m", "daphne", "-b", host, "-p", str(port), "rftweb.asgi:application"]),
+            (
+                "worker-train",
+                [
+                    python,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "rftweb",
+                    "worker",
+                    "-Q",
+                    "train",
+                    "-c",
+                    "1",
+                    "-n",
+                    f"train-{os.getpid()}@%h",
+                    "--loglevel",
+                    "INFO",
+                ],
+            ),
+            (
+                "worker-default",
+                [
+                    python,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "rftweb",
+                    "worker",
+                    "-Q",
+                    "default",
+                    "-c",
+                    "2",
+                    "-n",
+                    f"default-{os.getpid()}@%h",
+                    "--loglevel",
+                    "INFO",
+                    "--beat",
+                    "--schedule",
+                    str(settings.DATA_DIR / "celerybeat-schedule"),
+                ],
+            ),
+        ]
+        if not options["no_demo"] and importlib.util.find_spec("experiments.demo_servers") is not None:
+            processes.append(
+                (
+                    "demo-tools",
+                    [python, "-m", "experiments.demo_servers", "--port", str(options["demo_port"])],
+                )
+            )
+        for name, command in processes:
+            process = subprocess.Popen(
+                command, env=environment, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+            self.children.append((name, process))
+            self._announce(name, process, " ".join(command[1:4]))
+        self.stdout.write(
+            self.style.SUCCESS(f"rftweb is up: http://{host}:{port}/  (Ctrl-C stops everything)")
+        )
+
+    def _announce(self, name: str, process: subprocess.Popen, what: str) -> None:
+        self.stdout.write(f"started {name} pid={process.pid} ({what})")
+        self.stdout.flush()
+
+    def _ensure_admin(self) -> None:
+        users = get_user_model()
+        if users.objects.filter(is_superuser=True).exists():
+            return
+        username = os.environ.get("RFTWEB_ADMIN_USER", "admin")
+        password = os.environ.get("RFTWEB_ADMIN_PASSWORD")
+        generated = not password
+        password = password or secrets.token_urlsafe(12)
+        users.objects.create_superuser(username=username, email="", password=password)
+        if generated:
+            # Shown once; only the hash is stored. Set RFTWEB_ADMIN_PASSWORD to choose it instead.
+            self.stdout.write(
+                self.style.WARNING(f"Created admin account  username: {username}  password: {password}")
+            )
+        else:
+            self.stdout.write(
+                f"Created admin account {username!r} with the password from RFTWEB_ADMIN_PASSWORD."
+            )
+
+    def _supervise(self) -> None:
+        while not self.stopping:
+            for name, process in self.children:
+                if process.poll() is not None:
+                    raise CommandError(
+                        f"{name} exited unexpectedly (code {process.returncode}); stopping everything."
+                    )
+            time.sleep(0.3)
+        self.stdout.write("Stopping…")
+
+    def _stop_all(self) -> None:
+        # Redis last: the workers and the server need it while they shut down.
+        ordered = [child for child in self.children if child[0] != "redis"] + [
+            child for child in self.children if child[0] == "redis"
+        ]
+        for _, process in ordered:
+            _kill_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for _, process in ordered:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for _, process in ordered:
+            _kill_group(process, signal.SIGKILL)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.children:
+            self.stdout.write("Stopped.")
+
+
+def _kill_group(process: subprocess.Popen, signum: int) -> None:
+    """Signal the child's whole process group (celery's pool processes, daphne's, ...)."""
+    try:
+        os.killpg(process.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+from django.db import models
+
+from .base import OwnedModel, OwnedQuerySet, RunOwnedQuerySet
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+# The status machine. A failed or cancelled run goes back to queued only through Resume.
+RUN_TRANSITIONS: dict[str, frozenset[str]] = {
+    RunStatus.QUEUED: frozenset({RunStatus.RUNNING, RunStatus.CANCELLED, RunStatus.FAILED}),
+    RunStatus.RUNNING: frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED}),
+    RunStatus.SUCCEEDED: frozenset(),
+    RunStatus.FAILED: frozenset({RunStatus.QUEUED}),
+    RunStatus.CANCELLED: frozenset({RunStatus.QUEUED}),
+}
+TERMINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class Run(OwnedModel):
+    """One GRPO training run: its configuration, where it stands, and who (which worker) holds it."""
+
+    name = models.CharField(max_length=200)
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    base_model = models.CharField(max_length=500)  # hub id, local path, or "bundled:smollm2-135m"
+    config = models.JSONField(default=dict)  # the trainer's config (hyperparameters), as submitted
+    train_dataset = models.ForeignKey("Dataset", on_delete=models.PROTECT, related_name="train_runs")
+    eval_dataset = models.ForeignKey(
+        "Dataset", on_delete=models.PROTECT, related_name="eval_runs", null=True, blank=True
+    )
+    tools = models.ManyToManyField("Tool", related_name="runs", blank=True)
+    grader = models.ForeignKey("Grader", on_delete=models.PROTECT, related_name="runs")
+
+    # Attempts: each start (first or resume) is one; capped at max_attempts.
+    attempt = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    # The lease: only the worker named here may write the run's results, while its heartbeat is fresh.
+    lease_owner = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+
+    current_step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    # The last per-run event sequence number handed out (see RunEvent.seq).
+    last_seq = models.PositiveBigIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = OwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"]),
+            models.Index(fields=["status", "heartbeat_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def can_transition_to(self, status: str) -> bool:
+        return status in RUN_TRANSITIONS[self.status]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class RunEvent(models.Model):
+    """Everything that happens to a run, in order: the record the live view replays after `seq`.
+
+    `seq` is per run and strictly increasing; one event per step (all its metrics in one payload),
+    plus status changes, log lines and checkpoints.
+    """
+
+    class Kind(models.TextChoices):
+        METRICS = "metrics"
+        STATUS = "status"
+        LOG = "log"
+        CHECKPOINT = "checkpoint"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveBigIntegerField()
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    step = models.IntegerField(null=True, blank=True)
+    payload = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = RunOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["run", "seq"]
+        constraints = [models.UniqueConstraint(fields=["run", "seq"], name="run_event_unique_seq")]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} #{self.seq} {self.kind}"
+
+    def as_message(self) -> dict:
+        return {
+            "seq": self.seq,
+            "kind": self.kind,
+            "step": self.step,
+            "payload": self.payload,
+            "time": self.created_at.isoformat() if self.created_at else None,
+        }
+
+
+class MetricPoint(models.Model):
+    """One scalar of one step (e.g. step 12, "reward" = 0.41). Unique per run/step/key: idempotent."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metric_points")
+    seq = models.PositiveBigIntegerField()  # the RunEvent that carried it
+    step = models.IntegerField()
+    key = models.CharField(max_length=200)
+    value = models.FloatField()
+    wall_time = models.DateTimeField()
+
+    objects = RunOwnedQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "step", "key"], name="metric_point_unique_step_key")
+        ]
+        indexes = [
+            models.Index(fields=["run", "key", "step"]),
+            models.Index(fields=["run", "seq"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} step {self.step} {self.key}={self.value}"
+
+
+class Checkpoint(models.Model):
+    """A LoRA adapter + optimizer state written by the trainer (atomically) at a step."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="checkpoints")
+    step = models.IntegerField()
+    path = models.CharField(max_length=1000)
+    metrics = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = RunOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["run", "step"]
+        constraints = [models.UniqueConstraint(fields=["run", "step"], name="checkpoint_unique_step")]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} checkpoint @ {self.step}"

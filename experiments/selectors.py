@@ -1,0 +1,33 @@
+"""Reads. Keyword-only, typed functions; every one filters by what the user may see."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from .models import Dataset, Grader, Run, RunEvent, Tool
+
+
+def runs_for(*, user) -> QuerySet[Run]:
+    return Run.objects.visible_to(user).select_related("train_dataset", "eval_dataset", "grader")
+
+
+def datasets_for(*, user) -> QuerySet[Dataset]:
+    return Dataset.objects.visible_to(user)
+
+
+def tools_for(*, user) -> QuerySet[Tool]:
+    return Tool.objects.visible_to(user)
+
+
+def graders_for(*, user) -> QuerySet[Grader]:
+    return Grader.objects.visible_to(user)
+
+
+def user_can_view_run(*, user, run_id: int) -> bool:
+    return Run.objects.visible_to(user).filter(pk=run_id).exists()
+
+
+def run_events_after(*, run_id: int, after: int, limit: int = 5000) -> list[dict]:
+    """The run's stored events with seq > after, oldest first, as the messages the live view sends."""
+    events = RunEvent.objects.filter(run_id=run_id, seq__gt=after).order_by("seq")[:limit]
+    return [event.as_message() for event in events]

@@ -1,0 +1,13 @@
+"""The Celery app. Queues: `train` (GPU hosts, one run per worker) and `default` (everything else)."""
+
+import os
+
+from celery import Celery
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rftweb.settings.local")
+
+app = Celery("rftweb")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_queues = (Queue("default"), Queue("train"))
+app.autodiscover_tasks()

@@ -1,0 +1,70 @@
+"""Test settings: the real PostgreSQL and Redis on localhost when they answer, else the embedded default.
+
+DATABASE_URL / REDIS_URL in the environment win; RFTWEB_TEST_EMBEDDED=1 forces SQLite + embedded Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from cryptography.fernet import Fernet
+
+from .base import *  # noqa: F403
+from .base import BASE_DIR, celery_broker_url, env
+
+DATA_DIR = BASE_DIR / "data" / "test"
+MEDIA_ROOT = DATA_DIR / "uploads"
+STATIC_ROOT = DATA_DIR / "staticfiles"
+DEBUG = False
+SECRET_KEY = "test-secret-key-not-for-production-" + "x" * 30
+FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+RFT_OUTBOUND_ALLOW_LOOPBACK = True
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+_embedded = env.bool("RFTWEB_TEST_EMBEDDED", default=False)
+
+if os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": env.db("DATABASE_URL")}
+elif not _embedded and _answers("127.0.0.1", 5432):
+    DATABASES = {"default": env.db_url_config("postgres://postgres@127.0.0.1:5432/rftweb")}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(DATA_DIR / "rftweb.sqlite3"),
+            # A file, not :memory:, so that worker processes started by tests see the same data.
+            "TEST": {"NAME": str(DATA_DIR / "test-rftweb.sqlite3")},
+            "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
+        }
+    }
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+if os.environ.get("REDIS_URL"):
+    REDIS_URL = os.environ["REDIS_URL"]
+    REDIS_IS_EMBEDDED = False
+elif not _embedded and _answers("127.0.0.1", 6379):
+    REDIS_URL = "redis://127.0.0.1:6379/9"
+    REDIS_IS_EMBEDDED = False
+else:
+    REDIS_URL = f"unix://{DATA_DIR / 'redis' / 'redis.sock'}"
+    REDIS_IS_EMBEDDED = True
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "rftweb-test"},
+    }
+}
+CELERY_BROKER_URL = celery_broker_url(REDIS_URL)
+RFT_HEARTBEAT_SECONDS = 1
+RFT_LEASE_TIMEOUT_SECONDS = 4

@@ -20,22 +20,6 @@ def dashboard(request):
     return render(request, "experiments/dashboard.html", context)
 
 
-def dataset_list(request):
-    return render(
-        request, "experiments/dataset_list.html", {"datasets": selectors.datasets_for(user=request.user)}
-    )
-
-
-def tool_list(request):
-    return render(request, "experiments/tool_list.html", {"tools": selectors.tools_for(user=request.user)})
-
-
-def grader_list(request):
-    return render(
-        request, "experiments/grader_list.html", {"graders": selectors.graders_for(user=request.user)}
-    )
-
-
 def run_list(request):
     return render(request, "experiments/run_list.html", {"runs": selectors.runs_for(user=request.user)})
 

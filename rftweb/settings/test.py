@@ -15,7 +15,7 @@ from .base import BASE_DIR, celery_broker_url, env
 
 DATA_DIR = BASE_DIR / "data" / "test"
 MEDIA_ROOT = DATA_DIR / "uploads"
-STATIC_ROOT = DATA_DIR / "staticfiles"
+STATIC_ROOT = None
 DEBUG = False
 SECRET_KEY = "test-secret-key-not-for-production-" + "x" * 30
 FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]

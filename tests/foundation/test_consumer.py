@@ -1,0 +1,73 @@
+"""/ws/runs/<id>/: refuses strangers (4403), delivers an owner's events, and a reconnect loses nothing."""
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from experiments.services import runs as run_services
+from tests.factories import RunFactory, UserFactory
+
+from .realtime_support import receive_events, run_socket, session_cookie_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_url")]
+
+
+@sync_to_async
+def make_run_and_sessions():
+    owner, stranger = UserFactory(username="owner"), UserFactory(username="stranger")
+    run = RunFactory(owner=owner)
+    return run, session_cookie_for(owner), session_cookie_for(stranger)
+
+
+@sync_to_async
+def start_and_record(run_id: int, steps: range):
+    if steps.start == 1:
+        run_services.acquire_lease(run_id=run_id, worker_id="w")
+    for step in steps:
+        run_services.record_metrics(run_id=run_id, step=step, metrics={"reward": step / 10}, lease_owner="w")
+
+
+async def assert_refused(communicator):
+    connected, _ = await communicator.connect()
+    assert connected  # accepted, then closed with the application code so that browsers can read it
+    closing = await communicator.receive_output(timeout=5)
+    assert closing == {"type": "websocket.close", "code": 4403}
+    await communicator.wait()
+
+
+async def test_anonymous_user_is_refused_with_4403():
+    run, _, _ = await make_run_and_sessions()
+    await assert_refused(run_socket(run.pk, session=None))
+
+
+async def test_another_users_run_is_refused_with_4403():
+    run, _, stranger_session = await make_run_and_sessions()
+    await assert_refused(run_socket(run.pk, session=stranger_session))
+
+
+async def test_owner_receives_stored_then_live_events_and_a_reconnect_gets_exactly_the_missed_ones():
+    run, owner_session, _ = await make_run_and_sessions()
+    await start_and_record(run.pk, range(1, 3))  # seq 1 = running, 2..3 = steps 1..2
+
+    socket = run_socket(run.pk, session=owner_session)
+    connected, _ = await socket.connect()
+    assert connected
+    replayed = await receive_events(socket, count=3)
+    assert [event["seq"] for event in replayed] == [1, 2, 3]
+    assert replayed[0]["kind"] == "status" and replayed[0]["payload"]["status"] == "running"
+
+    await start_and_record(run.pk, range(3, 4))  # live through the Redis channel layer
+    live = await receive_events(socket, count=1)
+    assert live[0]["seq"] == 4 and live[0]["payload"]["metrics"] == {"reward": 0.3}
+    last_seen = live[-1]["seq"]
+    await socket.disconnect()
+
+    await start_and_record(run.pk, range(4, 7))  # missed while disconnected: seq 5, 6, 7
+
+    again = run_socket(run.pk, session=owner_session, after=last_seen)
+    connected, _ = await again.connect()
+    assert connected
+    missed = await receive_events(again, count=3)
+    assert [event["seq"] for event in missed] == [5, 6, 7]
+    assert [event["step"] for event in missed] == [4, 5, 6]
+    assert await again.receive_nothing(timeout=0.5)
+    await again.disconnect()

@@ -1,0 +1,93 @@
+"""What every grader shares: turning a score or a GraderError into a `GradeResult`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from experiments.graders.errors import GraderError
+from experiments.graders.templates import TemplateContext
+from trainer.interfaces import GradeResult
+
+logger = logging.getLogger(__name__)
+
+
+def normalize_sample(sample: Mapping[str, Any], *, trace_id: str) -> dict[str, Any]:
+    """The sample with every documented key present (graders may rely on them)."""
+    normalized = dict(sample)
+    normalized["output_text"] = str(normalized.get("output_text") or "")
+    normalized["output_tools"] = list(normalized.get("output_tools") or [])
+    normalized["messages"] = list(normalized.get("messages") or [])
+    normalized["trace_id"] = str(normalized.get("trace_id") or trace_id)
+    return normalized
+
+
+@dataclass
+class GradingInput:
+    sample: dict[str, Any]
+    item: Mapping[str, Any]
+    trace_id: str
+    templates: TemplateContext
+
+
+@dataclass
+class Evaluation:
+    score: float | None
+    sub_scores: dict[str, float] = field(default_factory=dict)
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+
+class Grader:
+    """Base of all grader types; implements `trainer.interfaces.Grader`."""
+
+    grader_type: ClassVar[str] = ""
+
+    def __init__(self, *, name: str) -> None:
+        self.name = name
+
+    async def score(self, grading: GradingInput) -> float:
+        """The score; raises GraderError when there is none."""
+        raise NotImplementedError
+
+    async def evaluate(self, grading: GradingInput, *, label: str, nested: bool = False) -> Evaluation:
+        """Score under `label` (a sub-grader's path inside a multi grader, else the grader's name)."""
+        try:
+            value = await self.score(grading)
+        except GraderError as exc:
+            logger.info("grader %s (%s) failed: %s: %s", label, self.grader_type, exc.error_type, exc.message)
+            return Evaluation(
+                score=None, errors=[{"grader": label, "type": exc.error_type, "message": exc.message}]
+            )
+        return Evaluation(score=value, sub_scores={label: value})
+
+    async def grade(
+        self, sample: Mapping[str, Any], item: Mapping[str, Any], *, trace_id: str
+    ) -> GradeResult:
+        started = time.perf_counter()
+        normalized = normalize_sample(sample, trace_id=trace_id)
+        grading = GradingInput(
+            sample=normalized,
+            item=item,
+            trace_id=trace_id,
+            templates=TemplateContext(sample=normalized, item=item),
+        )
+        evaluation = await self.evaluate(grading, label=self.name)
+        return GradeResult(
+            score=evaluation.score,
+            sub_scores=evaluation.sub_scores,
+            errors=evaluation.errors,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    async def aclose(self) -> None:
+        """Release outbound connections (graders that call HTTP endpoints hold a pooled client)."""
+        return None
+
+    async def __aenter__(self) -> Grader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from celery import shared_task
@@ -19,3 +20,34 @@ def sweep_lost_runs() -> list[int]:
     failed = run_services.sweep_lost_runs()
     logger.info("sweep_lost_runs: %d lost run(s) in %.3f s", len(failed), time.monotonic() - started)
     return failed
+
+
+@shared_task(
+    name="experiments.tasks.train_run",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+)
+def train_run(self, run_id: int) -> str | None:
+    """Train one run (routed to the `train` queue). A redelivery while the run is held does nothing."""
+    from .services.training import execute_run
+
+    started = time.monotonic()
+    worker_id = f"{self.request.hostname or 'worker'}:{os.getpid()}:{self.request.id}"
+    status = execute_run(run_id=run_id, worker_id=worker_id)
+    logger.info(
+        "train_run %s on %s ended as %s after %.1f s", run_id, worker_id, status, time.monotonic() - started
+    )
+    return status
+
+
+@shared_task(name="experiments.tasks.build_merged_model", acks_late=True)
+def build_merged_model(run_id: int) -> str:
+    """Merge a run's adapter into its base model (routed to `train`: it loads the model)."""
+    from .services import artifacts
+    from .services.runs import log_run
+
+    started = time.monotonic()
+    path = artifacts.build_merged_model(run_id=run_id)
+    log_run(run_id=run_id, level="info", message=f"Merged model ready ({time.monotonic() - started:.0f} s).")
+    return str(path)

@@ -8,6 +8,7 @@ urlpatterns = [
     path("tools/", include("experiments.views.tools")),
     path("graders/", include("experiments.views.graders")),
     path("runs/", pages.run_list, name="run-list"),
+    path("runs/", include("experiments.views.run_actions")),
     path("runs/<int:run_id>/", pages.run_detail, name="run-detail"),
     path("compare/", pages.compare, name="compare"),
 ]

@@ -1,16 +1,21 @@
 from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import serializers
+from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from .. import selectors
-from ..models import Run
+from ..models import Dataset, Grader, Run, Tool
+from ..services import run_launch
+from ..services.runs import RunStateError
 from .common import OwnedReadOnlyViewSet
 
 
 class RunSerializer(serializers.ModelSerializer):
+    queue_position = serializers.SerializerMethodField()
+
     class Meta:
         model = Run
         fields = [
@@ -29,12 +34,43 @@ class RunSerializer(serializers.ModelSerializer):
             "total_steps",
             "last_seq",
             "error",
+            "cancel_requested",
+            "queue_position",
             "created_at",
             "queued_at",
             "started_at",
             "finished_at",
         ]
         read_only_fields = fields
+
+    def get_queue_position(self, run: Run) -> int | None:
+        return run_launch.queue_position(run=run)
+
+
+class OwnedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
+    """A primary key that must name one of the requesting user's objects."""
+
+    def get_queryset(self):
+        return self.queryset.visible_to(self.context["request"].user)
+
+
+class RunCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    base_model = serializers.CharField(
+        max_length=500, help_text="Hub id, local path, .gguf path, or `bundled:smollm2-135m-instruct`."
+    )
+    train_dataset = OwnedPrimaryKeyField(queryset=Dataset.objects.all())
+    eval_dataset = OwnedPrimaryKeyField(queryset=Dataset.objects.all(), required=False, allow_null=True)
+    tools = OwnedPrimaryKeyField(queryset=Tool.objects.all(), many=True, required=False)
+    grader = OwnedPrimaryKeyField(queryset=Grader.objects.all())
+    config = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text="Trainer hyperparameters (TrainerConfig fields); omitted ones take the defaults.",
+    )
+    start = serializers.BooleanField(
+        default=True, help_text="Enqueue at once (false: create only; start later)."
+    )
 
 
 class RunEventSerializer(serializers.Serializer):
@@ -45,11 +81,72 @@ class RunEventSerializer(serializers.Serializer):
     time = serializers.DateTimeField(allow_null=True)
 
 
-class RunViewSet(OwnedReadOnlyViewSet):
+class RunViewSet(mixins.CreateModelMixin, OwnedReadOnlyViewSet):
     serializer_class = RunSerializer
 
     def get_queryset(self):
         return selectors.runs_for(user=self.request.user).prefetch_related("tools")
+
+    def get_serializer_class(self):
+        return RunCreateSerializer if self.action == "create" else RunSerializer
+
+    @extend_schema(request=RunCreateSerializer, responses={201: RunSerializer})
+    def create(self, request, *args, **kwargs):
+        """Create a run (validated like the form) and enqueue it on the `train` queue."""
+        serializer = RunCreateSerializer(data=request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            run = run_launch.create_run(
+                owner=request.user,
+                name=data["name"],
+                base_model=data["base_model"],
+                train_dataset=data["train_dataset"],
+                eval_dataset=data.get("eval_dataset"),
+                tools=data.get("tools", []),
+                grader=data["grader"],
+                config=data.get("config", {}),
+                start=data["start"],
+            )
+        except run_launch.RunValidationError as exc:
+            raise ValidationError(exc.errors) from exc
+        return Response(
+            RunSerializer(run, context=self.get_serializer_context()).data, status=status.HTTP_201_CREATED
+        )
+
+    def _lifecycle(self, change) -> Response:
+        run = self.get_object()
+        try:
+            change(run_id=run.pk)
+        except RunStateError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        run.refresh_from_db()
+        return Response(RunSerializer(run, context=self.get_serializer_context()).data)
+
+    @extend_schema(request=None, responses={200: RunSerializer, 409: None})
+    @action(detail=True, methods=["post"])
+    def start(self, request, pk=None):
+        """Enqueue a run created with `start: false`."""
+
+        def start_run(*, run_id):
+            run = Run.objects.get(pk=run_id)
+            if run.status != "queued" or run.attempt:
+                raise RunStateError("Only a created run that never started can be started; use resume.")
+            run_launch.enqueue_run(run_id=run_id)
+
+        return self._lifecycle(start_run)
+
+    @extend_schema(request=None, responses={200: RunSerializer, 409: None})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        """Cancel: a queued run at once; a running run stops after its current rollouts, keeping its last checkpoint."""
+        return self._lifecycle(run_launch.cancel_run)
+
+    @extend_schema(request=None, responses={200: RunSerializer, 409: None})
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        """Resume a failed or cancelled run from its last checkpoint (a new attempt)."""
+        return self._lifecycle(run_launch.resume_run)
 
     @extend_schema(
         parameters=[OpenApiParameter("after", int, description="Only events with seq greater than this.")],

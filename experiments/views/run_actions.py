@@ -1,0 +1,152 @@
+"""New run, clone, cancel, resume: the pages and buttons that change a run's lifecycle."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import path
+from django.views.decorators.http import require_POST
+
+from .. import selectors
+from ..forms.runs import RunForm
+from ..models import Tool
+from ..services import artifacts, run_launch
+from ..services.runs import RunStateError
+
+
+def run_create(request):
+    initial = {}
+    clone_of = request.GET.get("clone")
+    if clone_of and clone_of.isdigit():
+        source = get_object_or_404(selectors.runs_for(user=request.user), pk=int(clone_of))
+        initial = RunForm.initial_from_run(source)
+    form = RunForm(request.POST or None, user=request.user, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        tools = list(data["tools"])
+        if not tools:
+            referenced = set()
+            for dataset in filter(None, (data["train_dataset"], data.get("eval_dataset"))):
+                referenced |= run_launch.tool_names_referenced(dataset)
+            tools = list(
+                Tool.objects.visible_to(request.user).filter(owner=request.user, name__in=referenced)
+            )
+        try:
+            run = run_launch.create_run(
+                owner=request.user,
+                name=data["name"],
+                base_model=form.base_model,
+                train_dataset=data["train_dataset"],
+                eval_dataset=data.get("eval_dataset"),
+                tools=tools,
+                grader=data["grader"],
+                config=form.config(),
+            )
+        except run_launch.RunValidationError as exc:
+            for field, field_errors in exc.errors.items():
+                for message in field_errors:
+                    form.add_error(field if field in form.fields else None, message)
+        else:
+            messages.success(request, f"Run “{run.name}” is queued.")
+            return redirect("run-detail", run_id=run.pk)
+    return render(request, "experiments/run_form.html", {"form": form, "clone_of": clone_of})
+
+
+@require_POST
+def run_cancel(request, run_id: int):
+    run = get_object_or_404(selectors.runs_for(user=request.user), pk=run_id)
+    try:
+        run = run_launch.cancel_run(run_id=run.pk)
+    except RunStateError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.info(
+            request,
+            "Cancelled."
+            if run.is_terminal
+            else "Cancel requested: the run stops after the current rollouts.",
+        )
+    return redirect("run-detail", run_id=run_id)
+
+
+@require_POST
+def run_resume(request, run_id: int):
+    run = get_object_or_404(selectors.runs_for(user=request.user), pk=run_id)
+    try:
+        run_launch.resume_run(run_id=run.pk)
+    except RunStateError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, "Resumed: the run continues from its last checkpoint as a new attempt.")
+    return redirect("run-detail", run_id=run_id)
+
+
+def _owned_run(request, run_id: int):
+    return get_object_or_404(selectors.runs_for(user=request.user), pk=run_id)
+
+
+def download_adapter(request, run_id: int):
+    run = _owned_run(request, run_id)
+    step = request.GET.get("step")
+    try:
+        archive, filename = artifacts.adapter_zip(
+            run=run, step=int(step) if step and step.isdigit() else None
+        )
+    except artifacts.ArtifactMissing as exc:
+        raise Http404(str(exc)) from exc
+    return FileResponse(archive, as_attachment=True, filename=filename, content_type="application/zip")
+
+
+def download_merged(request, run_id: int):
+    run = _owned_run(request, run_id)
+    try:
+        archive, filename = artifacts.merged_model_zip(run=run)
+    except artifacts.ArtifactMissing as exc:
+        raise Http404(str(exc)) from exc
+    return FileResponse(archive, as_attachment=True, filename=filename, content_type="application/zip")
+
+
+@require_POST
+def build_merged(request, run_id: int):
+    run = _owned_run(request, run_id)
+    try:
+        artifacts.adapter_directory(run=run)
+    except artifacts.ArtifactMissing as exc:
+        messages.error(request, str(exc))
+    else:
+        from ..tasks import build_merged_model
+
+        build_merged_model.delay(run.pk)
+        messages.info(
+            request, "Building the merged model in a worker; the download appears here when it is ready."
+        )
+    return redirect("run-detail", run_id=run_id)
+
+
+def download_metrics_csv(request, run_id: int):
+    run = _owned_run(request, run_id)
+    response = StreamingHttpResponse(artifacts.metrics_csv_rows(run=run), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="run-{run.pk}-metrics.csv"'
+    return response
+
+
+def download_rollouts_jsonl(request, run_id: int):
+    run = _owned_run(request, run_id)
+    response = StreamingHttpResponse(
+        artifacts.rollouts_jsonl_lines(run=run), content_type="application/x-ndjson"
+    )
+    response["Content-Disposition"] = f'attachment; filename="run-{run.pk}-rollouts.jsonl"'
+    return response
+
+
+urlpatterns = [
+    path("new/", run_create, name="run-create"),
+    path("<int:run_id>/cancel/", run_cancel, name="run-cancel"),
+    path("<int:run_id>/resume/", run_resume, name="run-resume"),
+    path("<int:run_id>/download/adapter.zip", download_adapter, name="run-download-adapter"),
+    path("<int:run_id>/download/merged.zip", download_merged, name="run-download-merged"),
+    path("<int:run_id>/merged/", build_merged, name="run-build-merged"),
+    path("<int:run_id>/download/metrics.csv", download_metrics_csv, name="run-download-metrics"),
+    path("<int:run_id>/download/rollouts.jsonl", download_rollouts_jsonl, name="run-download-rollouts"),
+]

@@ -1,18 +1,55 @@
 from __future__ import annotations
 
-from rest_framework import serializers
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import serializers, status
+from rest_framework.decorators import action
+from rest_framework.exceptions import APIException
+from rest_framework.response import Response
 
-from .. import selectors
 from ..fields import mask_secret
 from ..models import Tool
+from ..selectors import tools as tool_selectors
+from ..services import tools as tool_services
 from .common import OwnedModelViewSet
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The object is in use."
+    default_code = "conflict"
+
+
+def as_drf_error(error: DjangoValidationError) -> serializers.ValidationError:
+    if hasattr(error, "error_dict"):
+        return serializers.ValidationError(error.message_dict)
+    return serializers.ValidationError({"non_field_errors": error.messages})
 
 
 class ToolSerializer(serializers.ModelSerializer):
     # Header values and the signing secret are write-only: they are never sent back, only masked.
-    headers = serializers.DictField(child=serializers.CharField(), write_only=True, required=False)
-    signing_secret = serializers.CharField(write_only=True, required=False, allow_null=True, allow_blank=True)
-    headers_masked = serializers.SerializerMethodField()
+    headers = serializers.DictField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=True),
+        write_only=True,
+        required=False,
+        help_text=(
+            "Extra request headers (name -> value). On update the dict replaces the header list; "
+            "an empty value keeps the stored value of that header."
+        ),
+    )
+    signing_secret = serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        help_text="HMAC secret for X-RFT-Signature. Empty or absent on update: the stored secret is kept.",
+    )
+    clear_signing_secret = serializers.BooleanField(
+        write_only=True, required=False, default=False, help_text="Remove the stored signing secret."
+    )
+    headers_masked = serializers.SerializerMethodField(
+        help_text="Header names with masked values (••••1234)."
+    )
     signing_secret_masked = serializers.SerializerMethodField()
 
     class Meta:
@@ -27,6 +64,7 @@ class ToolSerializer(serializers.ModelSerializer):
             "headers_masked",
             "signing_secret",
             "signing_secret_masked",
+            "clear_signing_secret",
             "timeout_s",
             "max_response_bytes",
             "created_at",
@@ -49,9 +87,118 @@ class ToolSerializer(serializers.ModelSerializer):
             raise serializers.ValidationError(f"You already have a tool named {value!r}.")
         return value
 
+    def validate_parameters(self, value):
+        problems = tool_services.schema_problems(value)
+        if problems:
+            raise serializers.ValidationError(problems)
+        return value
 
+    def create(self, validated_data: dict) -> Tool:
+        validated_data.pop("clear_signing_secret", None)
+        try:
+            return tool_services.create_tool(**validated_data)
+        except DjangoValidationError as error:
+            raise as_drf_error(error) from error
+
+    def update(self, instance: Tool, validated_data: dict) -> Tool:
+        try:
+            return tool_services.update_tool(tool=instance, **validated_data)
+        except DjangoValidationError as error:
+            raise as_drf_error(error) from error
+
+
+class ToolTrySerializer(serializers.Serializer):
+    arguments = serializers.JSONField(
+        help_text='The arguments the model would write: a JSON object (or its JSON text), e.g. {"pattern": "TODO"}.'
+    )
+    item = serializers.DictField(
+        required=False, default=dict, help_text="A dataset row, sent as `item` (optional)."
+    )
+
+    def validate_arguments(self, value):
+        if isinstance(value, str):
+            return value  # raw JSON text, sent as the model wrote it (invalid JSON is reported as such)
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Arguments are a JSON object.")
+        return value
+
+
+class SentRequestSerializer(serializers.Serializer):
+    method = serializers.CharField()
+    url = serializers.CharField(help_text="scheme://host:port of the endpoint.")
+    headers = serializers.DictField(child=serializers.CharField(), help_text="Secret header values masked.")
+    body = serializers.JSONField(help_text="The exact JSON body (agent-RFT function_call).")
+
+
+class ToolTryResultSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    status_code = serializers.IntegerField(allow_null=True)
+    latency_ms = serializers.FloatField()
+    output = serializers.CharField(help_text="Exactly what the model would read.")
+    error_type = serializers.CharField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+    attempts = serializers.IntegerField()
+    trace_id = serializers.CharField()
+    request = SentRequestSerializer()
+    argument_warnings = serializers.ListField(child=serializers.CharField())
+
+
+class ToolImportSerializer(serializers.Serializer):
+    definition = serializers.JSONField(help_text="An OpenAI function definition (either shape).")
+
+
+class ToolImportResultSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField(allow_blank=True)
+    parameters = serializers.JSONField()
+
+
+@extend_schema_view(
+    destroy=extend_schema(
+        responses={204: None, 409: OpenApiResponse(description="The tool is used by a run.")}
+    )
+)
 class ToolViewSet(OwnedModelViewSet):
+    """The user's tools (OpenAI-style function schemas + an HTTP endpoint)."""
+
     serializer_class = ToolSerializer
 
     def get_queryset(self):
-        return selectors.tools_for(user=self.request.user)
+        return tool_selectors.tools_for(user=self.request.user)
+
+    def perform_destroy(self, instance: Tool) -> None:
+        try:
+            tool_services.delete_tool(tool=instance)
+        except tool_services.ToolInUseError as exc:
+            raise Conflict(str(exc)) from exc
+
+    @extend_schema(request=ToolTrySerializer, responses=ToolTryResultSerializer)
+    @action(detail=True, methods=["post"], url_path="try")
+    def try_call(self, request, pk=None):
+        """Send one call exactly as a rollout would (body, X-RFT-Rollout-Id, signature) and report it."""
+        tool = self.get_object()
+        serializer = ToolTrySerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        arguments = serializer.validated_data["arguments"]
+        result = tool_services.try_tool(
+            tool=tool, arguments=arguments, item=serializer.validated_data["item"]
+        )
+        payload = tool_services.try_result_as_dict(result)
+        payload["argument_warnings"] = (
+            tool_services.arguments_problems(tool=tool, arguments=arguments)
+            if isinstance(arguments, dict)
+            else []
+        )
+        return Response(ToolTryResultSerializer(payload).data)
+
+    @extend_schema(request=ToolImportSerializer, responses=ToolImportResultSerializer)
+    @action(detail=False, methods=["post"], url_path="import")
+    def import_definition(self, request):
+        """Parse an OpenAI function definition into name, description and parameters (nothing is saved)."""
+        serializer = ToolImportSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            parsed = tool_services.parse_function_definition(serializer.validated_data["definition"])
+        except DjangoValidationError as error:
+            raise as_drf_error(error) from error
+        return Response(ToolImportResultSerializer(parsed).data)

@@ -38,7 +38,9 @@ def redis_url():
     import redis
 
     client = redis.Redis.from_url(settings.REDIS_URL)
-    client.flushdb()
+    # Only this session's keys: other test sessions may share the server.
+    for key in client.scan_iter(match=f"*rftweb-test-{settings.TEST_NAMESPACE}*", count=1000):
+        client.delete(key)
     client.close()
     yield settings.REDIS_URL
     if process is not None:

@@ -33,17 +33,23 @@ def _answers(host: str, port: int) -> bool:
 
 _embedded = env.bool("RFTWEB_TEST_EMBEDDED", default=False)
 
+# Test sessions running at the same time on one machine (and the worker processes each one
+# starts, which inherit the variable) get their own test database, channel-layer prefix and
+# broker key prefix, so that they never see each other's rows, events or tasks.
+TEST_NAMESPACE = os.environ.setdefault("RFTWEB_TEST_NAMESPACE", str(os.getpid()))
+
 if os.environ.get("DATABASE_URL"):
     DATABASES = {"default": env.db("DATABASE_URL")}
 elif not _embedded and _answers("127.0.0.1", 5432):
     DATABASES = {"default": env.db_url_config("postgres://postgres@127.0.0.1:5432/rftweb")}
+    DATABASES["default"]["TEST"] = {"NAME": f"test_rftweb_{TEST_NAMESPACE}"}
 else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": str(DATA_DIR / "rftweb.sqlite3"),
             # A file, not :memory:, so that worker processes started by tests see the same data.
-            "TEST": {"NAME": str(DATA_DIR / "test-rftweb.sqlite3")},
+            "TEST": {"NAME": str(DATA_DIR / f"test-rftweb-{TEST_NAMESPACE}.sqlite3")},
             "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
         }
     }
@@ -62,9 +68,13 @@ else:
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "rftweb-test"},
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"rftweb-test-{TEST_NAMESPACE}"},
     }
 }
 CELERY_BROKER_URL = celery_broker_url(REDIS_URL)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    **CELERY_BROKER_TRANSPORT_OPTIONS,  # noqa: F405
+    "global_keyprefix": f"rftweb-test-{TEST_NAMESPACE}:",
+}
 RFT_HEARTBEAT_SECONDS = 1
 RFT_LEASE_TIMEOUT_SECONDS = 4

@@ -1,0 +1,120 @@
+"""Dataset pages through the Django test client: upload form, 413, duplicates, the dataset page, delete."""
+
+import pytest
+from dataset_files import GREP_TOOL, item, jsonl, valid_file
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+
+from experiments.models import Dataset
+from tests.factories import RunFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def client(user):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    return client
+
+
+def csrf_token(client) -> str:
+    client.get("/datasets/upload/")
+    return client.cookies["csrftoken"].value
+
+
+def upload(client, data: bytes, *, json=True, **fields):
+    headers = {"Accept": "application/json"} if json else {}
+    payload = {"file": SimpleUploadedFile("shop.jsonl", data), "split": "train", **fields}
+    return client.post("/datasets/upload/", payload, headers={"X-CSRFToken": csrf_token(client), **headers})
+
+
+def test_pages_need_a_login():
+    assert Client().get("/datasets/").status_code == 302
+    assert Client().get("/datasets/upload/").status_code == 302
+
+
+def test_upload_without_csrf_token_is_refused(client):
+    response = client.post("/datasets/upload/", {"file": SimpleUploadedFile("a.jsonl", valid_file(2))})
+    assert response.status_code == 403 and not Dataset.objects.exists()
+
+
+def test_upload_redirects_to_the_dataset_page_with_stats_and_items(client):
+    response = upload(client, jsonl([item(i, tools=[GREP_TOOL]) if i == 1 else item(i) for i in range(30)]))
+    assert response.status_code == 201
+    dataset = Dataset.objects.get()
+    assert response.json() == {"redirect": f"/datasets/{dataset.pk}/", "status": "ready"}
+    assert dataset.name == "shop"
+    page = client.get(f"/datasets/{dataset.pk}/")
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert "Imported “shop”: 30 items." in html
+    assert 'id="chart-messages"' in html and "vendor/plotly.min.js" in html
+    assert "Question 0: which files compute totals?" in html and "Item 19" in html and "Item 20" not in html
+    assert '<code class="ds-tool">grep</code>' in html
+    next_page = client.get(f"/datasets/{dataset.pk}/", {"after": 19}, headers={"HX-Request": "true"})
+    assert "Item 20" in next_page.content.decode() and "<html" not in next_page.content.decode()
+    search = client.get(f"/datasets/{dataset.pk}/", {"q": "Question 7:"}).content.decode()
+    assert "Item 7" in search and "Item 8" not in search
+
+
+def test_broken_file_shows_the_error_table_and_report(client):
+    response = upload(client, jsonl([item(0), b"{oops", item(2), b'{"messages": []}']), json=False)
+    dataset = Dataset.objects.get()
+    assert response.status_code == 302 and response.url == f"/datasets/{dataset.pk}/"
+    html = client.get(response.url).content.decode()
+    assert "2 invalid lines: nothing was imported." in html
+    assert '<td class="num mono">2</td>' in html and '<td class="num mono">4</td>' in html
+    report = client.get(f"/datasets/{dataset.pk}/errors.csv")
+    text = b"".join(report.streaming_content).decode()
+    assert report["Content-Disposition"].startswith("attachment") and text.splitlines()[1].startswith(
+        '2,"invalid JSON'
+    )
+
+
+def test_duplicate_and_form_errors(client):
+    first = upload(client, valid_file(3)).json()
+    duplicate = upload(client, valid_file(3))
+    assert duplicate.status_code == 409
+    assert (
+        "already uploaded" in duplicate.json()["errors"]["file"][0]
+        and duplicate.json()["existing_url"] == first["redirect"]
+    )
+    carve = upload(
+        client, valid_file(4), split="eval", carve_eval="on", eval_mode="fraction", eval_fraction="0.5"
+    )
+    assert carve.status_code == 400 and "train file" in carve.json()["errors"]["carve_eval"][0]
+    page = upload(client, valid_file(3), json=False)
+    assert page.status_code == 409 and "already uploaded" in page.content.decode()
+
+
+def test_oversize_upload_gets_413(client, settings, media_root):
+    settings.RFT_MAX_UPLOAD_BYTES = 1000
+    response = upload(client, valid_file(30))
+    assert response.status_code == 413 and "upload limit" in response.json()["errors"]["file"][0]
+    assert not Dataset.objects.exists() and not (media_root / "datasets").exists()
+
+
+def test_carve_from_the_form(client):
+    response = upload(client, valid_file(10), carve_eval="on", eval_mode="count", eval_count="4", seed="2")
+    assert response.status_code == 201
+    names = dict(Dataset.objects.values_list("name", "item_count"))
+    assert names == {"shop": 6, "shop (eval)": 4}
+
+
+def test_delete_refused_for_a_dataset_used_by_a_run_then_allowed(client, user):
+    upload(client, valid_file(2))
+    dataset = Dataset.objects.get()
+    run = RunFactory(owner=user, train_dataset=dataset, name="nightly")
+    token = client.cookies["csrftoken"].value
+    refused = client.post(f"/datasets/{dataset.pk}/delete/", headers={"X-CSRFToken": token}, follow=True)
+    assert "cannot be deleted: it is used by 1 run (“nightly”)" in refused.content.decode()
+    run.delete()
+    deleted = client.post(f"/datasets/{dataset.pk}/delete/", headers={"X-CSRFToken": token}, follow=True)
+    assert "Deleted “shop”." in deleted.content.decode() and not Dataset.objects.exists()
+
+
+def test_other_users_datasets_are_not_found(client, other_user):
+    theirs = Dataset.objects.create(owner=other_user, name="secret")
+    assert client.get(f"/datasets/{theirs.pk}/").status_code == 404
+    assert "secret" not in client.get("/datasets/").content.decode()

@@ -68,7 +68,9 @@ class SeriesQuerySerializer(serializers.Serializer):
 
 
 def _visible_run(request, run_id: int):
-    return get_object_or_404(selectors.runs_for(user=request.user).only("pk", "last_seq"), pk=run_id)
+    return get_object_or_404(
+        selectors.runs_for(user=request.user).select_related(None).only("pk", "last_seq"), pk=run_id
+    )
 
 
 class RunMetricsView(GenericAPIView):

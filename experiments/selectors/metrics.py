@@ -10,12 +10,13 @@ bucket's minimum in one pass, without sorting each bucket.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from django.db import connection, transaction
 
-from ..models import MetricPoint, Run
+from ..models import MetricPoint, Run, RunEvent
 
 X_AXES = ("step", "samples", "wall_time", "relative_time")
 DEFAULT_MAX_POINTS = 2000
@@ -36,8 +37,26 @@ def samples_per_step(config: dict) -> int:
 
 
 def metric_keys(run_id: int) -> list[str]:
-    """Every metric key the run has stored, sorted."""
-    return sorted(MetricPoint.objects.filter(run_id=run_id).values_list("key", flat=True).distinct())
+    """Every metric key the run has stored, sorted.
+
+    On PostgreSQL a recursive skip scan over the (run, key, step) index: one probe per distinct key
+    rather than reading all of a long run's points.
+    """
+    if connection.vendor != "postgresql":
+        return sorted(MetricPoint.objects.filter(run_id=run_id).values_list("key", flat=True).distinct())
+    table = MetricPoint._meta.db_table
+    sql = f"""
+    WITH RECURSIVE keys(key) AS (
+        (SELECT key FROM {table} WHERE run_id = %(run)s ORDER BY key LIMIT 1)
+        UNION ALL
+        SELECT (SELECT m.key FROM {table} m WHERE m.run_id = %(run)s AND m.key > keys.key ORDER BY m.key LIMIT 1)
+        FROM keys WHERE keys.key IS NOT NULL
+    )
+    SELECT key FROM keys WHERE key IS NOT NULL
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"run": run_id})
+        return sorted(row[0] for row in cursor.fetchall())
 
 
 def metrics_after(run_id: int, after_seq: int, *, limit: int = 5000) -> list[dict]:
@@ -172,7 +191,8 @@ def metric_series(
 ) -> dict:
     """Downsampled series of `keys` for each run, ready for a chart.
 
-    Returns `{"x_axis": x_axis, "max_points": n, "runs": {run_id: {"last_seq": int, "series":
+    Returns `{"x_axis": x_axis, "max_points": n, "runs": {run_id: {"last_seq": int, "t0": epoch
+    seconds of the first point (the origin of relative time) or None, "series":
     {key: {"x": [...], "y": [...], "step": [...]}}}}}` where x is the step,
     the samples seen (step × rollouts per step), the wall time (ISO 8601) or the seconds since the
     run's first point. At most `max_points` points per series; callers filter `run_ids` by visibility.
@@ -189,9 +209,7 @@ def metric_series(
         if run is None:
             continue
         rows = bucketed(run_id=run_id, keys=keys, max_points=max_points, step_min=step_min, step_max=step_max)
-        origin = None
-        if x_axis == "relative_time" and rows:
-            origin = min(points[0][2] for points in rows.values() if points)
+        origin = min((points[0][2] for points in rows.values() if points), default=None)
         per_step = samples_per_step(run.config or {})
         series = {}
         for key in keys:
@@ -209,5 +227,40 @@ def metric_series(
                 "y": [value for _, value, _ in points],
                 "step": [step for step, _, _ in points],
             }
-        result["runs"][run_id] = {"last_seq": run.last_seq, "series": series}
+        result["runs"][run_id] = {"last_seq": run.last_seq, "t0": origin, "series": series}
     return result
+
+
+def run_progress(run: Run) -> dict:
+    """Where a run stands: step, total, fraction done and an ETA from its recent step times.
+
+    The ETA uses the median `step_time` of the last 20 steps (robust to one slow eval step).
+    """
+    total = run.total_steps or 0
+    step = run.current_step or 0
+    fraction = min(1.0, step / total) if total else 0.0
+    recent = list(
+        MetricPoint.objects.filter(run_id=run.pk, key="step_time")
+        .order_by("-step")
+        .values_list("value", flat=True)[:20]
+    )
+    seconds_per_step = statistics.median(recent) if recent else None
+    eta = None
+    if seconds_per_step is not None and total and step < total and not run.is_terminal:
+        eta = seconds_per_step * (total - step)
+    return {
+        "step": step,
+        "total": total,
+        "fraction": fraction,
+        "percent": round(fraction * 100, 1),
+        "seconds_per_step": seconds_per_step,
+        "eta_seconds": eta,
+    }
+
+
+def run_log_events(*, run_id: int, limit: int = 200) -> list[RunEvent]:
+    """The run's latest status changes, log lines and checkpoints (not metrics), oldest first."""
+    events = (
+        RunEvent.objects.filter(run_id=run_id).exclude(kind=RunEvent.Kind.METRICS).order_by("-seq")[:limit]
+    )
+    return list(reversed(events))

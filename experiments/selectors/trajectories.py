@@ -210,6 +210,7 @@ class RolloutGroup:
     rollouts: list[Trajectory]
     reward_mean: float | None
     reward_std: float | None
+    best_reward: float | None
 
 
 def rollout_group(*, user, run_id: int, step: int, split: str, group_index: int) -> RolloutGroup | None:
@@ -231,6 +232,7 @@ def rollout_group(*, user, run_id: int, step: int, split: str, group_index: int)
         rollouts=rollouts,
         reward_mean=statistics.fmean(rewards) if rewards else None,
         reward_std=statistics.stdev(rewards) if len(rewards) > 1 else (0.0 if rewards else None),
+        best_reward=max(rewards) if rewards else None,
     )
 
 

@@ -1,0 +1,226 @@
+"""The run page (progress, live charts, tool-call histogram) and the rollout browser.
+
+Included at `runs/`: `path("runs/", include("experiments.views.runs"))`. Thin: selectors read,
+templates render, the charts load their history from /api/v1/runs/{id}/series/ and then follow the
+run's WebSocket.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.http import Http404, JsonResponse
+from django.shortcuts import get_object_or_404, render
+from django.urls import path, reverse
+
+from .. import selectors
+from ..models import Trajectory
+from ..selectors import trajectories as rollout_selectors
+from ..selectors.metrics import X_AXES, metric_keys, run_log_events, run_progress, samples_per_step
+
+# The run page's charts: which metric keys each one draws. `prefix` picks up keys that only appear
+# during the run (pass@k for each k, one series per grader error type).
+CHARTS = [
+    {"id": "reward", "title": "Reward (mean ± std)", "band": {"mean": "reward", "std": "reward_std"}},
+    {"id": "eval", "title": "Eval reward and pass@k", "keys": ["eval/reward"], "prefix": ["eval/pass@"]},
+    {"id": "tool-calls", "title": "Tool calls per rollout", "keys": ["tools/calls_mean", "tools/calls_p95"]},
+    {"id": "length", "title": "Rollout length (tokens)", "keys": ["completions/mean_length"]},
+    {"id": "kl", "title": "KL to the base model", "keys": ["kl"]},
+    {"id": "loss", "title": "Loss", "keys": ["loss"]},
+    {"id": "entropy", "title": "Entropy", "keys": ["entropy"]},
+    {
+        "id": "timings",
+        "title": "Timings (s)",
+        "keys": ["timing/rollout_s", "timing/grading_s", "timing/update_s", "step_time"],
+    },
+    {
+        "id": "grader-errors",
+        "title": "Grader errors",
+        "keys": ["grader_errors/excluded"],
+        "prefix": ["grader_errors/"],
+    },
+]
+
+X_AXIS_LABELS = {
+    "step": "Step",
+    "samples": "Samples seen",
+    "wall_time": "Wall time",
+    "relative_time": "Relative time (s)",
+}
+
+
+def _visible_run(request, run_id: int):
+    return get_object_or_404(selectors.runs_for(user=request.user).prefetch_related("tools"), pk=run_id)
+
+
+def run_detail(request, run_id: int):
+    run = _visible_run(request, run_id)
+    page_config = {
+        "runId": run.pk,
+        "status": run.status,
+        "lastSeq": run.last_seq,
+        "seriesUrl": reverse("run-series", args=[run.pk]),
+        "histogramUrl": reverse("run-histogram", args=[run.pk]),
+        "socketPath": f"/ws/runs/{run.pk}/",
+        "samplesPerStep": samples_per_step(run.config or {}),
+        "metricKeys": metric_keys(run.pk),
+        "charts": CHARTS,
+        "xAxes": [{"value": value, "label": X_AXIS_LABELS[value]} for value in X_AXES],
+    }
+    context = {
+        "run": run,
+        "progress": run_progress(run),
+        "log_events": run_log_events(run_id=run.pk),
+        "config_items": sorted((run.config or {}).items()),
+        "page_config": page_config,
+        "charts": CHARTS,
+        "x_axes": page_config["xAxes"],
+        "rollout_steps": rollout_selectors.rollout_steps(run_id=run.pk, split=Trajectory.Split.TRAIN),
+    }
+    return render(request, "experiments/run_page.html", context)
+
+
+def run_histogram(request, run_id: int):
+    """JSON: tool calls per rollout at the chosen step, next to the baseline and the latest step."""
+    run = _visible_run(request, run_id)
+    split = request.GET.get("split", Trajectory.Split.TRAIN)
+    if split not in Trajectory.Split.values:
+        split = Trajectory.Split.TRAIN
+    step = request.GET.get("step", "")
+    data = rollout_selectors.tool_call_histograms(
+        run_id=run.pk, split=split, step=int(step) if step.lstrip("-").isdigit() else None
+    )
+    return JsonResponse(data)
+
+
+class RolloutFilterForm(forms.Form):
+    step = forms.IntegerField(required=False)
+    split = forms.ChoiceField(choices=[("", "any split"), *Trajectory.Split.choices], required=False)
+    min_reward = forms.FloatField(required=False, label="Reward ≥")
+    max_reward = forms.FloatField(required=False, label="Reward ≤")
+    has_error = forms.ChoiceField(
+        choices=[("", "any"), ("yes", "with errors"), ("no", "without errors")],
+        required=False,
+        label="Errors",
+    )
+    tool = forms.CharField(required=False, label="Tool used")
+    flagged = forms.ChoiceField(
+        choices=[("", "any"), ("yes", "flagged"), ("no", "not flagged")], required=False, label="Flagged"
+    )
+    q = forms.CharField(required=False, label="Trace id")
+    cursor = forms.CharField(required=False, widget=forms.HiddenInput)
+
+    def filters(self, *, run_id: int) -> rollout_selectors.RolloutFilters:
+        data = self.cleaned_data
+        yes_no = {"yes": True, "no": False}
+        return rollout_selectors.RolloutFilters(
+            run_id=run_id,
+            step=data.get("step"),
+            split=data.get("split") or None,
+            min_reward=data.get("min_reward"),
+            max_reward=data.get("max_reward"),
+            has_error=yes_no.get(data.get("has_error") or ""),
+            tool=data.get("tool") or None,
+            flagged=yes_no.get(data.get("flagged") or ""),
+            trace_id=data.get("q") or None,
+        )
+
+
+def run_rollouts(request, run_id: int):
+    """The rollout table of one run: per step and split by default, filters, trace id search."""
+    run = _visible_run(request, run_id)
+    query = request.GET.copy()
+    splits = rollout_selectors.rollout_splits(run_id=run.pk)
+    if "split" not in query and splits:
+        query["split"] = splits[0]
+    split = query.get("split") or Trajectory.Split.TRAIN
+    steps = rollout_selectors.rollout_steps(run_id=run.pk, split=split) if split else []
+    if "step" not in query and steps and not query.get("q"):
+        query["step"] = str(steps[0])  # the latest step
+    form = RolloutFilterForm(query)
+    page = None
+    error = None
+    if form.is_valid():
+        try:
+            page = rollout_selectors.rollout_page(
+                user=request.user,
+                filters=form.filters(run_id=run.pk),
+                cursor=form.cleaned_data.get("cursor") or None,
+            )
+        except rollout_selectors.CursorError as exc:
+            error = str(exc)
+    next_query = None
+    if page and page.next_cursor:
+        params = query.copy()
+        params["cursor"] = page.next_cursor
+        next_query = params.urlencode()
+    first_query = None
+    if query.get("cursor"):
+        params = query.copy()
+        params.pop("cursor")
+        first_query = params.urlencode()
+    context = {
+        "run": run,
+        "form": form,
+        "page": page,
+        "error": error,
+        "steps": steps,
+        "splits": splits,
+        "tools": rollout_selectors.tool_names(run=run),
+        "next_query": next_query,
+        "first_query": first_query,
+        "selected_step": form.cleaned_data.get("step") if form.is_valid() else None,
+    }
+    template = "experiments/_rollout_table.html" if request.htmx else "experiments/rollout_list.html"
+    return render(request, template, context)
+
+
+def run_rollout(request, run_id: int, trace_id: str):
+    """One rollout as a chat: each tool call's arguments, result, latency and error; the grader's verdict."""
+    run = _visible_run(request, run_id)
+    rollout = rollout_selectors.rollout_detail(user=request.user, trace_id=trace_id)
+    if rollout is None or rollout.run_id != run.pk:
+        raise Http404("No such rollout in this run.")
+    item_fields = {}
+    if rollout.item is not None:
+        item_fields = {
+            key: value for key, value in rollout.item.data.items() if key not in ("messages", "tools")
+        }
+    context = {
+        "run": run,
+        "rollout": rollout,
+        "turns": rollout_selectors.rollout_turns(rollout.messages),
+        "item_fields": sorted(item_fields.items()),
+    }
+    return render(request, "experiments/rollout_view.html", context)
+
+
+def run_group(request, run_id: int, split: str, step: int, group_index: int):
+    """The rollouts of one prompt at one step side by side, with their rewards and advantages."""
+    run = _visible_run(request, run_id)
+    group = rollout_selectors.rollout_group(
+        user=request.user, run_id=run.pk, step=step, split=split, group_index=group_index
+    )
+    if group is None:
+        raise Http404("No rollouts in this group.")
+    prompt = []
+    for message in group.rollouts[0].messages or []:
+        if isinstance(message, dict) and message.get("role") in ("system", "user"):
+            prompt.append(message)
+        elif prompt:
+            break
+    columns = [{"rollout": r, "turns": rollout_selectors.rollout_turns(r.messages)} for r in group.rollouts]
+    context = {"run": run, "group": group, "prompt": prompt, "columns": columns}
+    return render(request, "experiments/rollout_group.html", context)
+
+
+urlpatterns = [
+    path("<int:run_id>/", run_detail, name="run-detail"),
+    path("<int:run_id>/histogram/", run_histogram, name="run-histogram"),
+    path("<int:run_id>/rollouts/", run_rollouts, name="run-rollouts"),
+    path("<int:run_id>/rollouts/<str:trace_id>/", run_rollout, name="run-rollout"),
+    path(
+        "<int:run_id>/groups/<str:split>/<int:step>/<int:group_index>/",
+        run_group,
+        name="run-group",
+    ),
+]

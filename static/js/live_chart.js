@@ -1,0 +1,180 @@
+// A Plotly line chart that loads its history once and then grows point by point.
+// New points are buffered and drawn with Plotly.extendTraces at most every FLUSH_MS (~10 redraws
+// a second), so a fast run never floods the browser; `uirevision` keeps the user's zoom and
+// extendTraces never touches the layout. Each trace remembers its last step and drops anything
+// at or before it: replays after a reconnect never draw a point twice.
+(function (global) {
+  "use strict";
+
+  const FLUSH_MS = 100;
+  const COLORS = ["#3b5bdb", "#e67700", "#2b8a3e", "#c92a2a", "#7048e8", "#0b7285", "#d6336c", "#5c940d"];
+  const PLOT_CONFIG = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
+
+  function label(key) {
+    return key.replace(/^eval\//, "eval ").replace(/^timing\//, "").replace(/^tools\//, "").replace(/^grader_errors\//, "");
+  }
+
+  // The value of `steps`/`values` at the last step <= step (series downsampled separately may not
+  // share steps); undefined when there is none.
+  function valueAtOrBefore(steps, values, step, from) {
+    let i = from;
+    while (i + 1 < steps.length && steps[i + 1] <= step) i += 1;
+    return { index: i, value: i >= 0 && steps[i] <= step ? values[i] : undefined };
+  }
+
+  class LiveChart {
+    constructor(element, spec, options) {
+      this.el = element;
+      this.spec = spec;
+      this.options = options || {};
+      this.keys = new Map(); // metric key -> {index, lastStep}
+      this.pending = new Map(); // trace index -> {x: [], y: []}
+      this.timer = null;
+      this.band = spec.band || null;
+      this.lastStd = undefined;
+      this.drawn = false;
+    }
+
+    wants(key) {
+      if (this.band) return key === this.band.mean || key === this.band.std;
+      if ((this.spec.keys || []).includes(key)) return true;
+      return (this.spec.prefix || []).some((prefix) => key.startsWith(prefix));
+    }
+
+    layout() {
+      const xAxis = this.options.xAxis || "step";
+      return {
+        title: { text: this.spec.title, font: { size: 13 }, x: 0.02, xanchor: "left" },
+        height: 250,
+        margin: { l: 48, r: 12, t: 34, b: 36 },
+        uirevision: "keep",
+        showlegend: true,
+        legend: { orientation: "h", y: -0.22, font: { size: 11 } },
+        xaxis: { title: { text: "" }, type: xAxis === "wall_time" ? "date" : "linear", zeroline: false },
+        yaxis: { zeroline: false, automargin: true },
+        hovermode: "x unified",
+        annotations: [],
+        font: { family: "system-ui, sans-serif", size: 11 },
+        paper_bgcolor: "#fff",
+        plot_bgcolor: "#fff",
+      };
+    }
+
+    // Draw from the series endpoint's {key: {x, y, step}}; replaces whatever was drawn.
+    reset(series, xAxis) {
+      this.options.xAxis = xAxis;
+      this.keys.clear();
+      this.pending.clear();
+      const traces = [];
+      if (this.band) {
+        const mean = series[this.band.mean] || { x: [], y: [], step: [] };
+        const std = series[this.band.std] || { x: [], y: [], step: [] };
+        const upper = [], lower = [];
+        let cursor = -1;
+        for (let i = 0; i < mean.step.length; i += 1) {
+          const found = valueAtOrBefore(std.step, std.y, mean.step[i], cursor);
+          cursor = found.index;
+          const s = found.value === undefined ? 0 : found.value;
+          upper.push(mean.y[i] + s);
+          lower.push(mean.y[i] - s);
+        }
+        if (std.y.length) this.lastStd = std.y[std.y.length - 1];
+        const fill = "rgba(59, 91, 219, 0.15)";
+        traces.push({ x: mean.x.slice(), y: upper, mode: "lines", line: { width: 0 }, name: "+1 std", hoverinfo: "skip", showlegend: false });
+        traces.push({ x: mean.x.slice(), y: lower, mode: "lines", line: { width: 0 }, fill: "tonexty", fillcolor: fill, name: "± std", hoverinfo: "skip" });
+        traces.push({ x: mean.x, y: mean.y, mode: "lines", line: { color: COLORS[0], width: 1.8 }, name: "reward" });
+        const last = mean.step.length ? mean.step[mean.step.length - 1] : -Infinity;
+        this.keys.set(this.band.mean, { index: 2, lastStep: last });
+      } else {
+        const keys = Object.keys(series).filter((key) => this.wants(key)).sort((a, b) => {
+          const order = this.spec.keys || [];
+          const ia = order.indexOf(a), ib = order.indexOf(b);
+          return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib) || a.localeCompare(b, undefined, { numeric: true });
+        });
+        for (const key of keys) {
+          const s = series[key];
+          this.keys.set(key, { index: traces.length, lastStep: s.step.length ? s.step[s.step.length - 1] : -Infinity });
+          traces.push(this.traceFor(key, traces.length, s.x, s.y));
+        }
+      }
+      const layout = this.layout();
+      if (!traces.some((trace) => trace.y.length)) layout.annotations = [this.emptyNote()];
+      this.hasPoints = traces.some((trace) => trace.y.length);
+      Plotly.react(this.el, traces, layout, PLOT_CONFIG);
+      this.drawn = true;
+      this.el.dataset.points = String(this.pointCount());
+    }
+
+    traceFor(key, index, x, y) {
+      return { x: x || [], y: y || [], mode: "lines", name: label(key), line: { color: COLORS[index % COLORS.length], width: 1.6 } };
+    }
+
+    emptyNote() {
+      return { text: "no data yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: { color: "#98a2b3", size: 13 } };
+    }
+
+    pointCount() {
+      const data = this.el.data || [];
+      const index = this.band ? 2 : null;
+      return data.reduce((total, trace, i) => (index === null || i === index ? total + trace.y.length : total), 0);
+    }
+
+    queue(index, x, y) {
+      if (!this.pending.has(index)) this.pending.set(index, { x: [], y: [] });
+      const p = this.pending.get(index);
+      p.x.push(x);
+      p.y.push(y);
+    }
+
+    // One step's metrics arrived: buffer the points this chart draws, then flush soon.
+    append(step, x, metrics) {
+      if (!this.drawn) return;
+      if (this.band) {
+        const mean = metrics[this.band.mean];
+        if (metrics[this.band.std] !== undefined) this.lastStd = metrics[this.band.std];
+        const known = this.keys.get(this.band.mean);
+        if (mean === undefined || step <= known.lastStep) return;
+        known.lastStep = step;
+        const s = this.lastStd === undefined ? 0 : this.lastStd;
+        this.queue(0, x, mean + s);
+        this.queue(1, x, mean - s);
+        this.queue(2, x, mean);
+      } else {
+        for (const key of Object.keys(metrics)) {
+          if (!this.wants(key)) continue;
+          let known = this.keys.get(key);
+          if (!known) {
+            // A key that first appears now (a new grader error type, pass@k): add its trace.
+            known = { index: this.el.data.length, lastStep: -Infinity };
+            this.keys.set(key, known);
+            Plotly.addTraces(this.el, this.traceFor(key, known.index, [], []));
+          }
+          if (step <= known.lastStep) continue;
+          known.lastStep = step;
+          this.queue(known.index, x, metrics[key]);
+        }
+      }
+      if (this.pending.size && this.timer === null) this.timer = setTimeout(() => this.flush(), FLUSH_MS);
+    }
+
+    flush() {
+      this.timer = null;
+      if (!this.pending.size) return;
+      const indices = [], xs = [], ys = [];
+      for (const [index, points] of this.pending) {
+        indices.push(index);
+        xs.push(points.x);
+        ys.push(points.y);
+      }
+      this.pending.clear();
+      Plotly.extendTraces(this.el, { x: xs, y: ys }, indices);
+      if (!this.hasPoints) {
+        this.hasPoints = true;
+        Plotly.relayout(this.el, { annotations: [] });
+      }
+      this.el.dataset.points = String(this.pointCount());
+    }
+  }
+
+  global.RftLiveChart = LiveChart;
+})(window);

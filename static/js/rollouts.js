@@ -1,0 +1,19 @@
+// The rollout table's filters apply as soon as a choice changes. A new split has other steps:
+// its latest step is chosen by the server, so the old step is dropped.
+(function () {
+  "use strict";
+  const form = document.getElementById("rollout-filters");
+  if (!form) return;
+  for (const select of form.querySelectorAll("select")) {
+    select.addEventListener("change", () => {
+      if (select.name === "split") form.elements.step.disabled = true;
+      form.requestSubmit();
+    });
+  }
+  // Empty fields stay out of the URL, so shared links are short and the server's defaults apply.
+  form.addEventListener("formdata", (event) => {
+    for (const [name, value] of [...event.formData.entries()]) {
+      if (value === "" && name !== "step") event.formData.delete(name);
+    }
+  });
+})();

@@ -1,0 +1,251 @@
+// The run page: load the charts' history from the series endpoint, then follow the run's WebSocket.
+// The series answer carries the `last_seq` it was read at; the socket asks for `after=<that seq>`,
+// and every reconnect asks for `after=<the last seq we hold>`, so the server fills any gap and
+// nothing is drawn twice (each chart trace also drops steps it already has).
+(function () {
+  "use strict";
+
+  const configNode = document.getElementById("run-page-config");
+  if (!configNode) return;
+  const config = JSON.parse(configNode.textContent);
+  const TERMINAL = ["succeeded", "failed", "cancelled"];
+  const PING_MS = 10000;
+  const STALE_MS = 25000;
+
+  const badge = document.getElementById("live-badge");
+  const statusBadge = document.getElementById("run-status");
+  const errorBox = document.getElementById("run-error");
+  const log = document.getElementById("event-log");
+  const progress = {
+    step: document.getElementById("progress-step"),
+    total: document.getElementById("progress-total"),
+    totalWrap: document.getElementById("progress-total-wrap"),
+    percent: document.getElementById("progress-percent"),
+    fill: document.getElementById("progress-fill"),
+    eta: document.getElementById("progress-eta"),
+  };
+
+  let status = config.status;
+  let lastSeq = config.lastSeq;
+  let xAxis = "step";
+  let t0 = null; // epoch seconds of the run's first point (relative time's origin)
+  let reloading = null; // events that arrive while the history reloads
+  let socket = null;
+  let lastFrameAt = 0;
+  let retryMs = 500;
+  const stepTimes = [];
+  let totalSteps = Number(progress.total && progress.total.textContent) || 0;
+
+  const charts = config.charts.map((spec) => new RftLiveChart(document.getElementById(`chart-${spec.id}`), spec, { xAxis }));
+
+  // ---- x axis ------------------------------------------------------------------------------
+  function xFor(step, isoTime) {
+    if (xAxis === "step") return step;
+    if (xAxis === "samples") return step * config.samplesPerStep;
+    if (xAxis === "wall_time") return isoTime;
+    const t = Date.parse(isoTime) / 1000;
+    if (t0 === null) t0 = t;
+    return Math.round((t - t0) * 1000) / 1000;
+  }
+
+  // ---- history -----------------------------------------------------------------------------
+  async function loadHistory() {
+    reloading = [];
+    // Ask only for what the charts draw (a run also stores per-tool and per-error-type counts).
+    const keys = config.metricKeys.filter((key) => charts.some((chart) => chart.wants(key)));
+    if (!keys.length) {
+      for (const chart of charts) chart.reset({}, xAxis);
+      flushBuffered();
+      return;
+    }
+    const params = new URLSearchParams({ x: xAxis, max_points: "2000", keys: keys.join(",") });
+    const response = await fetch(`${config.seriesUrl}?${params}`, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+    if (!response.ok) throw new Error(`series: HTTP ${response.status}`);
+    const data = await response.json();
+    t0 = data.t0 === undefined ? t0 : data.t0;
+    for (const chart of charts) chart.reset(data.series, xAxis);
+    flushBuffered();
+  }
+
+  function flushBuffered() {
+    const buffered = reloading || [];
+    reloading = null;
+    for (const event of buffered) applyMetrics(event);
+  }
+
+  // ---- live events -------------------------------------------------------------------------
+  function setBadge(state) {
+    badge.textContent = state;
+    badge.className = "badge " + (state === "live" ? "live" : "stale");
+  }
+
+  function applyMetrics(event) {
+    if (reloading) { reloading.push(event); return; }
+    const metrics = (event.payload && event.payload.metrics) || {};
+    const x = xFor(event.step, event.time);
+    for (const chart of charts) chart.append(event.step, x, metrics);
+  }
+
+  function formatDuration(seconds) {
+    if (!isFinite(seconds) || seconds < 0) return "—";
+    if (seconds < 90) return `${Math.round(seconds)} s`;
+    if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+    return `${(seconds / 3600).toFixed(1)} h`;
+  }
+
+  function median(values) {
+    const sorted = values.slice().sort((a, b) => a - b);
+    return sorted.length ? sorted[Math.floor(sorted.length / 2)] : NaN;
+  }
+
+  function updateProgress(step, total) {
+    if (total) totalSteps = total;
+    if (step !== undefined && step !== null) progress.step.textContent = step;
+    const current = Number(progress.step.textContent) || 0;
+    if (totalSteps) {
+      progress.totalWrap.hidden = false;
+      progress.total.textContent = totalSteps;
+      const percent = Math.min(100, (100 * current) / totalSteps);
+      progress.percent.textContent = `${percent.toFixed(1)} %`;
+      progress.fill.style.width = `${percent}%`;
+    }
+    if (TERMINAL.includes(status)) return;
+    const perStep = stepTimes.length ? median(stepTimes) : Number(progress.eta.dataset.secondsPerStep);
+    if (totalSteps && perStep > 0) progress.eta.textContent = `ETA ${formatDuration(perStep * (totalSteps - current))}`;
+  }
+
+  function appendLog(event, text) {
+    const line = document.createElement("div");
+    line.dataset.seq = event.seq;
+    line.className = `log-${event.kind}${event.payload && event.payload.level ? " log-" + event.payload.level : ""}`;
+    const time = event.time ? new Date(event.time).toLocaleTimeString() : "";
+    line.textContent = `${time}  ${text}`;
+    log.appendChild(line);
+    log.scrollTop = log.scrollHeight;
+  }
+
+  function onEvent(event) {
+    if (event.seq <= lastSeq) return;
+    lastSeq = event.seq;
+    const p = event.payload || {};
+    if (event.kind === "metrics") {
+      applyMetrics(event);
+      const m = p.metrics || {};
+      if (m.step_time !== undefined) {
+        stepTimes.push(m.step_time);
+        if (stepTimes.length > 20) stepTimes.shift();
+      }
+      updateProgress(event.step, m["progress/total_steps"]);
+      if (p.rollouts && p.rollouts.count) histogram.stepArrived(event.step, p.rollouts.splits || []);
+    } else if (event.kind === "status") {
+      status = p.status;
+      statusBadge.textContent = p.status.charAt(0).toUpperCase() + p.status.slice(1);
+      statusBadge.className = "badge " + p.status;
+      progress.fill.className = "progress-fill " + p.status;
+      errorBox.textContent = p.error || "";
+      errorBox.classList.toggle("hidden", !p.error);
+      if (p.attempt !== undefined) document.getElementById("run-attempt").textContent = p.attempt;
+      updateProgress(p.current_step, p.total_steps);
+      if (TERMINAL.includes(p.status)) progress.eta.textContent = statusBadge.textContent;
+      appendLog(event, `status → ${p.status}${p.error ? ": " + p.error : ""}`);
+    } else if (event.kind === "log") {
+      appendLog(event, `[${p.level}] ${p.message}`);
+    } else if (event.kind === "checkpoint") {
+      appendLog(event, `checkpoint at step ${event.step}`);
+    }
+  }
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    socket = new WebSocket(`${scheme}://${location.host}${config.socketPath}?after=${lastSeq}`);
+    socket.onopen = () => { retryMs = 500; lastFrameAt = Date.now(); setBadge("live"); };
+    socket.onmessage = (message) => {
+      lastFrameAt = Date.now();
+      if (badge.textContent !== "live") setBadge("live");
+      const frame = JSON.parse(message.data);
+      if (frame.type === "events") frame.events.forEach(onEvent);
+    };
+    socket.onclose = (closing) => {
+      socket = null;
+      setBadge("stale");
+      if (closing.code === 4403) { badge.textContent = "forbidden"; return; }
+      setTimeout(connect, retryMs);
+      retryMs = Math.min(retryMs * 2, 10000);
+    };
+  }
+
+  // A socket can die silently (a sleeping laptop, a proxy): ping, and call it stale when quiet.
+  setInterval(() => {
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    if (Date.now() - lastFrameAt > STALE_MS) { setBadge("stale"); socket.close(); return; }
+    socket.send(JSON.stringify({ type: "ping" }));
+  }, PING_MS);
+
+  // ---- tool-call histogram -------------------------------------------------------------------
+  const histogram = (function () {
+    const node = document.getElementById("tool-call-histogram");
+    const select = document.getElementById("histogram-step");
+    let refreshTimer = null;
+
+    function bars(part, name, color) {
+      const counts = part.counts;
+      const total = Object.values(counts).reduce((a, b) => a + b, 0);
+      const xs = Object.keys(counts).map(Number);
+      return {
+        type: "bar", name: `${name} (step ${part.step}, ${total} rollouts)`, x: xs,
+        y: xs.map((x) => counts[x] / total), customdata: xs.map((x) => counts[x]),
+        hovertemplate: "%{x} calls: %{customdata} rollouts (%{y:.0%})<extra></extra>", marker: { color },
+      };
+    }
+
+    async function load() {
+      const params = new URLSearchParams({ split: "train" });
+      if (select.value) params.set("step", select.value);
+      const response = await fetch(`${config.histogramUrl}?${params}`, { credentials: "same-origin" });
+      if (!response.ok) return;
+      const data = await response.json();
+      const traces = [];
+      const seen = new Set();
+      for (const [part, name, color] of [[data.baseline, "baseline", "#adb5bd"], [data.latest, "latest", "#3b5bdb"], [data.chosen, "chosen", "#e67700"]]) {
+        if (!part || seen.has(part.step)) continue;
+        seen.add(part.step);
+        traces.push(bars(part, name, color));
+      }
+      const layout = {
+        height: 260, margin: { l: 48, r: 12, t: 10, b: 40 }, barmode: "group", bargap: 0.15,
+        xaxis: { title: { text: "tool calls in the rollout" }, dtick: 1 },
+        yaxis: { title: { text: "share of rollouts" }, tickformat: ".0%" },
+        legend: { orientation: "h", y: 1.12 }, font: { family: "system-ui, sans-serif", size: 11 },
+        annotations: traces.length ? [] : [{ text: "no rollouts yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: { color: "#98a2b3", size: 13 } }],
+      };
+      Plotly.react(node, traces, layout, { responsive: true, displaylogo: false });
+      node.dataset.steps = traces.map((t) => t.name).join("; ");
+    }
+
+    function stepArrived(step, splits) {
+      if (splits.includes("train") && ![...select.options].some((o) => o.value === String(step))) {
+        const option = new Option(String(step), String(step));
+        select.insertBefore(option, select.options[1] || null);
+      }
+      if (refreshTimer === null) refreshTimer = setTimeout(() => { refreshTimer = null; load(); }, 3000);
+    }
+
+    select.addEventListener("change", load);
+    return { load, stepArrived };
+  })();
+
+  document.getElementById("x-axis").addEventListener("change", async (change) => {
+    xAxis = change.target.value;
+    t0 = null;
+    await loadHistory();
+  });
+
+  loadHistory()
+    .catch((error) => {
+      console.error(error);
+      for (const chart of charts) chart.reset({}, xAxis);
+      flushBuffered();
+    })
+    .finally(() => { connect(); histogram.load(); });
+  updateProgress();
+})();

@@ -1,0 +1,458 @@
+"""The training loop: rollouts -> grading -> advantages -> update -> metrics, step after step.
+
+Everything asynchronous of one run (tool calls and gradings) runs on one event loop created here
+and closed at the end, so an executor's connection pool lives as long as the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.checkpoint import CheckpointState, load_checkpoint, save_adapter_atomically, save_checkpoint
+from trainer.config import ConfigError, TrainerConfig
+from trainer.generation import GenerationBackend, KVCacheBackend, SamplingParams
+from trainer.interfaces import Grader, GradeResult, Reporter, ToolExecutor
+from trainer.loss import group_advantages
+from trainer.metrics import eval_metrics, rollout_metrics, trajectory_record
+from trainer.models import export_merged_model, load_policy, stop_token_ids
+from trainer.rollout import (
+    Rollout,
+    RolloutEngine,
+    RolloutLimits,
+    StopRequested,
+    budget_penalty,
+    start_rollout,
+)
+from trainer.update import build_optimizer, update_policy
+
+logger = logging.getLogger(__name__)
+
+FINAL_ADAPTER_DIR = "adapter"
+MERGED_MODEL_DIR = "merged"
+_EVAL_SEED_OFFSET = 7_919  # keeps eval sampling streams apart from training streams
+
+
+@dataclass
+class TrainResult:
+    final_step: int
+    stopped: bool
+    final_adapter_path: str | None
+    last_checkpoint_path: str | None = None
+    merged_model_path: str | None = None
+
+
+def validate_items(items: Sequence[Mapping[str, Any]], *, name: str) -> None:
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{name}[{index}]: must be an object")
+        messages = item.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ConfigError(f"{name}[{index}]: 'messages' must be a non-empty list")
+        for message in messages:
+            if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
+                raise ConfigError(f"{name}[{index}]: every message needs a 'role'")
+        if "tools" in item and not isinstance(item["tools"], list):
+            raise ConfigError(f"{name}[{index}]: 'tools' must be a list of function schemas")
+
+
+def total_steps_for(config: TrainerConfig, *, train_size: int) -> int:
+    if config.steps is not None:
+        return config.steps
+    return max(1, math.ceil(config.epochs * train_size / config.prompts_per_step))
+
+
+class ItemSchedule:
+    """Which train items each step uses: a fresh seeded shuffle per epoch, read in order."""
+
+    def __init__(self, *, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self._orders: dict[int, list[int]] = {}
+
+    def _order(self, epoch: int) -> list[int]:
+        if epoch not in self._orders:
+            order = list(range(self.size))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            self._orders[epoch] = order
+        return self._orders[epoch]
+
+    def items_for_step(self, step: int, *, per_step: int) -> list[int]:
+        """`step` counts from 1."""
+        slots = range((step - 1) * per_step, step * per_step)
+        return [self._order(slot // self.size)[slot % self.size] for slot in slots]
+
+
+class _Run:
+    """The state of one training run; `train()` below is the public entry point."""
+
+    def __init__(
+        self,
+        *,
+        config: TrainerConfig,
+        train_items: Sequence[Mapping[str, Any]],
+        eval_items: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]],
+        tool_executor: ToolExecutor,
+        grader: Grader,
+        reporter: Reporter,
+        should_stop: Callable[[], bool],
+        output_dir: str,
+        backend_factory: Callable[[Any, Any], GenerationBackend] | None,
+        model: Any,
+        tokenizer: Any,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.config = config
+        self.train_items = train_items
+        self.eval_items = eval_items
+        self.tools = tools
+        self.grader = grader
+        self.reporter = reporter
+        self.should_stop = should_stop
+        self.output_dir = Path(output_dir)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.loop = loop
+        self.pad_id = tokenizer.pad_token_id
+        if backend_factory is not None:
+            self.backend = backend_factory(model, tokenizer)
+        else:
+            self.backend = KVCacheBackend(model=model, pad_id=self.pad_id, stop_ids=stop_token_ids(tokenizer))
+        self.engine = RolloutEngine(
+            backend=self.backend,
+            tokenizer=tokenizer,
+            tool_executor=tool_executor,
+            loop=loop,
+            limits=RolloutLimits(
+                max_turns=config.max_turns,
+                max_new_tokens_per_turn=config.max_new_tokens_per_turn,
+                max_tokens_per_rollout=config.max_tokens_per_rollout,
+                tool_call_budget=config.tool_call_budget,
+                tool_call_penalty=config.tool_call_penalty,
+            ),
+            should_stop=should_stop,
+        )
+        self.total_steps = total_steps_for(config, train_size=len(train_items))
+        self.schedule = ItemSchedule(size=len(train_items), seed=config.seed)
+        self.optimizer, self.scheduler = build_optimizer(
+            model=model, config=config, total_optimizer_steps=self.total_steps * config.iterations_per_batch
+        )
+
+    # --- one step --------------------------------------------------------------------------------
+
+    def train_step(self, step: int) -> tuple[dict[str, float], list[Rollout]]:
+        config = self.config
+        step_started = time.perf_counter()
+        torch.manual_seed(config.seed * 1_000_003 + step)  # dropout and anything else on the global RNG
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        rollouts = []
+        for group_index, item_index in enumerate(
+            self.schedule.items_for_step(step, per_step=config.prompts_per_step)
+        ):
+            for sample_index in range(config.group_size):
+                rollouts.append(
+                    start_rollout(
+                        tokenizer=self.tokenizer,
+                        item=self.train_items[item_index],
+                        item_index=item_index,
+                        group_index=group_index,
+                        sample_index=sample_index,
+                        split="train",
+                        run_tools=self.tools,
+                    )
+                )
+        self.engine.generation_s = 0.0
+        self.engine.run(
+            rollouts, sampling=SamplingParams(config.temperature, config.top_p), generator=generator
+        )
+        generation_s = self.engine.generation_s
+        rollout_s = time.perf_counter() - step_started
+
+        grading_started = time.perf_counter()
+        self.grade(rollouts)
+        grading_s = time.perf_counter() - grading_started
+        advantages = group_advantages(
+            rewards=[r.reward for r in rollouts],
+            group_ids=[r.group_index for r in rollouts],
+            scaling=config.reward_scaling,
+        )
+        for rollout, advantage in zip(rollouts, advantages, strict=True):
+            rollout.advantage = advantage
+
+        update_started = time.perf_counter()
+        update = update_policy(
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            rollouts=rollouts,
+            config=config,
+            pad_id=self.pad_id,
+        )
+        update_s = time.perf_counter() - update_started
+        step_time = time.perf_counter() - step_started
+
+        metrics = rollout_metrics(rollouts)
+        metrics.update(update)
+        generated = sum(r.generated_tokens for r in rollouts)
+        metrics.update(
+            {
+                "timing/rollout_s": rollout_s,
+                "timing/grading_s": grading_s,
+                "timing/update_s": update_s,
+                "step_time": step_time,
+                # Generation throughput: tokens the model sampled per second inside the backend.
+                "tokens_per_s": generated / generation_s if generation_s > 0 else 0.0,
+                "progress/step": float(step),
+                "progress/total_steps": float(self.total_steps),
+            }
+        )
+        return metrics, rollouts
+
+    def grade(self, rollouts: Sequence[Rollout]) -> None:
+        """Grades concurrently; a grader failure leaves the rollout without reward (excluded)."""
+
+        async def grade_one(rollout: Rollout) -> None:
+            started = time.perf_counter()
+            try:
+                result = await self.grader.grade(
+                    rollout.grader_sample(), rollout.item, trace_id=rollout.trace_id
+                )
+            except Exception as error:  # a failing grader excludes the rollout, it never scores it 0
+                logger.warning("grader raised for %s: %s", rollout.trace_id, error)
+                result = GradeResult(
+                    score=None,
+                    errors=[
+                        {"grader": type(self.grader).__name__, "type": "exception", "message": str(error)}
+                    ],
+                )
+            if result.score is not None and not math.isfinite(result.score):
+                result = GradeResult(
+                    score=None,
+                    sub_scores=result.sub_scores,
+                    errors=[
+                        *result.errors,
+                        {"grader": "", "type": "non_finite_score", "message": str(result.score)},
+                    ],
+                )
+            if result.score is None and not result.errors:
+                result.errors = [
+                    {"grader": "", "type": "no_score", "message": "the grader returned no score"}
+                ]
+            if not result.latency_ms:
+                result.latency_ms = (time.perf_counter() - started) * 1000
+            rollout.grade = result
+            rollout.penalty = budget_penalty(
+                calls=rollout.calls_requested,
+                budget=self.config.tool_call_budget,
+                penalty_per_call=self.config.tool_call_penalty,
+            )
+            rollout.reward = None if result.score is None else float(result.score) - rollout.penalty
+            rollout.latency_ms = (time.perf_counter() - rollout.started_at) * 1000
+
+        async def grade_all() -> None:
+            await asyncio.gather(*(grade_one(r) for r in rollouts))
+
+        self.loop.run_until_complete(grade_all())
+
+    # --- evaluation --------------------------------------------------------------------------------
+
+    def evaluate(self, step: int) -> tuple[dict[str, float], list[Rollout]]:
+        config = self.config
+        k = config.eval_samples_per_item
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + _EVAL_SEED_OFFSET + step)
+        sampling = SamplingParams(config.resolved_eval_temperature, config.top_p)
+        started = time.perf_counter()
+        rollouts: list[Rollout] = []
+        chunk_items = max(1, (config.prompts_per_step * config.group_size) // k)
+        for chunk_start in range(0, len(self.eval_items), chunk_items):
+            chunk = []
+            for item_index in range(chunk_start, min(len(self.eval_items), chunk_start + chunk_items)):
+                for sample_index in range(k):
+                    chunk.append(
+                        start_rollout(
+                            tokenizer=self.tokenizer,
+                            item=self.eval_items[item_index],
+                            item_index=item_index,
+                            group_index=item_index,
+                            sample_index=sample_index,
+                            split="eval",
+                            run_tools=self.tools,
+                        )
+                    )
+            self.engine.run(chunk, sampling=sampling, generator=generator)
+            self.grade(chunk)
+            rollouts.extend(chunk)
+        metrics = eval_metrics(rollouts, k=k, threshold=config.eval_pass_threshold)
+        metrics["eval/time_s"] = time.perf_counter() - started
+        return metrics, rollouts
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+
+    def checkpoint(self, step: int, metrics: Mapping[str, float]) -> Path:
+        path = save_checkpoint(
+            output_dir=self.output_dir / "checkpoints",
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            state=CheckpointState(
+                step=step,
+                total_steps=self.total_steps,
+                config=self.config.to_dict(),
+                metrics={k: float(v) for k, v in metrics.items()},
+            ),
+            keep=self.config.keep_checkpoints,
+        )
+        self.reporter.report_checkpoint(step, str(path), dict(metrics))
+        return path
+
+    def resume(self, path: str) -> int:
+        state = load_checkpoint(
+            path=path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+        )
+        if state.total_steps != self.total_steps:
+            self.reporter.log(
+                "warning",
+                f"resuming: the checkpoint planned {state.total_steps} steps, this run plans {self.total_steps}",
+            )
+        return state.step
+
+    # --- the whole run -------------------------------------------------------------------------------
+
+    def run(self, *, resume_from: str | None) -> TrainResult:
+        config = self.config
+        step = 0
+        if resume_from:
+            step = self.resume(resume_from)
+            self.reporter.log("info", f"resumed from {resume_from} at step {step}")
+        last_checkpoint: tuple[int, Path] | None = None
+        stopped = False
+        if step == 0 and self.eval_items and not self.should_stop():
+            metrics, rollouts = self.evaluate(0)
+            self.reporter.report_step(0, metrics, [trajectory_record(r, step=0) for r in rollouts])
+            self.reporter.log("info", f"baseline eval: reward {metrics['eval/reward']:.3f}")
+        metrics: dict[str, float] = {}
+        while step < self.total_steps:
+            if self.should_stop():
+                stopped = True
+                break
+            try:
+                metrics, rollouts = self.train_step(step + 1)
+            except StopRequested:
+                stopped = True
+                break
+            step += 1
+            records = [trajectory_record(r, step=step) for r in rollouts]
+            is_last = step == self.total_steps
+            if self.eval_items and (step % config.eval_interval == 0 or is_last):
+                try:
+                    eval_values, eval_rollouts = self.evaluate(step)
+                    metrics.update(eval_values)
+                    records += [trajectory_record(r, step=step) for r in eval_rollouts]
+                except StopRequested:
+                    stopped = True
+            self.reporter.report_step(step, metrics, records)
+            self.reporter.log(
+                "info",
+                f"step {step}/{self.total_steps}: reward {metrics['reward']:.3f}, loss {metrics['loss']:.4f}, "
+                f"tool calls {metrics['tools/calls_mean']:.2f}, {metrics['step_time']:.2f} s",
+            )
+            if metrics.get("grader_errors/excluded"):
+                self.reporter.log(
+                    "warning",
+                    f"step {step}: {int(metrics['grader_errors/excluded'])} rollouts excluded (grader errors)",
+                )
+            if stopped:
+                break
+            if step % config.checkpoint_interval == 0 or is_last:
+                last_checkpoint = (step, self.checkpoint(step, metrics))
+        if (
+            step > 0
+            and (last_checkpoint is None or last_checkpoint[0] != step)
+            and (stopped or step == self.total_steps)
+        ):
+            last_checkpoint = (step, self.checkpoint(step, metrics))
+        adapter_path = None
+        merged_path = None
+        if step > 0 or resume_from:
+            adapter_path = save_adapter_atomically(
+                model=self.model, target=self.output_dir / FINAL_ADAPTER_DIR
+            )
+            if config.export_merged and not stopped:
+                merged_path = export_merged_model(
+                    config=config,
+                    adapter_dir=adapter_path,
+                    output_dir=str(self.output_dir / MERGED_MODEL_DIR),
+                )
+        return TrainResult(
+            final_step=step,
+            stopped=stopped,
+            final_adapter_path=str(adapter_path) if adapter_path else None,
+            last_checkpoint_path=str(last_checkpoint[1]) if last_checkpoint else None,
+            merged_model_path=str(merged_path) if merged_path else None,
+        )
+
+
+def train(
+    *,
+    config: TrainerConfig,
+    train_items: Sequence[Mapping[str, Any]],
+    eval_items: Sequence[Mapping[str, Any]] = (),
+    tools: Sequence[Mapping[str, Any]] = (),
+    tool_executor: ToolExecutor,
+    grader: Grader,
+    reporter: Reporter,
+    should_stop: Callable[[], bool] = lambda: False,
+    output_dir: str,
+    resume_from: str | None = None,
+    backend_factory: Callable[[Any, Any], GenerationBackend] | None = None,
+) -> TrainResult:
+    """Trains a LoRA adapter with multi-turn GRPO; see the module docstring and trainer/README."""
+    if isinstance(config, Mapping):
+        config = TrainerConfig.from_dict(dict(config))
+    config.validate()
+    train_items = list(train_items)
+    eval_items = list(eval_items)
+    if not train_items:
+        raise ConfigError("train_items: at least one item is required")
+    validate_items(train_items, name="train_items")
+    validate_items(eval_items, name="eval_items")
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_policy(config=config)
+    model.train()
+    loop = asyncio.new_event_loop()
+    try:
+        run = _Run(
+            config=config,
+            train_items=train_items,
+            eval_items=eval_items,
+            tools=list(tools),
+            tool_executor=tool_executor,
+            grader=grader,
+            reporter=reporter,
+            should_stop=should_stop,
+            output_dir=output_dir,
+            backend_factory=backend_factory,
+            model=model,
+            tokenizer=tokenizer,
+            loop=loop,
+        )
+        return run.run(resume_from=resume_from)
+    finally:
+        try:
+            for closable in (tool_executor, grader):
+                close = getattr(closable, "aclose", None)
+                if close is not None:
+                    loop.run_until_complete(close())
+        finally:
+            loop.close()

@@ -160,3 +160,32 @@ class KVCacheBackend:
 def _returned_cache(output: Any) -> Any:
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
+
+
+class ScriptedBackend:
+    """A stand-in policy that answers from a script instead of a model (benchmarks, tests, demos).
+
+    `respond(prompt_ids)` returns the text of the next assistant turn; the backend encodes it, ends it
+    with the stop token, and honours the per-row token limit exactly as a model backend does.
+    """
+
+    def __init__(self, *, tokenizer: Any, stop_id: int, respond: Any) -> None:
+        self.tokenizer = tokenizer
+        self.stop_id = stop_id
+        self.respond = respond
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: Sequence[int],
+        sampling: SamplingParams,
+        generator: Any,
+    ) -> list[GeneratedTurn]:
+        turns = []
+        for prompt, limit in zip(prompts, max_new_tokens, strict=True):
+            ids = self.tokenizer.encode(self.respond(list(prompt)), add_special_tokens=False) + [self.stop_id]
+            stopped = len(ids) <= limit
+            ids = ids[: max(limit, 0)]
+            turns.append(GeneratedTurn(token_ids=ids, logprobs=[0.0] * len(ids), stopped=stopped))
+        return turns

@@ -14,8 +14,38 @@ from ..models import Tool
 DEFAULT_PARAMETERS = {"type": "object", "properties": {}, "required": []}
 
 
+# PostgreSQL's jsonb does not keep key order; show the keys people expect first.
+_KEY_ORDER = (
+    "type",
+    "name",
+    "description",
+    "model",
+    "url",
+    "input",
+    "reference",
+    "operation",
+    "evaluation_metric",
+    "metric",
+    "properties",
+    "required",
+    "graders",
+    "calculate_output",
+)
+
+
+def display_order(value: Any) -> Any:
+    """`value` with dict keys in a readable order (known keys first, the rest as they come)."""
+    if isinstance(value, dict):
+        first = [key for key in _KEY_ORDER if key in value]
+        rest = [key for key in value if key not in _KEY_ORDER]
+        return {key: display_order(value[key]) for key in [*first, *rest]}
+    if isinstance(value, list):
+        return [display_order(item) for item in value]
+    return value
+
+
 def pretty_json(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False)
+    return json.dumps(display_order(value), indent=2, ensure_ascii=False)
 
 
 class JSONTextField(forms.CharField):
@@ -84,7 +114,7 @@ class ToolForm(forms.Form):
     clear_signing_secret = forms.BooleanField(required=False, label="Remove the signing secret")
     timeout_s = forms.FloatField(label="Timeout (s)", initial=30.0, min_value=0.1, max_value=600)
     max_response_bytes = forms.IntegerField(
-        label="Max response size (bytes)", initial=1_000_000, min_value=1, max_value=100_000_000
+        label="Max response (bytes)", initial=1_000_000, min_value=1, max_value=100_000_000
     )
 
     def __init__(self, *args: Any, instance: Tool | None = None, **kwargs: Any) -> None:

@@ -141,7 +141,8 @@ def tool_try(request, tool_id: int):
         arguments = try_form.cleaned_data["arguments"]
         result = tool_services.try_tool(tool=tool, arguments=arguments, item=try_form.cleaned_data["item"])
         context["result"] = tool_services.try_result_as_dict(result)
-        context["request_body"] = pretty_json(result.request.body)
+        # Exactly as sent: no key reordering.
+        context["request_body"] = json.dumps(result.request.body, indent=2, ensure_ascii=False)
         context["request_headers"] = result.request.headers
         context["argument_warnings"] = tool_services.arguments_problems(tool=tool, arguments=arguments)
     template = "experiments/_tool_try.html"

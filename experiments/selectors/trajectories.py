@@ -156,6 +156,14 @@ def rollout_page(
     return RolloutPage(rows=rows[:limit], next_cursor=next_cursor, filters=filters)
 
 
+def tool_call_summary(names: list[str]) -> str:
+    """["lookup", "lookup", "grep"] -> "lookup ×2, grep" (in order of first call)."""
+    counts: dict[str, int] = {}
+    for name in names or []:
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(name if count == 1 else f"{name} ×{count}" for name, count in counts.items())
+
+
 def rollout_detail(*, user, trace_id: str) -> Trajectory | None:
     return rollouts_for(user=user).select_related("run", "item").filter(trace_id=trace_id).first()
 

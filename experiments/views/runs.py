@@ -148,6 +148,8 @@ def run_rollouts(request, run_id: int):
             )
         except rollout_selectors.CursorError as exc:
             error = str(exc)
+    for row in page.rows if page else []:
+        row.tool_summary = rollout_selectors.tool_call_summary(row.tool_call_names)
     next_query = None
     if page and page.next_cursor:
         params = query.copy()
@@ -208,7 +210,14 @@ def run_group(request, run_id: int, split: str, step: int, group_index: int):
             prompt.append(message)
         elif prompt:
             break
-    columns = [{"rollout": r, "turns": rollout_selectors.rollout_turns(r.messages)} for r in group.rollouts]
+    columns = [
+        {
+            "rollout": r,
+            "turns": rollout_selectors.rollout_turns(r.messages),
+            "tool_summary": rollout_selectors.tool_call_summary(r.tool_call_names),
+        }
+        for r in group.rollouts
+    ]
     context = {"run": run, "group": group, "prompt": prompt, "columns": columns}
     return render(request, "experiments/rollout_group.html", context)
 

@@ -100,8 +100,9 @@
 
   function updateProgress(step, total) {
     if (total) totalSteps = total;
-    if (step !== undefined && step !== null) progress.step.textContent = step;
-    const current = Number(progress.step.textContent) || 0;
+    // Steps only move forward (a late eval or a replayed event carries an older step).
+    const current = Math.max(Number(progress.step.textContent) || 0, step || 0);
+    progress.step.textContent = current;
     if (totalSteps) {
       progress.totalWrap.hidden = false;
       progress.total.textContent = totalSteps;
@@ -187,13 +188,13 @@
     const select = document.getElementById("histogram-step");
     let refreshTimer = null;
 
-    function bars(part, name, color) {
+    // Every trace gets every count from 0 to the largest seen, so grouped bars line up.
+    function bars(part, name, color, xs) {
       const counts = part.counts;
       const total = Object.values(counts).reduce((a, b) => a + b, 0);
-      const xs = Object.keys(counts).map(Number);
       return {
         type: "bar", name: `${name} (step ${part.step}, ${total} rollouts)`, x: xs,
-        y: xs.map((x) => counts[x] / total), customdata: xs.map((x) => counts[x]),
+        y: xs.map((x) => (counts[x] || 0) / total), customdata: xs.map((x) => counts[x] || 0),
         hovertemplate: "%{x} calls: %{customdata} rollouts (%{y:.0%})<extra></extra>", marker: { color },
       };
     }
@@ -204,13 +205,16 @@
       const response = await fetch(`${config.histogramUrl}?${params}`, { credentials: "same-origin" });
       if (!response.ok) return;
       const data = await response.json();
-      const traces = [];
+      const parts = [];
       const seen = new Set();
       for (const [part, name, color] of [[data.baseline, "baseline", "#adb5bd"], [data.latest, "latest", "#3b5bdb"], [data.chosen, "chosen", "#e67700"]]) {
         if (!part || seen.has(part.step)) continue;
         seen.add(part.step);
-        traces.push(bars(part, name, color));
+        parts.push([part, name, color]);
       }
+      const most = Math.max(0, ...parts.flatMap(([part]) => Object.keys(part.counts).map(Number)));
+      const xs = Array.from({ length: most + 1 }, (_, i) => i);
+      const traces = parts.map(([part, name, color]) => bars(part, name, color, xs));
       const layout = {
         height: 260, margin: { l: 48, r: 12, t: 10, b: 40 }, barmode: "group", bargap: 0.15,
         xaxis: { title: { text: "tool calls in the rollout" }, dtick: 1 },

@@ -1,0 +1,164 @@
+"""The run page, the rollout table, one rollout and a group, rendered by the server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments.models import Trajectory
+from tests.factories import UserFactory
+
+from .conftest import TrajectoryFactory, write_metrics
+
+pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.runs_ui.urls")]
+
+
+@pytest.fixture
+def browser_client(client, owner):
+    client.force_login(owner)
+    return client
+
+
+def test_run_page_shows_progress_charts_and_the_lead_actions(browser_client, run):
+    write_metrics(run, range(1, 21), keys=("reward", "step_time"), value=lambda key, step: 3.0)
+    response = browser_client.get(f"/runs/{run.pk}/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'id="progress-step">20<' in html
+    assert "ETA 240 s" in html  # 80 steps left × 3 s
+    config = response.context["page_config"]
+    assert config["lastSeq"] == 20
+    assert config["seriesUrl"] == f"/api/v1/runs/{run.pk}/series/"
+    assert {"reward", "step_time"} <= set(config["metricKeys"])
+    for chart in (
+        "reward",
+        "eval",
+        "tool-calls",
+        "length",
+        "kl",
+        "loss",
+        "entropy",
+        "timings",
+        "grader-errors",
+    ):
+        assert f'id="chart-{chart}"' in html
+    assert 'id="run-actions"' in html  # the lead's Cancel / Resume / downloads block
+    assert (
+        json.loads(html.split('id="run-page-config" type="application/json">')[1].split("</script>")[0])[
+            "runId"
+        ]
+        == run.pk
+    )
+
+
+def test_run_pages_are_private(client, run):
+    client.force_login(UserFactory(username="intruder"))
+    rollout = TrajectoryFactory(run=run)
+    for path in (
+        f"/runs/{run.pk}/",
+        f"/runs/{run.pk}/rollouts/",
+        f"/runs/{run.pk}/rollouts/{rollout.trace_id}/",
+        f"/runs/{run.pk}/groups/train/1/0/",
+        f"/runs/{run.pk}/histogram/",
+    ):
+        assert client.get(path).status_code == 404, path
+
+
+def test_rollout_table_defaults_to_the_latest_step_and_pages(browser_client, run):
+    TrajectoryFactory.create_batch(3, run=run, step=1)
+    TrajectoryFactory.create_batch(60, run=run, step=2, reward=0.75)
+    response = browser_client.get(f"/runs/{run.pk}/rollouts/")
+    assert response.status_code == 200
+    assert response.context["selected_step"] == 2
+    assert len(response.context["page"].rows) == 50
+    assert response.context["next_query"]
+    second = browser_client.get(f"/runs/{run.pk}/rollouts/?{response.context['next_query']}")
+    assert len(second.context["page"].rows) == 10
+    assert {row.step for row in second.context["page"].rows} == {2}
+    filtered = browser_client.get(f"/runs/{run.pk}/rollouts/", {"step": "", "max_reward": "0.6"})
+    assert [row.step for row in filtered.context["page"].rows] == [1, 1, 1]
+
+
+def test_rollout_view_shows_each_tool_call_with_arguments_result_latency_and_error(browser_client, run):
+    rollout = TrajectoryFactory(
+        run=run,
+        tool_calls=2,
+        tool_call_names=["lookup", "grep"],
+        tool_errors=1,
+        sub_scores={"exact": 1.0, "f1": 0.5},
+        messages=[
+            {"role": "user", "content": "Which file?"},
+            {
+                "role": "assistant",
+                "content": "Let me look.",
+                "tool_calls": [
+                    {
+                        "id": "call_a",
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": '{"key": "x"}'},
+                    },
+                    {
+                        "id": "call_b",
+                        "type": "function",
+                        "function": {"name": "grep", "arguments": "{not json"},
+                    },
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_a", "content": "value of x", "latency_ms": 42.0},
+            {
+                "role": "tool",
+                "tool_call_id": "call_b",
+                "content": "error: timeout",
+                "latency_ms": 3000.0,
+                "error_type": "timeout",
+            },
+            {"role": "assistant", "content": "src/a.py"},
+        ],
+        final_answer="src/a.py",
+    )
+    response = browser_client.get(f"/runs/{run.pk}/rollouts/{rollout.trace_id}/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "&quot;key&quot;: &quot;x&quot;" in html  # arguments pretty-printed
+    assert "value of x" in html and "42 ms" in html
+    assert "(not valid JSON)" in html and "timeout" in html and "3000 ms" in html
+    assert html.count('class="turn tool"') == 0  # results are folded into their calls
+    turns = response.context["turns"]
+    assert [turn.role for turn in turns] == ["user", "assistant", "assistant"]
+    assert turns[1].tool_calls[1].error_type == "timeout"
+    assert "f1" in html and "src/a.py" in html
+
+
+def test_group_view_puts_the_prompts_rollouts_side_by_side_with_advantages(browser_client, run):
+    for sample, reward in enumerate([1.0, 0.0, 0.5, 0.5]):
+        TrajectoryFactory(
+            run=run,
+            step=4,
+            group_index=2,
+            sample_index=sample,
+            reward=reward,
+            advantage=(reward - 0.5) / 0.41,
+        )
+    TrajectoryFactory(run=run, step=4, group_index=3, sample_index=0)
+    response = browser_client.get(f"/runs/{run.pk}/groups/train/4/2/")
+    assert response.status_code == 200
+    group = response.context["group"]
+    assert [r.sample_index for r in group.rollouts] == [0, 1, 2, 3]
+    assert group.reward_mean == pytest.approx(0.5)
+    assert group.best_reward == 1.0
+    html = response.content.decode()
+    assert "1.22" in html and "-1.22" in html
+    assert "What is the capital of item 2?" in html
+
+
+def test_histogram_compares_baseline_latest_and_the_chosen_step(browser_client, run):
+    for step, calls in [(1, [0, 5, 5, 9]), (2, [1, 1, 2, 2]), (3, [1, 1, 1, 2])]:
+        for count in calls:
+            TrajectoryFactory(run=run, step=step, tool_calls=count)
+    TrajectoryFactory(run=run, step=3, tool_calls=7, split=Trajectory.Split.EVAL)
+    body = browser_client.get(f"/runs/{run.pk}/histogram/", {"step": 2}).json()
+    assert body["steps"] == [3, 2, 1]
+    assert body["baseline"] == {"step": 1, "counts": {"0": 1, "5": 2, "9": 1}}
+    assert body["latest"] == {"step": 3, "counts": {"1": 3, "2": 1}}
+    assert body["chosen"] == {"step": 2, "counts": {"1": 2, "2": 2}}

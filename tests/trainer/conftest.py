@@ -68,6 +68,11 @@ def reporter() -> RecordingReporter:
 
 
 @pytest.fixture
+def reporter_factory() -> type[RecordingReporter]:
+    return RecordingReporter
+
+
+@pytest.fixture
 def toy_tool_server():
     """A real HTTP tool server on 127.0.0.1 speaking the agent-RFT wire format for the toy tool.
 

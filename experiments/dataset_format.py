@@ -13,7 +13,9 @@ a short reason) for every bad one. It never raises for bad input, whatever the b
 from __future__ import annotations
 
 import functools
+import operator
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,8 +29,8 @@ DEFAULT_MAX_LINE_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_ERRORS = 1000
 READ_CHUNK_BYTES = 1024 * 1024
 ROLES = ("system", "developer", "user", "assistant", "tool")
-# Deeper nesting than this is refused: the databases' JSON types stop somewhere near 1000 levels.
-MAX_NESTING = 500
+# Deeper nesting than this is refused: SQLite's JSON functions stop at 1000 levels (orjson at 1024).
+MAX_NESTING = 900
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
 _ROLE_SET = frozenset(ROLES)
@@ -42,6 +44,7 @@ class ParsedItem(NamedTuple):
     message_count: int
     char_count: int  # characters of message text (the basis of the token estimate)
     has_tools: bool
+    tools_key: bytes | None = None  # the item's tools as canonical JSON (None without tools)
 
 
 class LineError(NamedTuple):
@@ -140,7 +143,12 @@ class _Invalid(Exception):
 
 
 def _check_item(data: dict[str, Any], line: bytes, line_number: int) -> ParsedItem:
-    if (line.count(b"[") + line.count(b"{")) > MAX_NESTING and _depth(data) > MAX_NESTING:
+    # Nesting this deep needs two bytes a level, so most lines skip the count.
+    if (
+        len(line) > 2 * MAX_NESTING
+        and line.count(b"[") + line.count(b"{") > MAX_NESTING
+        and _depth(data) > MAX_NESTING
+    ):
         raise _Invalid(f"nested deeper than {MAX_NESTING} levels")
     if b"\\u0000" in line and _has_nul(data):
         raise _Invalid("contains a NUL character (\\u0000), which cannot be stored")
@@ -158,8 +166,8 @@ def _check_item(data: dict[str, Any], line: bytes, line_number: int) -> ParsedIt
     if last_role != "user":
         raise _Invalid(f'the last message must be from the user (it is from "{last_role}")')
     tools = data.get("tools")
-    has_tools = tools is not None
-    if has_tools:
+    key = None
+    if tools is not None:
         if not isinstance(tools, list):
             raise _Invalid(f'"tools" must be a list (got {_json_type(tools)})')
         try:
@@ -169,7 +177,7 @@ def _check_item(data: dict[str, Any], line: bytes, line_number: int) -> ParsedIt
         problem = _tools_problem(key)
         if problem:
             raise _Invalid(problem)
-    return ParsedItem(line_number, line, data, len(messages), char_count, has_tools)
+    return ParsedItem(line_number, line, data, len(messages), char_count, key is not None, key)
 
 
 def _check_message(message: Any, position: int) -> int:
@@ -351,43 +359,70 @@ class Histogram:
 MAX_TRACKED_NAMES = 200  # distinct field / tool names counted one by one; the rest are lumped together
 
 
-@dataclass
-class DatasetStats:
-    """Field presence, roles, message-count and length distributions and a token estimate."""
+MAX_DISTINCT_SHAPES = 1000  # distinct field / tool sets counted whole before being folded into names
+_role_of = operator.itemgetter("role")
 
-    item_count: int = 0
-    message_total: int = 0
-    message_min: int | None = None
-    message_max: int = 0
-    char_total: int = 0
-    char_min: int | None = None
-    char_max: int = 0
-    items_with_tools: int = 0
-    fields: Counter = field(default_factory=Counter)
-    roles: Counter = field(default_factory=Counter)
-    tool_names: Counter = field(default_factory=Counter)
-    message_histogram: Histogram = field(default_factory=lambda: Histogram(width=1))
-    char_histogram: Histogram = field(default_factory=lambda: Histogram(width=64))
+
+class DatasetStats:
+    """Field presence, roles, message-count and length distributions and a token estimate.
+
+    Per item the work is small: the item's field names and roles (and its tools) are counted as one
+    key, and keys are only expanded into per-name counts when the distinct keys pile up or at the end.
+    """
+
+    def __init__(self) -> None:
+        self.item_count = 0
+        self.message_total = 0
+        self.message_min = sys.maxsize
+        self.message_max = 0
+        self.char_total = 0
+        self.char_min = sys.maxsize
+        self.char_max = 0
+        self.items_with_tools = 0
+        self.fields: Counter = Counter()
+        self.roles: Counter = Counter()
+        self.tool_names: Counter = Counter()
+        self.message_histogram = Histogram(width=1)
+        self.char_histogram = Histogram(width=64)
+        # (field names, roles in order) -> items: expanded into fields/roles by _fold
+        self._shapes: Counter = Counter()
+        self._tool_sets: Counter = Counter()
 
     def add(self, item: ParsedItem) -> None:
         self.item_count += 1
         messages, chars = item.message_count, item.char_count
         self.message_total += messages
-        self.message_max = max(self.message_max, messages)
-        self.message_min = messages if self.message_min is None else min(self.message_min, messages)
         self.char_total += chars
-        self.char_max = max(self.char_max, chars)
-        self.char_min = chars if self.char_min is None else min(self.char_min, chars)
+        if messages > self.message_max:
+            self.message_max = messages
+        if messages < self.message_min:
+            self.message_min = messages
+        if chars > self.char_max:
+            self.char_max = chars
+        if chars < self.char_min:
+            self.char_min = chars
         self.message_histogram.add(messages)
         self.char_histogram.add(chars)
-        _count_names(self.fields, item.data)
-        for message in item.data["messages"]:
-            self.roles[message["role"]] += 1
-        if item.has_tools:
+        data = item.data
+        self._shapes[tuple(data), tuple(map(_role_of, data["messages"]))] += 1
+        if item.tools_key is not None:
             self.items_with_tools += 1
-            _count_names(self.tool_names, [tool["function"]["name"] for tool in item.data["tools"]])
+            self._tool_sets[item.tools_key] += 1
+        if len(self._shapes) > MAX_DISTINCT_SHAPES or len(self._tool_sets) > MAX_DISTINCT_SHAPES:
+            self._fold()
+
+    def _fold(self) -> None:
+        for (names, roles), count in self._shapes.items():
+            _count_names(self.fields, names, count)
+            for role in roles:
+                self.roles[role] += count
+        for key, count in self._tool_sets.items():
+            _count_names(self.tool_names, [tool["function"]["name"] for tool in orjson.loads(key)], count)
+        self._shapes.clear()
+        self._tool_sets.clear()
 
     def as_dict(self) -> dict[str, Any]:
+        self._fold()
         count = self.item_count or 1
         return {
             "item_count": self.item_count,
@@ -397,14 +432,14 @@ class DatasetStats:
             "tool_names": dict(self.tool_names.most_common()),
             "messages": {
                 "total": self.message_total,
-                "min": self.message_min or 0,
+                "min": self.message_min if self.item_count else 0,
                 "max": self.message_max,
                 "mean": round(self.message_total / count, 2),
                 "histogram": self.message_histogram.as_dict(),
             },
             "chars": {
                 "total": self.char_total,
-                "min": self.char_min or 0,
+                "min": self.char_min if self.item_count else 0,
                 "max": self.char_max,
                 "mean": round(self.char_total / count, 1),
                 "histogram": self.char_histogram.as_dict(),
@@ -414,12 +449,12 @@ class DatasetStats:
         }
 
 
-def _count_names(counter: Counter, names) -> None:
+def _count_names(counter: Counter, names, count: int = 1) -> None:
     for name in names:
         if name in counter or len(counter) < MAX_TRACKED_NAMES:
-            counter[name] += 1
+            counter[name] += count
         else:
-            counter["(other)"] += 1
+            counter["(other)"] += count
 
 
 @dataclass

@@ -9,6 +9,7 @@ recorded is an `invalid` dataset with its errors and no items.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import random
@@ -261,28 +262,70 @@ def _copy_upload(file: IO[bytes], stored: Path, *, max_bytes: int, count_items: 
 
 
 class _Target:
-    """One dataset being filled: its rows waiting to be written, its next index and its statistics."""
+    """One dataset being filled: its next index and its statistics."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
-        self.rows: list[tuple] = []
         self.next_index = 0
         self.stats = DatasetStats()
 
-    def add(self, item: ParsedItem) -> None:
-        self.rows.append(
-            (
-                self.dataset.pk,
-                self.next_index,
-                item.line_number,
-                item.raw.decode("utf-8"),  # the line as uploaded: already checked to be valid JSON
-                item.message_count,
-                item.char_count,
-                item.has_tools,
-            )
+    def row(self, item: ParsedItem) -> tuple:
+        row = (
+            self.dataset.pk,
+            self.next_index,
+            item.line_number,
+            item.raw.decode("utf-8"),  # the line as uploaded: already checked to be valid JSON
+            item.message_count,
+            item.char_count,
+            item.has_tools,
         )
         self.next_index += 1
         self.stats.add(item)
+        return row
+
+
+class _ItemWriter:
+    """Writes item rows as they come, skipping the ORM's per-object cost.
+
+    PostgreSQL: one COPY stream for the whole file, so that the server stores rows while the next
+    lines are parsed. Elsewhere: executemany in batches of IMPORT_BATCH_SIZE.
+    """
+
+    def __init__(self) -> None:
+        table = connection.ops.quote_name(DatasetItem._meta.db_table)
+        columns = ", ".join(connection.ops.quote_name(column) for column in _ITEM_COLUMNS)
+        self._stack = contextlib.ExitStack()
+        self._copy = None
+        self._rows: list[tuple] = []
+        self._cursor = self._stack.enter_context(connection.cursor())
+        if connection.vendor == "postgresql":
+            self._copy = self._stack.enter_context(
+                self._cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN")
+            )
+        else:
+            placeholders = ", ".join(["%s"] * len(_ITEM_COLUMNS))
+            self._insert = f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"
+
+    def write(self, row: tuple) -> None:
+        if self._copy is not None:
+            self._copy.write_row(row)
+            return
+        self._rows.append(row)
+        if len(self._rows) >= IMPORT_BATCH_SIZE:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._cursor.executemany(self._insert, self._rows)
+            self._rows.clear()
+
+    def __enter__(self) -> _ItemWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        if exc_type is None:
+            self._flush()
+        return self._stack.__exit__(exc_type, exc, traceback)
 
 
 class _Rollback(Exception):
@@ -316,29 +359,25 @@ def _import_items(
                     )
                 )
             position = 0
-            for record in iter_records(stream, max_line_bytes=max_line_bytes):
-                if isinstance(record, LineError):
-                    error_count += 1
-                    if len(errors) < max_errors:
-                        errors.append({"line": record.line_number, "error": record.reason})
-                    continue
+            with _ItemWriter() as writer:
+                for record in iter_records(stream, max_line_bytes=max_line_bytes):
+                    if isinstance(record, LineError):
+                        error_count += 1
+                        if len(errors) < max_errors:
+                            errors.append({"line": record.line_number, "error": record.reason})
+                        continue
+                    if error_count:
+                        continue  # nothing more is stored; the rest is only checked
+                    target = evaluation if position in eval_positions else train
+                    position += 1
+                    writer.write(target.row(record))
                 if error_count:
-                    continue  # nothing more is stored; the rest is only checked
-                target = evaluation if position in eval_positions else train
-                position += 1
-                target.add(record)
-                if len(target.rows) >= IMPORT_BATCH_SIZE:
-                    _write_rows(target.rows)
-                    target.rows.clear()
-            if error_count:
-                raise _Rollback
+                    raise _Rollback
             if position == 0:
                 raise DatasetError("The file holds no items (every line is blank).")
             for target in (train, evaluation):
                 if target is None:
                     continue
-                _write_rows(target.rows)
-                target.rows.clear()
                 stats = target.stats.as_dict()
                 if target is evaluation:
                     stats["carved"] = {
@@ -360,22 +399,6 @@ def _import_items(
 def _describe_carve(carve: EvalCarve) -> str:
     what = f"{carve.fraction:g} of the items" if carve.fraction is not None else f"{carve.count} items"
     return f"{what}, seed {carve.seed}"
-
-
-def _write_rows(rows: list[tuple]) -> None:
-    """Insert item rows: COPY on PostgreSQL, one executemany elsewhere (the ORM's per-object cost is skipped)."""
-    if not rows:
-        return
-    table = connection.ops.quote_name(DatasetItem._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(column) for column in _ITEM_COLUMNS)
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        else:
-            placeholders = ", ".join(["%s"] * len(_ITEM_COLUMNS))
-            cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({placeholders})", rows)
 
 
 def _human_bytes(size: int) -> str:

@@ -252,21 +252,6 @@ def _kill_sandbox(process: asyncio.subprocess.Process) -> None:
         process.kill()
 
 
-class _OutputTooLarge(Exception):
-    pass
-
-
-async def _read_capped(stream: asyncio.StreamReader, *, budget: list[int], keep: bytearray) -> None:
-    while True:
-        chunk = await stream.read(65536)
-        if not chunk:
-            return
-        budget[0] -= len(chunk)
-        if budget[0] < 0:
-            raise _OutputTooLarge
-        keep += chunk
-
-
 async def run_python_grader(
     *, source: str, sample: Any, item: Any, limits: SandboxLimits = SandboxLimits()
 ) -> float:
@@ -286,37 +271,53 @@ async def run_python_grader(
         env={"PATH": "/usr/bin:/bin"},
         start_new_session=True,
     )
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
     stdout, stderr = bytearray(), bytearray()
     budget = [limits.max_output_bytes]
+    over_cap = [False]
 
-    async def communicate() -> None:
-        assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    async def pump(stream: asyncio.StreamReader, keep: bytearray) -> None:
+        # Read to EOF even past the cap (discarding): asyncio only reports the process finished once
+        # its pipes are closed, and a paused pipe would never be.
+        while chunk := await stream.read(65536):
+            budget[0] -= len(chunk)
+            if budget[0] < 0:
+                if not over_cap[0]:
+                    over_cap[0] = True
+                    logger.debug("sandbox %s: output cap reached, killing", process.pid)
+                    _kill_sandbox(process)
+                continue
+            keep += chunk
+
+    async def feed() -> None:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             process.stdin.write(payload)
             await process.stdin.drain()
             process.stdin.close()
-        await asyncio.gather(
-            _read_capped(process.stdout, budget=budget, keep=stdout),
-            _read_capped(process.stderr, budget=budget, keep=stderr),
-        )
-        await process.wait()
 
+    pumps = asyncio.ensure_future(
+        asyncio.gather(feed(), pump(process.stdout, stdout), pump(process.stderr, stderr))
+    )
     try:
-        async with asyncio.timeout(limits.timeout_s):
-            await communicate()
+        done, _ = await asyncio.wait([pumps], timeout=limits.timeout_s)
+        timed_out = not done
+        if timed_out:
+            logger.debug("sandbox %s: deadline reached, killing", process.pid)
+            _kill_sandbox(process)
+        # After a kill the pipes close at once: the whole PID namespace dies with bwrap.
+        await asyncio.wait_for(pumps, timeout=5)
+        await asyncio.wait_for(process.wait(), timeout=5)
     except TimeoutError:
-        _kill_sandbox(process)
-        await process.wait()
-        raise GraderError("timeout", f"the grader did not finish within {limits.timeout_s:g} s") from None
-    except _OutputTooLarge:
-        _kill_sandbox(process)
-        await process.wait()
-        raise GraderError(
-            "output_too_large", f"the grader wrote more than {limits.max_output_bytes} bytes of output"
-        ) from None
+        raise GraderError("sandbox", "the sandbox did not shut down after being killed") from None
     except BaseException:
         _kill_sandbox(process)
         raise
+    if timed_out:
+        raise GraderError("timeout", f"the grader did not finish within {limits.timeout_s:g} s")
+    if over_cap[0]:
+        raise GraderError(
+            "output_too_large", f"the grader wrote more than {limits.max_output_bytes} bytes of output"
+        )
     return _score_from(stdout=bytes(stdout), stderr=bytes(stderr), returncode=process.returncode)
 
 

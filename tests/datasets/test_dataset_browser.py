@@ -170,3 +170,10 @@ def test_upload_preview_then_broken_file_error_table(
     page.click("#upload-button")
     page.wait_for_selector("text=This file was already uploaded")
     assert page.locator("text=Open the existing dataset").get_attribute("href") == f"/datasets/{train.pk}/"
+
+    page.goto(f"{live_server.url}/datasets/")
+    names = page.locator("table.ds-table tbody tr td:first-child a").all_inner_texts()
+    assert sorted(names) == ["Shop file finding", "Shop file finding (eval)", "broken"]
+    page.screenshot(
+        path=str(screenshot_dir / "datasets-list.png"), clip={"x": 0, "y": 0, "width": 1400, "height": 420}
+    )

@@ -19,6 +19,7 @@ _KEY_ORDER = (
     "type",
     "name",
     "description",
+    "messages",
     "model",
     "url",
     "input",

@@ -57,7 +57,8 @@ class FormState:
     def __init__(self, *, grader=None, mode: str = "form", data=None, json_text: str | None = None) -> None:
         self.grader = grader
         self.mode = mode
-        spec = grader.spec if grader is not None else None
+        # The per-type forms show secrets masked (a multi grader's sub-grader JSON included).
+        spec = grader_services.masked_spec(grader) if grader is not None else None
         secrets = grader.secrets if grader is not None else None
         if data is not None and mode == "form":
             self.base = GraderBaseForm(data)

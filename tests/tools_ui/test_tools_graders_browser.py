@@ -115,6 +115,12 @@ def test_tool_form_try_it_then_grader_from_pasted_json_and_run(
     page.get_by_text("The request that was sent").click()
     page.screenshot(path=str(screenshot_dir / "tools-try.png"), full_page=True)
     assert "BROWSER-MARKER" not in page.content()
+    # A 4xx: its body is what the model reads, shown as the tool's error.
+    page.locator("#tool-try textarea[name=arguments]").fill('{"expression": "2 * (3 +"}')
+    page.get_by_role("button", name="Send").click()
+    page.locator("[data-testid=try-status]", has_text="400").wait_for()
+    assert page.locator("[data-testid=try-output]").inner_text().startswith("Error (HTTP 400)")
+    page.screenshot(path=str(screenshot_dir / "tools-try-error.png"), full_page=True)
 
     page.goto(f"{live_server.url}/tools/")
     page.screenshot(path=str(screenshot_dir / "tools-list.png"), full_page=True)
@@ -173,6 +179,9 @@ def test_tool_form_try_it_then_grader_from_pasted_json_and_run(
     assert score.inner_text() == "1.0000"
     assert page.locator(".subscores").inner_text().split() == ["exact", "1.0000", "remote", "1.0000"]
     page.screenshot(path=str(screenshot_dir / "graders-run.png"), full_page=True)
+    page.get_by_role("tab", name="Grader JSON").click()
+    page.locator("form[data-pane=json] textarea[name=spec]").wait_for()
+    page.screenshot(path=str(screenshot_dir / "graders-edit-json.png"), full_page=True)
 
     # The per-type form: switching the type shows that type's fields.
     page.goto(f"{live_server.url}/graders/new/")

@@ -79,8 +79,12 @@ def dataset_upload(request):
     return redirect(url)
 
 
-def _upload_page(request, form, *, status: int = 200):
-    context = {"form": form, "max_upload_bytes": settings.RFT_MAX_UPLOAD_BYTES}
+def _upload_page(request, form, *, status: int = 200, file_errors: list[str] | None = None):
+    context = {
+        "form": form,
+        "max_upload_bytes": settings.RFT_MAX_UPLOAD_BYTES,
+        "file_errors": file_errors or [],
+    }
     return render(request, "experiments/dataset_upload.html", context, status=status)
 
 
@@ -89,6 +93,8 @@ def _upload_failed(request, form, errors, *, status: int, wants_json: bool, extr
         return JsonResponse(
             {"errors": {key: list(value) for key, value in errors.items()}, **(extra or {})}, status=status
         )
+    if not form.is_bound:  # refused before the body was read: nothing to bind the form to
+        return _upload_page(request, form, status=status, file_errors=list(errors.get("file", [])))
     for field, problems in errors.items():
         if field in form.fields and not form.has_error(field):
             for problem in problems:

@@ -118,3 +118,11 @@ def test_other_users_datasets_are_not_found(client, other_user):
     theirs = Dataset.objects.create(owner=other_user, name="secret")
     assert client.get(f"/datasets/{theirs.pk}/").status_code == 404
     assert "secret" not in client.get("/datasets/").content.decode()
+
+
+def test_oversize_upload_without_javascript_shows_the_form_with_the_message(client, settings):
+    settings.RFT_MAX_UPLOAD_BYTES = 1000
+    response = upload(client, valid_file(30), json=False)
+    assert response.status_code == 413
+    html = response.content.decode()
+    assert "larger than the upload limit of 1000 bytes" in html and 'id="upload-form"' in html

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import re
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -132,11 +134,28 @@ def set_score(*, named: set[str], expected: set[str], metric: str) -> float:
 class PythonGrader(Grader):
     grader_type = "python"
 
-    def __init__(self, *, name: str, source: str, limits: SandboxLimits) -> None:
+    def __init__(
+        self, *, name: str, source: str, limits: SandboxLimits, max_concurrency: int | None = None
+    ) -> None:
         super().__init__(name=name)
         self.source, self.limits = source, limits
+        # Each sandbox is a process; a whole GRPO batch at once would starve the CPU and time out.
+        self.max_concurrency = max_concurrency or max(2, 2 * (os.cpu_count() or 1))
+        self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if loop not in self._semaphores:
+            self._semaphores[loop] = asyncio.Semaphore(self.max_concurrency)
+        return self._semaphores[loop]
 
     async def score(self, grading: GradingInput) -> float:
+        async with self._semaphore():
+            return await self._run(grading)
+
+    async def _run(self, grading: GradingInput) -> float:
         sample = dict(grading.sample)
         if "output_json" not in sample:
             try:

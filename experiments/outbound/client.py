@@ -201,6 +201,15 @@ def describe_destination(url: str) -> str:
     return f"{parsed.scheme}://{parsed.host}{port}"
 
 
+def display_url(url: str) -> str:
+    """The URL without credentials, query or fragment (they may carry secrets), for echoes in the UI."""
+    try:
+        parsed = httpx.URL(url)
+    except Exception:
+        return "an invalid URL"
+    return f"{describe_destination(url)}{parsed.path}"
+
+
 def validate_outbound_url(url: str) -> httpx.URL:
     """The parsed URL if it is an absolute http(s) URL with a host and no credentials."""
     try:

@@ -28,6 +28,7 @@ from experiments.outbound.client import (
     OutboundResponse,
     SentRequest,
     describe_destination,
+    display_url,
     mask_secret,
     redact,
     run_sync,
@@ -360,7 +361,7 @@ def try_tool_call(
     result = run_sync(send)
     sent = SentRequest(
         method="POST",
-        url=describe_destination(endpoint.url),
+        url=display_url(endpoint.url),
         headers=masked_headers(shown_headers),
         body=orjson.loads(body),
     )

@@ -87,3 +87,18 @@ def test_reason_names_the_embedded_address():
 def test_bad_allowlist_entries_are_rejected(entry):
     with pytest.raises(OutboundPolicyError):
         OutboundPolicy(allowlist=(entry,))
+
+
+def test_policy_from_settings(settings):
+    from experiments.outbound.policy import policy_from_settings
+
+    settings.RFT_OUTBOUND_ALLOW_LOOPBACK = False
+    settings.RFT_OUTBOUND_ALLOWLIST = ["10.20.0.0/16", "tools.internal"]
+    policy = policy_from_settings()
+    assert not policy.allow_loopback
+    assert policy.is_address_allowed("10.20.1.1") and not policy.is_address_allowed("127.0.0.1")
+    assert policy.host_is_allowlisted("tools.internal")
+    settings.RFT_OUTBOUND_ALLOW_LOOPBACK = True
+    settings.RFT_OUTBOUND_ALLOWLIST = "10.0.0.0/8, 192.168.0.0/16"
+    policy = policy_from_settings()
+    assert policy.is_address_allowed("127.0.0.1") and policy.is_address_allowed("192.168.3.3")

@@ -283,6 +283,7 @@ def test_try_tool_call_reports_what_a_rollout_sends(scripted_server):
     assert (
         result.request.headers["X-RFT-Rollout-Id"] == result.trace_id == received.headers["x-rft-rollout-id"]
     )
+    assert result.request.url == f"http://127.0.0.1:{scripted_server.port}/lookup"
     assert result.request.headers["Authorization"] == "••••3456"
     assert result.request.headers["X-Short"] == "••••"
     assert result.request.headers["X-RFT-Signature"].startswith("••••")

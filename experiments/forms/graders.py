@@ -46,9 +46,27 @@ class GraderTypeForm(forms.Form):
     """Common base: `to_spec()` builds grader JSON; `field_for_path` places a path's error."""
 
     grader_type = ""
+    # Spec keys this form edits; other keys of the stored spec (e.g. pass_threshold) are kept.
+    managed_keys: tuple[str, ...] = ()
+    # Keys left out when they hold this default and the stored spec did not have them, so that
+    # saving an unchanged form does not change the spec (and its version).
+    defaults: dict[str, Any] = {}
+
+    def __init__(self, *args: Any, original: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.original = original or {}
 
     def to_spec(self, name: str) -> dict[str, Any]:
         raise NotImplementedError
+
+    def finish(self, spec: dict[str, Any]) -> dict[str, Any]:
+        for key, value in self.original.items():
+            if key not in spec and key not in self.managed_keys and key not in ("type", "name"):
+                spec[key] = value
+        for key, default in self.defaults.items():
+            if key in spec and spec[key] == default and key not in self.original:
+                del spec[key]
+        return spec
 
     @classmethod
     def initial_from_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
@@ -61,40 +79,50 @@ class GraderTypeForm(forms.Form):
 
 class StringCheckForm(GraderTypeForm):
     grader_type = "string_check"
+    managed_keys = ("input", "reference", "operation")
+    defaults = {}
     input = forms.CharField(initial="{{sample.output_text}}", widget=template_input("{{sample.output_text}}"))
     reference = forms.CharField(initial="{{item.answer}}", widget=template_input("{{item.answer}}"))
     operation = forms.ChoiceField(choices=[(op, op) for op in STRING_OPERATIONS], initial="eq")
 
     def to_spec(self, name: str) -> dict[str, Any]:
         data = self.cleaned_data
-        return {
-            "type": "string_check",
-            "name": name,
-            "input": data["input"],
-            "reference": data["reference"],
-            "operation": data["operation"],
-        }
+        return self.finish(
+            {
+                "type": "string_check",
+                "name": name,
+                "input": data["input"],
+                "reference": data["reference"],
+                "operation": data["operation"],
+            }
+        )
 
 
 class TextSimilarityForm(GraderTypeForm):
     grader_type = "text_similarity"
+    managed_keys = ("input", "reference", "evaluation_metric")
+    defaults = {}
     input = forms.CharField(initial="{{sample.output_text}}", widget=template_input("{{sample.output_text}}"))
     reference = forms.CharField(initial="{{item.answer}}", widget=template_input("{{item.answer}}"))
     evaluation_metric = forms.ChoiceField(choices=[(m, m) for m in METRICS], initial="fuzzy_match")
 
     def to_spec(self, name: str) -> dict[str, Any]:
         data = self.cleaned_data
-        return {
-            "type": "text_similarity",
-            "name": name,
-            "input": data["input"],
-            "reference": data["reference"],
-            "evaluation_metric": data["evaluation_metric"],
-        }
+        return self.finish(
+            {
+                "type": "text_similarity",
+                "name": name,
+                "input": data["input"],
+                "reference": data["reference"],
+                "evaluation_metric": data["evaluation_metric"],
+            }
+        )
 
 
 class SetMatchForm(GraderTypeForm):
     grader_type = "set_match"
+    managed_keys = ("input", "reference", "metric", "pattern", "case_sensitive")
+    defaults = {"metric": "f1", "case_sensitive": True}
     input = forms.CharField(initial="{{sample.output_text}}", widget=template_input("{{sample.output_text}}"))
     reference = forms.CharField(
         initial="{{item.reference_files}}", widget=template_input("{{item.reference_files}}")
@@ -119,11 +147,13 @@ class SetMatchForm(GraderTypeForm):
         }
         if data["pattern"]:
             spec["pattern"] = data["pattern"]
-        return spec
+        return self.finish(spec)
 
 
 class ScoreModelForm(GraderTypeForm):
     grader_type = "score_model"
+    managed_keys = ("model", "base_url", "api_key", "input", "range")
+    defaults = {"range": [0.0, 1.0]}
     model = forms.CharField(widget=forms.TextInput(attrs={**TEMPLATE_ATTRS, "placeholder": "gpt-4o-mini"}))
     base_url = forms.CharField(
         label="Base URL",
@@ -182,11 +212,13 @@ class ScoreModelForm(GraderTypeForm):
             spec["api_key"] = data["api_key"]
         elif self.stored_api_key_masked:
             spec["api_key"] = ""  # keep the stored key
-        return spec
+        return self.finish(spec)
 
 
 class PythonForm(GraderTypeForm):
     grader_type = "python"
+    managed_keys = ("source",)
+    defaults = {}
     source = forms.CharField(
         initial=(
             "def grade(sample, item) -> float:\n"
@@ -197,11 +229,13 @@ class PythonForm(GraderTypeForm):
     )
 
     def to_spec(self, name: str) -> dict[str, Any]:
-        return {"type": "python", "name": name, "source": self.cleaned_data["source"]}
+        return self.finish({"type": "python", "name": name, "source": self.cleaned_data["source"]})
 
 
 class EndpointForm(GraderTypeForm):
     grader_type = "endpoint"
+    managed_keys = ("url", "headers", "signing_secret", "timeout_s")
+    defaults = {"timeout_s": 30.0, "headers": {}}
     url = forms.CharField(
         label="URL",
         widget=forms.URLInput(attrs={**TEMPLATE_ATTRS, "placeholder": "https://grader.example.com/grade"}),
@@ -278,11 +312,13 @@ class EndpointForm(GraderTypeForm):
             spec["signing_secret"] = data["signing_secret"]
         elif self.stored_signing_secret_masked:
             spec["signing_secret"] = ""
-        return spec
+        return self.finish(spec)
 
 
 class MultiForm(GraderTypeForm):
     grader_type = "multi"
+    managed_keys = ("graders", "calculate_output")
+    defaults = {}
     graders = JSONTextField(
         label="Sub-graders",
         initial={
@@ -318,12 +354,14 @@ class MultiForm(GraderTypeForm):
 
     def to_spec(self, name: str) -> dict[str, Any]:
         data = self.cleaned_data
-        return {
-            "type": "multi",
-            "name": name,
-            "graders": data["graders"],
-            "calculate_output": data["calculate_output"],
-        }
+        return self.finish(
+            {
+                "type": "multi",
+                "name": name,
+                "graders": data["graders"],
+                "calculate_output": data["calculate_output"],
+            }
+        )
 
 
 TYPE_FORMS: dict[str, type[GraderTypeForm]] = {
@@ -355,6 +393,7 @@ def type_forms(
         kwargs: dict[str, Any] = {"prefix": grader_type}
         if spec and spec.get("type") == grader_type:
             kwargs["initial"] = form_class.initial_from_spec(spec)
+            kwargs["original"] = spec
         if grader_type == "endpoint":
             kwargs["stored_headers"] = (
                 {name: mask_secret(value) for name, value in (secrets_here.get("headers") or {}).items()}

@@ -280,3 +280,37 @@ def test_grader_secrets_reach_the_endpoint_and_judge_but_no_page_api_response_lo
         cursor.execute("SELECT spec::text, secrets FROM experiments_grader WHERE id = %s", [grader_id])
         raw_spec, raw_secrets = cursor.fetchone()
     assert "MARKER" not in raw_spec and "MARKER" not in raw_secrets and raw_secrets.startswith("gAAAA")
+
+
+def test_saving_an_unchanged_form_keeps_the_spec_and_its_version(client, alice):
+    """Defaults are not written into the spec, and fields the form does not edit are kept."""
+    spec = {
+        "type": "score_model",
+        "name": "judge",
+        "model": "m",
+        "base_url": "https://judge.example.com/v1",
+        "api_key": "sk-judge-key-123456789",
+        "input": [{"role": "user", "content": "{{sample.output_text}}"}],
+        "pass_threshold": 0.5,
+    }
+    grader = grader_services.create_grader(owner=alice, spec=spec)
+    client.force_login(alice)
+    form = {
+        "mode": "form",
+        "name": "judge",
+        "type": "score_model",
+        "score_model-model": "m",
+        "score_model-base_url": "https://judge.example.com/v1",
+        "score_model-api_key": "",
+        "score_model-input": json.dumps(spec["input"]),
+        "score_model-range_low": "0",
+        "score_model-range_high": "1",
+    }
+    html = client.post(f"/graders/{grader.pk}/", form, **HTMX).content.decode()
+    assert "Saved (version 1)" in html
+    grader.refresh_from_db()
+    assert grader_services.grading_spec(grader) == spec
+    form["score_model-range_high"] = "10"
+    client.post(f"/graders/{grader.pk}/", form, **HTMX)
+    grader.refresh_from_db()
+    assert (grader.version, grader.spec["range"], grader.spec["pass_threshold"]) == (2, [0.0, 10.0], 0.5)

@@ -314,3 +314,16 @@ def test_saving_an_unchanged_form_keeps_the_spec_and_its_version(client, alice):
     client.post(f"/graders/{grader.pk}/", form, **HTMX)
     grader.refresh_from_db()
     assert (grader.version, grader.spec["range"], grader.spec["pass_threshold"]) == (2, [0.0, 10.0], 0.5)
+
+
+def test_run_grader_obeys_the_outbound_policy_from_settings(client, alice, grade_recorder, settings):
+    settings.RFT_OUTBOUND_ALLOW_LOOPBACK = False
+    grader = grader_services.create_grader(
+        owner=alice, spec={"type": "endpoint", "name": "remote", "url": f"{grade_recorder.base}/grade"}
+    )
+    client.force_login(alice)
+    run = client.post(
+        f"/api/v1/graders/{grader.pk}/run/", {"output_text": "x"}, content_type="application/json"
+    ).json()
+    assert run["score"] is None and run["errors_by_type"] == {"blocked": 1}
+    assert grade_recorder.requests == []

@@ -243,3 +243,16 @@ def test_header_values_reach_the_tool_but_no_page_api_response_log_or_row(
         raw_headers, raw_secret = cursor.fetchone()
     assert raw_headers.startswith("gAAAA") and raw_secret.startswith("gAAAA")
     assert "MARKER" not in raw_headers and "MARKER" not in raw_secret
+
+
+def test_try_it_obeys_the_outbound_policy_from_settings(client, alice, recording_server, settings):
+    """With production's policy (no loopback) the same tool is refused before anything is sent."""
+    settings.RFT_OUTBOUND_ALLOW_LOOPBACK = False
+    tool = ToolFactory(owner=alice, name="echo", url=recording_server.url)
+    client.force_login(alice)
+    html = client.post(f"/tools/{tool.pk}/try/", {"arguments": '{"key": "x"}'}, **HTMX).content.decode()
+    assert "blocked" in html and "not allowed by the server" in html
+    assert recording_server.requests == []
+    settings.RFT_OUTBOUND_ALLOWLIST = ["127.0.0.0/8"]  # an administrator allows it
+    html = client.post(f"/tools/{tool.pk}/try/", {"arguments": '{"key": "x"}'}, **HTMX).content.decode()
+    assert 'data-testid="try-status">200<' in html and len(recording_server.requests) == 1

@@ -172,8 +172,7 @@ def run_rollouts(request, run_id: int):
         "first_query": first_query,
         "selected_step": form.cleaned_data.get("step") if form.is_valid() else None,
     }
-    template = "experiments/_rollout_table.html" if request.htmx else "experiments/rollout_list.html"
-    return render(request, template, context)
+    return render(request, "experiments/rollout_list.html", context)
 
 
 def run_rollout(request, run_id: int, trace_id: str):

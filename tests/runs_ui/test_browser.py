@@ -227,6 +227,11 @@ def test_run_page_charts_grow_live_keep_zoom_and_fill_gaps(page, daphne, owner, 
     steps = page.evaluate("document.getElementById('chart-reward').data[2].x")
     assert steps == list(range(1, 46))  # in order, no gap, no duplicate
 
+    # Another x axis: the history reloads in samples seen (2 prompts × 4 rollouts per step).
+    page.select_option("#x-axis", "samples")
+    page.wait_for_function("document.getElementById('chart-reward').data[2].x[0] === 8", timeout=15000)
+    page.select_option("#x-axis", "step")
+    page.wait_for_function("document.getElementById('chart-reward').data[2].x[0] === 1", timeout=15000)
     page.evaluate("Plotly.relayout('chart-reward', {'xaxis.autorange': true})")
     page.wait_for_function(
         "document.getElementById('tool-call-histogram').dataset.steps?.includes('baseline')", timeout=15000

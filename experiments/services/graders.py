@@ -85,6 +85,8 @@ def split_secrets(
             if _is_kept(value):
                 if old.get(key):
                     found[key] = old[key]
+                elif value:  # a masked value, but nothing is stored to keep
+                    problems.setdefault(_join(prefix, key), []).append("enter the value")
             elif isinstance(value, str):
                 found[key] = value
             else:
@@ -143,6 +145,14 @@ def _apply(spec: Any, secrets: Mapping[str, Any], *, masked: bool) -> Any:
 
     walk(result, "")
     return result
+
+
+def mask_secrets_in(spec: Any) -> Any:
+    """A submitted spec with its secret values masked, for showing it back after an error."""
+    if not isinstance(spec, dict):
+        return spec
+    public, secrets, _problems = split_secrets(spec)
+    return _apply(public, secrets, masked=True)
 
 
 def masked_spec(grader: Grader) -> dict:

@@ -125,6 +125,30 @@ class FormState:
                     None, [f"{where}: {message}" if where else message for message in messages_]
                 )
 
+    def hide_secrets(self) -> None:
+        """A failed submission shows what was typed with secret values masked, never the values.
+        (Text that is not JSON cannot be searched for secrets and is shown as typed.)"""
+        for form, key, wrap in (
+            (self.json_form, "spec", False),
+            (self.types["multi"], self.types["multi"].add_prefix("graders"), True),
+        ):
+            if not form.is_bound:
+                continue
+            try:
+                value = json.loads(form.data.get(key) or "")
+            except ValueError:
+                continue
+            if wrap and isinstance(value, dict):
+                value = grader_services.mask_secrets_in({"type": "multi", "graders": value})["graders"]
+            else:
+                value = grader_services.mask_secrets_in(value)
+            data = form.data.copy()
+            data[key] = spec_text(value)
+            form.data = data
+
+    def json_errors(self) -> list[str]:
+        return list(self.json_form.errors.get("spec", [])) + self.json_problems
+
     def context(self) -> dict:
         return {
             "state": self,
@@ -150,17 +174,29 @@ def _save(request, *, grader=None):
     mode = "json" if request.POST.get("mode") == "json" else "form"
     state = FormState(grader=grader, mode=mode, data=request.POST)
     spec = state.spec_from_json() if mode == "json" else state.spec_from_form()
+    if spec is not None:
+        try:
+            if grader is None:
+                saved = grader_services.create_grader(owner=request.user, spec=spec)
+            else:
+                saved = grader_services.update_grader(grader=grader, spec=spec)
+        except grader_services.GraderValidationError as error:
+            state.place_errors(error)
+            if grader is not None:
+                grader.refresh_from_db()
+            spec = None
     if spec is None:
-        return _render_form(request, state)
-    try:
-        if grader is None:
-            saved = grader_services.create_grader(owner=request.user, spec=spec)
-        else:
-            saved = grader_services.update_grader(grader=grader, spec=spec)
-    except grader_services.GraderValidationError as error:
-        state.place_errors(error)
-        if grader is not None:
-            grader.refresh_from_db()
+        if mode == "json" and request.htmx:
+            # Only the messages change: the pasted text stays in the browser and is not sent back.
+            response = render(
+                request,
+                "experiments/_grader_spec_check.html",
+                {"problems": state.json_errors(), "checked": True},
+            )
+            response["HX-Retarget"] = "#spec-check"
+            response["HX-Reswap"] = "innerHTML"
+            return response
+        state.hide_secrets()
         return _render_form(request, state)
     if grader is None:
         messages.success(request, f"Grader {saved.name} created. Run it on a sample below.")

@@ -327,3 +327,40 @@ def test_run_grader_obeys_the_outbound_policy_from_settings(client, alice, grade
     ).json()
     assert run["score"] is None and run["errors_by_type"] == {"blocked": 1}
     assert grade_recorder.requests == []
+
+
+def test_a_failed_submission_never_sends_a_typed_secret_back(client, alice):
+    client.force_login(alice)
+    spec = {
+        "type": "endpoint",
+        "name": "remote",
+        "url": "https://grader.example.com/grade",
+        "headers": {"Authorization": "Bearer TYPED-SECRET-5566778899"},
+        "timeout_s": -1,
+    }
+    htmx = client.post("/graders/new/", {"mode": "json", "spec": json.dumps(spec)}, **HTMX)
+    assert htmx["HX-Retarget"] == "#spec-check"  # only the messages are swapped in
+    assert "timeout_s: must be a number of seconds" in htmx.content.decode()
+    plain = client.post("/graders/new/", {"mode": "json", "spec": json.dumps(spec)})
+    multi = client.post(
+        "/graders/new/",
+        {
+            "mode": "form",
+            "name": "total",
+            "type": "multi",
+            "multi-calculate_output": "a + b",
+            "multi-graders": json.dumps({"a": spec}),
+        },
+        **HTMX,
+    )
+    for response in (htmx, plain, multi):
+        assert "TYPED-SECRET" not in response.content.decode()
+    assert "••••8899" in plain.content.decode() and "••••8899" in multi.content.decode()
+    # Sending the masked text back does not silently drop the secret: it asks for it.
+    masked = {**spec, "timeout_s": 5, "headers": {"Authorization": "••••8899"}}
+    with pytest.raises(grader_services.GraderValidationError) as error:
+        grader_services.create_grader(owner=alice, spec=masked)
+    assert error.value.by_path == {"headers": ["Authorization: enter the header value"]}
+    with pytest.raises(grader_services.GraderValidationError) as error:
+        grader_services.create_grader(owner=alice, spec={**masked, "headers": {}, "signing_secret": "••••"})
+    assert error.value.by_path == {"signing_secret": ["enter the value"]}

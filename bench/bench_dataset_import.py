@@ -6,6 +6,8 @@ then the streaming validation and the batched inserts in one transaction. It pri
 peak memory: the process's peak RSS (VmHWM, which includes Django itself, shown next to the RSS
 before the import) and, in a second import of the same file, the peak of Python allocations traced
 by tracemalloc (tracing slows Python down, so rows/s come from the first, untraced import).
+Rows per CPU-second of the importing process and the load average are printed too: on a shared
+machine the wall-clock rate depends on what else runs (PostgreSQL's own CPU time is not counted).
 
     .venv/bin/python bench/bench_dataset_import.py [--sizes 10000 100000] [--no-postgres]
 
@@ -103,9 +105,11 @@ def worker(file_path: str, media_root: str) -> None:
     rss_before_kb = _status_kb("VmRSS")
 
     with open(file_path, "rb") as stream:
+        cpu_started = time.process_time()
         started = time.perf_counter()
         result = upload_dataset(owner=owner, file=stream, name="bench")
         seconds = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started
     assert result.ok, result.dataset.errors[:3]
     rows = result.dataset.item_count
     peak_rss_kb = _status_kb("VmHWM")
@@ -122,6 +126,8 @@ def worker(file_path: str, media_root: str) -> None:
             {
                 "rows": rows,
                 "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
+                "load_average": os.getloadavg()[0],
                 "rss_before_mb": rss_before_kb / 1024,
                 "peak_rss_mb": peak_rss_kb / 1024,
                 "tracemalloc_peak_mb": traced_peak / 1024 / 1024,
@@ -217,18 +223,21 @@ def main() -> None:
                 results.append((backend, size, figures))
                 print(
                     f"{backend:<10} {size:>7,} lines: {figures['rows'] / figures['seconds']:>8,.0f} rows/s "
-                    f"({figures['seconds']:.2f} s); peak RSS {figures['peak_rss_mb']:.0f} MB "
+                    f"({figures['seconds']:.2f} s, {figures['cpu_seconds']:.2f} CPU s in this process, "
+                    f"load average {figures['load_average']:.1f}); peak RSS {figures['peak_rss_mb']:.0f} MB "
                     f"(before the import {figures['rss_before_mb']:.0f} MB); "
                     f"tracemalloc peak {figures['tracemalloc_peak_mb']:.1f} MB",
                     flush=True,
                 )
     print()
     print(
-        f"{'database':<10} {'lines':>8} {'rows/s':>9} {'peak RSS MB':>12} {'RSS growth MB':>14} {'traced peak MB':>15}"
+        f"{'database':<10} {'lines':>8} {'rows/s':>9} {'rows/CPU-s':>11} {'peak RSS MB':>12} "
+        f"{'RSS growth MB':>14} {'traced peak MB':>15}"
     )
     for backend, size, figures in results:
         print(
-            f"{backend:<10} {size:>8,} {figures['rows'] / figures['seconds']:>9,.0f} {figures['peak_rss_mb']:>12.0f} "
+            f"{backend:<10} {size:>8,} {figures['rows'] / figures['seconds']:>9,.0f} "
+            f"{figures['rows'] / figures['cpu_seconds']:>11,.0f} {figures['peak_rss_mb']:>12.0f} "
             f"{figures['peak_rss_mb'] - figures['rss_before_mb']:>14.1f} {figures['tracemalloc_peak_mb']:>15.1f}"
         )
 

@@ -129,6 +129,8 @@ def parse_line(line: bytes, line_number: int) -> ParsedItem | LineError:
     try:
         data = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
+        if line_number == 1 and line.startswith((b"\xff\xfe", b"\xfe\xff")):
+            return LineError(line_number, "the file is UTF-16; save it as UTF-8")
         return LineError(line_number, _json_error_reason(line, exc))
     if not isinstance(data, dict):
         return LineError(line_number, f"not a JSON object (got {_json_type(data)})")

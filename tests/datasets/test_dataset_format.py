@@ -104,6 +104,11 @@ def test_over_long_line_is_reported_and_not_kept_whole_in_memory():
     assert found[1].reason == "line too long (over 1,000 bytes)"
 
 
+def test_a_utf16_file_is_named_as_such():
+    data = jsonl([item(0), item(1)]).decode().encode("utf-16")
+    assert errors_of(data)[0] == (1, "the file is UTF-16; save it as UTF-8")
+
+
 def test_every_error_is_counted_but_the_list_is_capped():
     data = jsonl([b"nope"] * 30 + [item(0)])
     result = scan(io.BytesIO(data), max_errors=10)

@@ -9,12 +9,9 @@ from django.shortcuts import get_object_or_404
 
 from ..models import Dataset, DatasetItem, Grader, Run
 from ..models.dataset import DatasetStatus
+from . import graders_for
 
 PICKER_ITEM_LIMIT = 200
-
-
-def graders_for(*, user) -> QuerySet[Grader]:
-    return Grader.objects.visible_to(user)
 
 
 def grader_for(*, user, grader_id: int) -> Grader:

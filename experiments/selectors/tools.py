@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 
 from ..models import Run, Tool
-
-
-def tools_for(*, user) -> QuerySet[Tool]:
-    return Tool.objects.visible_to(user)
+from . import tools_for
 
 
 def tool_for(*, user, tool_id: int) -> Tool:

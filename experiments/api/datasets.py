@@ -304,7 +304,7 @@ class DatasetViewSet(
         url_path="errors/report",
         url_name="error-report",
         pagination_class=None,
-        renderer_classes=[CSVRenderer, JSONRenderer],
+        renderer_classes=[JSONRenderer, CSVRenderer],
     )
     def error_report(self, request: Request, pk=None):
         dataset = self.get_object()

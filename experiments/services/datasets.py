@@ -352,7 +352,7 @@ def _import_items(
                 evaluation = _Target(
                     Dataset.objects.create(
                         owner=fields["owner"],
-                        name=f"{fields['name']} (eval)",
+                        name=f"{fields['name'][:193]} (eval)",
                         description=f"Eval split carved off “{fields['name']}” ({_describe_carve(carve)}).",
                         split=DatasetSplit.EVAL,
                         derived_from=train.dataset,

@@ -153,6 +153,7 @@ ITEM_PARAMETERS = [
         "limit", int, description=f"Page size (default 50, at most {dataset_selectors.MAX_ITEM_PAGE_SIZE})."
     ),
     OpenApiParameter("q", str, description="Only items whose JSON text contains this (case-insensitive)."),
+    OpenApiParameter("has_tools", bool, description="Only items that carry their own `tools`."),
 ]
 
 
@@ -254,7 +255,11 @@ class DatasetViewSet(
         after = _int_param(request, "after")
         limit = _int_param(request, "limit") or 50
         page = dataset_selectors.dataset_item_page(
-            dataset=dataset, after=after, query=request.query_params.get("q", ""), limit=limit
+            dataset=dataset,
+            after=after,
+            query=request.query_params.get("q", ""),
+            with_tools=request.query_params.get("has_tools", "").lower() in ("1", "true", "yes"),
+            limit=limit,
         )
         next_url = None
         if page.next_after is not None:

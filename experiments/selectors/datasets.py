@@ -52,6 +52,7 @@ class ItemPage:
     next_after: int | None  # pass as `after` for the next page; None on the last page
     previous_before: int | None  # pass as `before` for the previous page; None on the first page
     query: str
+    with_tools: bool = False
 
 
 def dataset_item_page(
@@ -60,15 +61,18 @@ def dataset_item_page(
     after: int | None = None,
     before: int | None = None,
     query: str = "",
+    with_tools: bool = False,
     limit: int = ITEM_PAGE_SIZE,
 ) -> ItemPage:
     """A keyset page of items ordered by index: those after `after` (or before `before`), optionally
-    only items whose JSON text contains `query` (case-insensitive)."""
+    only items whose JSON text contains `query` (case-insensitive), only items with their own tools."""
     limit = max(1, min(limit, MAX_ITEM_PAGE_SIZE))
     items = DatasetItem.objects.filter(dataset=dataset)
     query = query.strip()
     if query:
         items = items.annotate(text=Cast("data", TextField())).filter(text__icontains=query)
+    if with_tools:
+        items = items.filter(has_tools=True)
     if before is not None:
         rows = list(items.filter(index__lt=before).order_by("-index")[: limit + 1])
         has_more_before = len(rows) > limit
@@ -82,12 +86,13 @@ def dataset_item_page(
         rows = rows[:limit]
         has_more_before = after is not None and bool(rows)
     if not rows:
-        return ItemPage(items=[], next_after=None, previous_before=None, query=query)
+        return ItemPage(items=[], next_after=None, previous_before=None, query=query, with_tools=with_tools)
     return ItemPage(
         items=[_item_view(row) for row in rows],
         next_after=rows[-1].index if has_more_after else None,
         previous_before=rows[0].index if has_more_before else None,
         query=query,
+        with_tools=with_tools,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.conf import settings
 from django.contrib import messages
 from django.http import HttpResponse, JsonResponse
@@ -109,12 +111,21 @@ def dataset_page(request, dataset_id: int):
         after=_int_or_none(request.GET.get("after")),
         before=_int_or_none(request.GET.get("before")),
         query=request.GET.get("q", ""),
+        with_tools=request.GET.get("tools") == "1",
     )
+    # The filters, carried by the pager's links.
+    filters = urlencode(
+        {
+            key: value
+            for key, value in (("q", item_page.query), ("tools", "1" if item_page.with_tools else ""))
+            if value
+        }
+    )
+    items_context = {"dataset": dataset, "page": item_page, "filters": filters + "&" if filters else ""}
     if request.htmx:
-        return render(request, "experiments/dataset_items.html", {"dataset": dataset, "page": item_page})
+        return render(request, "experiments/dataset_items.html", items_context)
     context = {
-        "dataset": dataset,
-        "page": item_page,
+        **items_context,
         "stats": dataset.stats,
         "fields": dataset_selectors.field_presence(dataset=dataset),
         "charts": dataset_selectors.dataset_charts(dataset=dataset),

@@ -4,7 +4,7 @@ import csv
 import io
 
 import pytest
-from dataset_files import item, jsonl, valid_file
+from dataset_files import GREP_TOOL, item, jsonl, valid_file
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
@@ -95,6 +95,13 @@ def test_items_keyset_pages_and_search(api):
     assert [r["index"] for r in third["results"]] == [6] and third["next"] is None
     red = api.get(f"{URL}{dataset_id}/items/", {"q": "red"}).json()
     assert [r["index"] for r in red["results"]] == [1, 3, 5]
+
+
+def test_items_with_their_own_tools(api):
+    rows = [item(i, tools=[GREP_TOOL]) if i in (2, 5) else item(i) for i in range(7)]
+    dataset_id = post_file(api, jsonl(rows)).json()["dataset"]["id"]
+    page = api.get(f"{URL}{dataset_id}/items/", {"has_tools": "true"}).json()
+    assert [(r["index"], r["has_tools"]) for r in page["results"]] == [(2, True), (5, True)]
 
 
 def test_users_see_and_delete_only_their_own(api, other_user):

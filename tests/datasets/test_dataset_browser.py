@@ -117,6 +117,13 @@ def test_upload_preview_then_broken_file_error_table(
     page.evaluate("document.getElementById('items').scrollIntoView()")
     page.screenshot(path=str(screenshot_dir / "datasets-items-search.png"))
 
+    page.goto(f"{live_server.url}/datasets/{train.pk}/")
+    page.check("input[name=tools]")  # submits the filter form through htmx
+    page.wait_for_selector("text=Items that carry their own tools")
+    with_tools = [row for row in dataset_items(dataset_id=train.pk) if "tools" in row]
+    assert page.locator(".ds-item").count() == min(20, len(with_tools))
+    assert page.locator(".ds-item code.ds-tool").count() == page.locator(".ds-item").count()
+
     # A broken file, dropped onto the drop zone.
     broken = (
         jsonl(

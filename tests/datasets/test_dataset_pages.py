@@ -56,6 +56,13 @@ def test_upload_redirects_to_the_dataset_page_with_stats_and_items(client):
     assert "Item 20" in next_page.content.decode() and "<html" not in next_page.content.decode()
     search = client.get(f"/datasets/{dataset.pk}/", {"q": "Question 7:"}).content.decode()
     assert "Item 7" in search and "Item 8" not in search
+    own_tools = client.get(f"/datasets/{dataset.pk}/", {"tools": "1"}).content.decode()
+    assert "Items that carry their own tools" in own_tools
+    assert (
+        "Item 1</strong>" in own_tools
+        and "Item 0</strong>" not in own_tools
+        and "Item 2</strong>" not in own_tools
+    )
 
 
 def test_broken_file_shows_the_error_table_and_report(client):

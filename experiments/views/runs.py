@@ -21,7 +21,13 @@ from ..selectors.metrics import X_AXES, metric_keys, run_log_events, run_progres
 # during the run (pass@k for each k, one series per grader error type).
 CHARTS = [
     {"id": "reward", "title": "Reward (mean ± std)", "band": {"mean": "reward", "std": "reward_std"}},
-    {"id": "eval", "title": "Eval reward and pass@k", "keys": ["eval/reward"], "prefix": ["eval/pass@"]},
+    {
+        "id": "eval",
+        "title": "Eval reward and pass@k",
+        "keys": ["eval/reward"],
+        "prefix": ["eval/pass@"],
+        "markers": True,
+    },
     {"id": "tool-calls", "title": "Tool calls per rollout", "keys": ["tools/calls_mean", "tools/calls_p95"]},
     {"id": "length", "title": "Rollout length (tokens)", "keys": ["completions/mean_length"]},
     {"id": "kl", "title": "KL to the base model", "keys": ["kl"]},
@@ -37,6 +43,7 @@ CHARTS = [
         "title": "Grader errors",
         "keys": ["grader_errors/excluded"],
         "prefix": ["grader_errors/"],
+        "markers": True,
     },
 ]
 

@@ -22,6 +22,15 @@
     return { index: i, value: i >= 0 && steps[i] <= step ? values[i] : undefined };
   }
 
+  // Exponential moving average with debias (as TensorBoard / W&B): early points are not pulled
+  // toward 0. `state` carries the running sums so appended points continue the same curve.
+  function smoothPoint(state, alpha, y) {
+    if (!Number.isFinite(y) || alpha <= 0) return y;
+    state.ema = alpha * state.ema + (1 - alpha) * y;
+    state.weight = alpha * state.weight + (1 - alpha);
+    return state.ema / state.weight;
+  }
+
   class LiveChart {
     constructor(element, spec, options) {
       this.el = element;
@@ -31,6 +40,9 @@
       this.pending = new Map(); // trace index -> {x: [], y: []}
       this.timer = null;
       this.band = spec.band || null;
+      this.smoothing = this.options.smoothing || 0;
+      this.raw = []; // per trace: the points as stored, before smoothing
+      this.smoothState = [];
       this.lastStd = undefined;
       this.drawn = false;
     }
@@ -97,6 +109,9 @@
           traces.push(this.traceFor(key, traces.length, s.x, s.y));
         }
       }
+      this.raw = traces.map((trace) => ({ x: trace.x.slice(), y: trace.y.slice() }));
+      this.smoothState = traces.map(() => ({ ema: 0, weight: 0 }));
+      traces.forEach((trace, i) => { trace.y = this.smoothed(i); });
       const layout = this.layout();
       if (!traces.some((trace) => trace.y.length)) layout.annotations = [this.emptyNote()];
       this.hasPoints = traces.some((trace) => trace.y.length);
@@ -106,7 +121,10 @@
     }
 
     traceFor(key, index, x, y) {
-      return { x: x || [], y: y || [], mode: "lines", name: label(key), line: { color: COLORS[index % COLORS.length], width: 1.6 } };
+      const color = COLORS[index % COLORS.length];
+      // Sparse series (evals every few steps, rare error types) need markers: a lone point has no line.
+      const mode = this.spec.markers ? "lines+markers" : "lines";
+      return { x: x || [], y: y || [], mode, name: label(key), line: { color, width: 1.6 }, marker: { color, size: 4 } };
     }
 
     emptyNote() {
@@ -119,11 +137,28 @@
       return data.reduce((total, trace, i) => (index === null || i === index ? total + trace.y.length : total), 0);
     }
 
+    // Trace `index` from its raw points, smoothed with the current factor (state reset first).
+    smoothed(index) {
+      const state = (this.smoothState[index] = { ema: 0, weight: 0 });
+      return this.raw[index].y.map((y) => smoothPoint(state, this.smoothing, y));
+    }
+
+    // A new smoothing factor redraws every trace from its raw points; uirevision keeps the zoom.
+    setSmoothing(alpha) {
+      this.smoothing = alpha;
+      if (!this.drawn) return;
+      this.flush();
+      const data = this.el.data.map((trace, i) => ({ ...trace, y: this.smoothed(i) }));
+      Plotly.react(this.el, data, this.el.layout, PLOT_CONFIG);
+    }
+
     queue(index, x, y) {
+      this.raw[index].x.push(x);
+      this.raw[index].y.push(y);
       if (!this.pending.has(index)) this.pending.set(index, { x: [], y: [] });
       const p = this.pending.get(index);
       p.x.push(x);
-      p.y.push(y);
+      p.y.push(smoothPoint(this.smoothState[index], this.smoothing, y));
     }
 
     // One step's metrics arrived: buffer the points this chart draws, then flush soon.
@@ -147,6 +182,8 @@
             // A key that first appears now (a new grader error type, pass@k): add its trace.
             known = { index: this.el.data.length, lastStep: -Infinity };
             this.keys.set(key, known);
+            this.raw.push({ x: [], y: [] });
+            this.smoothState.push({ ema: 0, weight: 0 });
             Plotly.addTraces(this.el, this.traceFor(key, known.index, [], []));
           }
           if (step <= known.lastStep) continue;
@@ -158,6 +195,7 @@
     }
 
     flush() {
+      if (this.timer !== null) clearTimeout(this.timer);
       this.timer = null;
       if (!this.pending.size) return;
       const indices = [], xs = [], ys = [];

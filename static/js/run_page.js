@@ -25,6 +25,7 @@
     eta: document.getElementById("progress-eta"),
   };
 
+  const knownKeys = new Set(config.metricKeys); // grows as new keys arrive live
   let status = config.status;
   let lastSeq = config.lastSeq;
   let xAxis = "step";
@@ -36,7 +37,7 @@
   const stepTimes = [];
   let totalSteps = Number(progress.total && progress.total.textContent) || 0;
 
-  const charts = config.charts.map((spec) => new RftLiveChart(document.getElementById(`chart-${spec.id}`), spec, { xAxis }));
+  const charts = config.charts.map((spec) => new RftLiveChart(document.getElementById(`chart-${spec.id}`), spec, { xAxis, smoothing: 0 }));
 
   // ---- x axis ------------------------------------------------------------------------------
   function xFor(step, isoTime) {
@@ -52,7 +53,7 @@
   async function loadHistory() {
     reloading = [];
     // Ask only for what the charts draw (a run also stores per-tool and per-error-type counts).
-    const keys = config.metricKeys.filter((key) => charts.some((chart) => chart.wants(key)));
+    const keys = [...knownKeys].filter((key) => charts.some((chart) => chart.wants(key)));
     if (!keys.length) {
       for (const chart of charts) chart.reset({}, xAxis);
       flushBuffered();
@@ -62,6 +63,7 @@
     const response = await fetch(`${config.seriesUrl}?${params}`, { headers: { Accept: "application/json" }, credentials: "same-origin" });
     if (!response.ok) throw new Error(`series: HTTP ${response.status}`);
     const data = await response.json();
+    for (const key of data.keys || []) knownKeys.add(key);
     t0 = data.t0 === undefined ? t0 : data.t0;
     for (const chart of charts) chart.reset(data.series, xAxis);
     flushBuffered();
@@ -82,6 +84,7 @@
   function applyMetrics(event) {
     if (reloading) { reloading.push(event); return; }
     const metrics = (event.payload && event.payload.metrics) || {};
+    for (const key of Object.keys(metrics)) knownKeys.add(key);
     const x = xFor(event.step, event.time);
     for (const chart of charts) chart.append(event.step, x, metrics);
   }
@@ -205,6 +208,7 @@
       const response = await fetch(`${config.histogramUrl}?${params}`, { credentials: "same-origin" });
       if (!response.ok) return;
       const data = await response.json();
+    for (const key of data.keys || []) knownKeys.add(key);
       const parts = [];
       const seen = new Set();
       for (const [part, name, color] of [[data.baseline, "baseline", "#adb5bd"], [data.latest, "latest", "#3b5bdb"], [data.chosen, "chosen", "#e67700"]]) {
@@ -237,6 +241,13 @@
     select.addEventListener("change", load);
     return { load, stepArrived };
   })();
+
+  const smoothing = document.getElementById("smoothing");
+  smoothing.addEventListener("input", () => {
+    const alpha = Number(smoothing.value);
+    document.getElementById("smoothing-value").textContent = alpha.toFixed(2);
+    for (const chart of charts) chart.setSmoothing(alpha);
+  });
 
   document.getElementById("x-axis").addEventListener("change", async (change) => {
     xAxis = change.target.value;

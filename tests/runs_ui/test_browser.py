@@ -232,7 +232,24 @@ def test_run_page_charts_grow_live_keep_zoom_and_fill_gaps(page, daphne, owner, 
     page.wait_for_function("document.getElementById('chart-reward').data[2].x[0] === 8", timeout=15000)
     page.select_option("#x-axis", "step")
     page.wait_for_function("document.getElementById('chart-reward').data[2].x[0] === 1", timeout=15000)
+    # The key that first appeared live is part of the reloaded history too.
+    assert page.evaluate("document.getElementById('chart-grader-errors').data.map(t => t.name)") == [
+        "excluded",
+        "timeout",
+    ]
+    # EMA smoothing (debiased: the first point stays where it is), then back to the stored points.
+    raw = page.evaluate("document.getElementById('chart-reward').data[2].y")
+    page.fill("#smoothing", "0.9")
+    page.dispatch_event("#smoothing", "input")
+    smoothed = page.evaluate("document.getElementById('chart-reward').data[2].y")
+    assert smoothed[0] == pytest.approx(raw[0])
+    assert smoothed[-1] != pytest.approx(raw[-1])
+    assert max(smoothed) - min(smoothed) < max(raw) - min(raw)
+    page.fill("#smoothing", "0")
+    page.dispatch_event("#smoothing", "input")
+    assert page.evaluate("document.getElementById('chart-reward').data[2].y") == pytest.approx(raw)
     page.evaluate("Plotly.relayout('chart-reward', {'xaxis.autorange': true})")
+    page.locator("#smoothing").blur()
     page.wait_for_function(
         "document.getElementById('tool-call-histogram').dataset.steps?.includes('baseline')", timeout=15000
     )

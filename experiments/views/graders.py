@@ -260,11 +260,22 @@ def grader_validate(request):
 
 
 def _run_panel_context(request, *, grader, run_form: GraderRunForm, report=None) -> dict:
+    # After a run the picker keeps the dataset and item that were chosen.
+    dataset_id = request.POST.get("dataset", "") if request.method == "POST" else ""
+    item_id = request.POST.get("dataset_item", "") if request.method == "POST" else ""
+    items = (
+        grader_selectors.dataset_items_for_picker(user=request.user, dataset_id=int(dataset_id))
+        if dataset_id.isdigit()
+        else []
+    )
     return {
         "grader": grader,
         "run_form": run_form,
         "report": report,
         "datasets": grader_selectors.datasets_for_picker(user=request.user)[:100],
+        "picked_dataset": int(dataset_id) if dataset_id.isdigit() else None,
+        "picked_item": int(item_id) if item_id.isdigit() else None,
+        "items": items,
     }
 
 

@@ -178,6 +178,12 @@ def test_tool_form_try_it_then_grader_from_pasted_json_and_run(
     score.wait_for()
     assert score.inner_text() == "1.0000"
     assert page.locator(".subscores").inner_text().split() == ["exact", "1.0000", "remote", "1.0000"]
+    # The picker keeps the chosen dataset and item.
+    assert (
+        page.locator("#grader-run select[name=dataset_item] option:checked")
+        .inner_text()
+        .startswith("#0 Total")
+    )
     page.screenshot(path=str(screenshot_dir / "graders-run.png"), full_page=True)
     page.get_by_role("tab", name="Grader JSON").click()
     page.locator("form[data-pane=json] textarea[name=spec]").wait_for()

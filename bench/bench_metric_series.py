@@ -123,7 +123,8 @@ def main() -> None:
         started = time.perf_counter()
         run_id = load(args.steps)
         print(
-            f"machine: {platform.machine()} {os.cpu_count()} cores, {platform.system()}; "
+            f"machine: {platform.machine()} {os.cpu_count()} cores, {platform.system()}, "
+            f"load average {os.getloadavg()[0]:.1f} (other processes share the cores); "
             f"loaded {args.steps} steps × {len(KEYS)} metrics in {time.perf_counter() - started:.1f} s"
         )
         from django.db import connection

@@ -173,7 +173,7 @@ def main() -> None:
             cursor.execute("SELECT version()")
             version = cursor.fetchone()[0].split(",")[0]
         print(
-            f"machine: {platform.machine()} {os.cpu_count()} cores, {platform.system()}; {version}; "
+            f"machine: {platform.machine()} {os.cpu_count()} cores, {platform.system()}, load average {os.getloadavg()[0]:.1f}; {version}; "
             f"loaded {Trajectory.objects.count():,} rollouts in {time.perf_counter() - started:.0f} s "
             f"(the big run: {Trajectory.objects.filter(run_id=run_id).count():,})"
         )

@@ -5,8 +5,8 @@ reads it from the `item` that the wire format sends along). Answering without th
 guess, so reward above 0.25 needs the tool. The demo, the learning test and the benchmarks use it.
 
 A randomly initialised model almost never writes a well-formed tool call, so `warm_start_toy_model`
-first fine-tunes the tiny model for a few seconds on demonstration rollouts, half of which call the
-tool and copy its answer, half of which guess without it. RL then has signal to work with.
+first fine-tunes the tiny model for a few seconds on demonstration rollouts, a third of which call
+the tool and copy its answer, the rest guessing without it. RL then has signal to work with.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ TOY_TOOLS: list[dict[str, Any]] = [
 # fills a good part of its context far faster than one it must single out by attention.
 SWATCH_LINES = 8
 _WARM_MARKER = ".rftweb-toy-warm-complete"
-WARM_START_VERSION = 2
+WARM_START_VERSION = 3
 
 
 def toy_items(*, count: int, seed: int) -> list[dict[str, Any]]:
@@ -112,7 +112,7 @@ class ToyGrader:
 
 
 def demonstration_chats(*, count: int, seed: int) -> list[list[dict[str, Any]]]:
-    """Half right (call the tool, copy its answer), half wrong (guess without the tool)."""
+    """A third right (call the tool, copy its answer), two thirds wrong (guess without the tool)."""
     rng = random.Random(seed)
     chats = []
     for index in range(count):
@@ -121,7 +121,7 @@ def demonstration_chats(*, count: int, seed: int) -> list[list[dict[str, Any]]]:
             {"role": "system", "content": TOY_SYSTEM_PROMPT},
             {"role": "user", "content": TOY_QUESTION},
         ]
-        if index % 2 == 0:
+        if index % 3 == 0:
             messages += [
                 {
                     "role": "assistant",
@@ -167,7 +167,7 @@ def warm_start_toy_model(
     directory: str | os.PathLike[str],
     *,
     base_dir: str | os.PathLike[str] | None = None,
-    steps: int = 400,
+    steps: int = 500,
     seed: int = 0,
 ) -> Path:
     """Builds the tiny model (if needed) and fine-tunes it on the demonstrations; cached in `directory`."""

@@ -1,0 +1,155 @@
+"""`python -m trainer run.yaml` — train from a script, without the web app.
+
+The file (YAML or JSON) holds:
+
+    trainer: {model: ..., steps: 20, ...}        # TrainerConfig fields (see trainer/config.py)
+    train_file: train.jsonl                      # dataset rows: {"messages": [...], "tools": [...], ...}
+    eval_file: eval.jsonl                        # optional
+    output_dir: runs/first                       # checkpoints, adapter, metrics.jsonl, trajectories.jsonl
+    resume_from: runs/first/checkpoints/checkpoint-000010   # optional
+    tools:                                       # each tool: its schema and its HTTP endpoint
+      - {name: peek, description: ..., parameters: {...}, url: http://127.0.0.1:8001/peek,
+         headers: {}, signing_secret: null, timeout_s: 30}
+    grader: {type: exact_match, field: answer}   # or type: contains; case_sensitive: false
+
+Relative paths are relative to the config file. SIGINT/SIGTERM stop cleanly after the current turn
+and keep a checkpoint. The result is written to stdout as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from trainer.config import ConfigError, TrainerConfig
+from trainer.loop import train
+from trainer.standalone import HttpTool, JsonlReporter, MatchGrader, SimpleHttpToolExecutor, read_jsonl
+
+TOP_LEVEL_KEYS = {"trainer", "train_file", "eval_file", "output_dir", "resume_from", "tools", "grader"}
+
+
+def load_run_file(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the file must hold a mapping")
+    unknown = sorted(set(data) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    for key in ("trainer", "train_file", "output_dir", "grader"):
+        if key not in data:
+            raise ConfigError(f"{path}: '{key}' is required")
+    return data
+
+
+def build_tools(specs: Any) -> tuple[list[dict[str, Any]], dict[str, HttpTool]]:
+    if specs is None:
+        return [], {}
+    if not isinstance(specs, list):
+        raise ConfigError("tools: must be a list")
+    schemas, endpoints = [], {}
+    for index, spec in enumerate(specs):
+        if (
+            not isinstance(spec, dict)
+            or not isinstance(spec.get("name"), str)
+            or not isinstance(spec.get("url"), str)
+        ):
+            raise ConfigError(f"tools[{index}]: needs a 'name' and a 'url'")
+        schemas.append(
+            {
+                "type": "function",
+                "function": {
+                    "name": spec["name"],
+                    "description": spec.get("description", ""),
+                    "parameters": spec.get("parameters", {"type": "object", "properties": {}}),
+                },
+            }
+        )
+        endpoints[spec["name"]] = HttpTool(
+            url=spec["url"],
+            headers=dict(spec.get("headers") or {}),
+            signing_secret=spec.get("signing_secret"),
+            timeout_s=float(spec.get("timeout_s", 30.0)),
+            max_response_bytes=int(spec.get("max_response_bytes", 1_000_000)),
+        )
+    return schemas, endpoints
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer", description="Train a LoRA adapter with agent GRPO."
+    )
+    parser.add_argument("config", type=Path, help="run file (.yaml, .yml or .json)")
+    parser.add_argument("--log-level", default="INFO")
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=arguments.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    base = arguments.config.resolve().parent
+
+    def resolve(value: str | None) -> str | None:
+        return (
+            None
+            if value is None
+            else str((base / value).resolve())
+            if not Path(value).is_absolute()
+            else value
+        )
+
+    try:
+        data = load_run_file(arguments.config)
+        trainer_section = dict(data["trainer"])
+        model = trainer_section.get("model")
+        if isinstance(model, str) and (model.startswith(".") or model.endswith(".gguf")):
+            trainer_section["model"] = resolve(model)
+        config = TrainerConfig.from_dict(trainer_section)
+        train_items = read_jsonl(resolve(data["train_file"]))
+        eval_items = read_jsonl(resolve(data["eval_file"])) if data.get("eval_file") else []
+        schemas, endpoints = build_tools(data.get("tools"))
+        grader_spec = data["grader"]
+        if not isinstance(grader_spec, dict):
+            raise ConfigError("grader: must be a mapping")
+        grader = MatchGrader(
+            kind=grader_spec.get("type", "exact_match"),
+            reference_field=grader_spec.get("field", "answer"),
+            case_sensitive=bool(grader_spec.get("case_sensitive", False)),
+        )
+    except (ConfigError, OSError, ValueError) as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 2
+
+    output_dir = resolve(data["output_dir"])
+    stop_requested = {"value": False}
+
+    def request_stop(signum, frame):
+        stop_requested["value"] = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    result = train(
+        config=config,
+        train_items=train_items,
+        eval_items=eval_items,
+        tools=schemas,
+        tool_executor=SimpleHttpToolExecutor(tools=endpoints),
+        grader=grader,
+        reporter=JsonlReporter(output_dir),
+        should_stop=lambda: stop_requested["value"],
+        output_dir=output_dir,
+        resume_from=resolve(data.get("resume_from")),
+    )
+    sys.stdout.write(json.dumps(dataclasses.asdict(result)) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

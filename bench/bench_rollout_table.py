@@ -182,30 +182,64 @@ def main() -> None:
             Trajectory.objects.filter(run_id=run_id).order_by("?").values_list("id", "step")[: args.pages]
         )
         cursors = [encode_cursor(Trajectory(pk=pk, run_id=run_id, step=step)) for pk, step in ids]
+        # Next pages inside one step: a cursor up to 50 rows into a random step's train rollouts.
+        step_cursors = []
+        for _ in range(len(cursors)):
+            step = rng.randint(1, BIG_RUN_STEPS)
+            ids_in_step = list(
+                Trajectory.objects.filter(run_id=run_id, step=step, split="train")
+                .order_by("id")
+                .values_list("id", flat=True)[:101]
+            )
+            pk = ids_in_step[len(ids_in_step) // 2]
+            step_cursors.append((step, encode_cursor(Trajectory(pk=pk, run_id=run_id, step=step))))
         scenarios = {
-            "no filter (whole run)": lambda: RolloutFilters(run_id=run_id),
-            "step + split": lambda: RolloutFilters(
-                run_id=run_id, step=rng.randint(1, BIG_RUN_STEPS), split="train"
+            "no filter (whole run)": lambda i: (RolloutFilters(run_id=run_id), cursors[i]),
+            "step + split": lambda i: (
+                RolloutFilters(run_id=run_id, step=step_cursors[i][0], split="train"),
+                step_cursors[i][1],
             ),
-            "reward 0.2..0.4": lambda: RolloutFilters(run_id=run_id, min_reward=0.2, max_reward=0.4),
-            "has error": lambda: RolloutFilters(run_id=run_id, has_error=True),
-            "tool used = grep": lambda: RolloutFilters(run_id=run_id, tool="grep"),
-            "flagged": lambda: RolloutFilters(run_id=run_id, flagged=True),
-            "split eval + tool + reward >= 0.5": lambda: RolloutFilters(
-                run_id=run_id, split="eval", tool="lookup", min_reward=0.5
+            "reward 0.2..0.4": lambda i: (
+                RolloutFilters(run_id=run_id, min_reward=0.2, max_reward=0.4),
+                cursors[i],
+            ),
+            "has error": lambda i: (RolloutFilters(run_id=run_id, has_error=True), cursors[i]),
+            "tool used = grep": lambda i: (RolloutFilters(run_id=run_id, tool="grep"), cursors[i]),
+            "flagged": lambda i: (RolloutFilters(run_id=run_id, flagged=True), cursors[i]),
+            "split eval + tool + reward >= 0.5": lambda i: (
+                RolloutFilters(run_id=run_id, split="eval", tool="lookup", min_reward=0.5),
+                cursors[i],
             ),
         }
-        for label, make_filters in scenarios.items():
+        for label, make in scenarios.items():
             timings = []
-            for cursor in cursors:
-                filters = make_filters()
-                use_cursor = None if filters.step is not None else cursor
+            for i in range(len(cursors)):
+                filters, cursor = make(i)
                 t0 = time.perf_counter()
-                page = rollout_page(user=user, filters=filters, cursor=use_cursor, limit=50)
+                page = rollout_page(user=user, filters=filters, cursor=cursor, limit=50)
                 timings.append((time.perf_counter() - t0) * 1000)
             print(
                 f"next page, {label:<36} p50 {statistics.median(timings):6.1f} ms  "
                 f"p95 {percentile(timings, 0.95):6.1f} ms  ({len(timings)} pages, last had {len(page.rows)} rows)"
+            )
+        trace_ids = list(
+            Trajectory.objects.filter(run_id=run_id).order_by("?").values_list("trace_id", flat=True)[:20]
+        )
+        for label, fragment in (
+            ("exact trace id", lambda t: t),
+            ("trace id fragment (8 hex)", lambda t: t[10:18]),
+        ):
+            timings = []
+            for trace_id in trace_ids:
+                t0 = time.perf_counter()
+                page = rollout_page(
+                    user=user, filters=RolloutFilters(run_id=run_id, trace_id=fragment(trace_id))
+                )
+                timings.append((time.perf_counter() - t0) * 1000)
+                assert any(row.trace_id == trace_id for row in page.rows)
+            print(
+                f"search, {label:<39} p50 {statistics.median(timings):6.1f} ms  "
+                f"p95 {percentile(timings, 0.95):6.1f} ms  ({len(timings)} searches)"
             )
         from django.conf import settings
         from django.test import Client

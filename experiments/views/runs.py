@@ -137,11 +137,11 @@ def run_rollouts(request, run_id: int):
     run = _visible_run(request, run_id)
     query = request.GET.copy()
     splits = rollout_selectors.rollout_splits(run_id=run.pk)
-    if "split" not in query and splits:
+    searching = bool(query.get("q"))  # a trace id search looks at every step and split
+    if "split" not in query and splits and not searching:
         query["split"] = splits[0]
-    split = query.get("split") or Trajectory.Split.TRAIN
-    steps = rollout_selectors.rollout_steps(run_id=run.pk, split=split) if split else []
-    if "step" not in query and steps and not query.get("q"):
+    steps = rollout_selectors.rollout_steps(run_id=run.pk, split=query.get("split") or Trajectory.Split.TRAIN)
+    if "step" not in query and steps and not searching:
         query["step"] = str(steps[0])  # the latest step
     form = RolloutFilterForm(query)
     page = None

@@ -78,6 +78,9 @@ def test_rollout_table_defaults_to_the_latest_step_and_pages(browser_client, run
     assert {row.step for row in second.context["page"].rows} == {2}
     filtered = browser_client.get(f"/runs/{run.pk}/rollouts/", {"step": "", "max_reward": "0.6"})
     assert [row.step for row in filtered.context["page"].rows] == [1, 1, 1]
+    evaluated = TrajectoryFactory(run=run, step=1, split=Trajectory.Split.EVAL)
+    found = browser_client.get(f"/runs/{run.pk}/rollouts/", {"q": evaluated.trace_id})
+    assert [row.trace_id for row in found.context["page"].rows] == [evaluated.trace_id]  # any step, any split
 
 
 def test_rollout_view_shows_each_tool_call_with_arguments_result_latency_and_error(browser_client, run):

@@ -189,5 +189,20 @@ def field_presence(*, dataset: Dataset) -> list[dict[str, Any]]:
     total = stats.get("item_count") or dataset.item_count or 1
     return [
         {"name": name, "count": count, "percent": round(100 * count / total, 1)}
-        for name, count in (stats.get("fields") or {}).items()
+        for name, count in _most_common(stats.get("fields"))
     ]
+
+
+def role_counts(*, dataset: Dataset) -> list[tuple[str, int]]:
+    """Messages per role, most common first."""
+    return _most_common((dataset.stats or {}).get("roles"))
+
+
+def tool_name_counts(*, dataset: Dataset) -> list[tuple[str, int]]:
+    """Items' own tools by name with how many items carry each, most common first."""
+    return _most_common((dataset.stats or {}).get("tool_names"))
+
+
+def _most_common(counts: dict[str, int] | None) -> list[tuple[str, int]]:
+    # Sorted here: PostgreSQL's jsonb does not keep the stored key order.
+    return sorted((counts or {}).items(), key=lambda pair: (-pair[1], pair[0]))

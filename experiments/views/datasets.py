@@ -128,6 +128,8 @@ def dataset_page(request, dataset_id: int):
         **items_context,
         "stats": dataset.stats,
         "fields": dataset_selectors.field_presence(dataset=dataset),
+        "roles": dataset_selectors.role_counts(dataset=dataset),
+        "tool_names": dataset_selectors.tool_name_counts(dataset=dataset),
         "charts": dataset_selectors.dataset_charts(dataset=dataset),
         "errors": dataset.errors[:ERRORS_SHOWN],
         "errors_not_shown": max(0, dataset.error_count - min(len(dataset.errors), ERRORS_SHOWN)),

@@ -9,7 +9,14 @@ from dataset_files import GREP_TOOL, item, jsonl, valid_file
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from experiments.models import Dataset, DatasetItem
-from experiments.selectors.datasets import dataset_error_report, dataset_item_page, dataset_items
+from experiments.selectors.datasets import (
+    dataset_error_report,
+    dataset_item_page,
+    dataset_items,
+    field_presence,
+    role_counts,
+    tool_name_counts,
+)
 from experiments.services.datasets import (
     DatasetError,
     DatasetInUse,
@@ -48,6 +55,14 @@ def test_valid_file_is_imported_with_counts_stats_and_its_original(user, media_r
     ]
     assert dataset_items(dataset_id=dataset.pk) == [item(0, tools=[GREP_TOOL]), item(1), item(2)]
     assert dataset.stats["fields"] == {"messages": 3, "answer": 3, "tools": 1}
+    presence = field_presence(dataset=dataset)
+    assert [(f["name"], f["count"], f["percent"]) for f in presence] == [
+        ("answer", 3, 100.0),
+        ("messages", 3, 100.0),
+        ("tools", 1, 33.3),
+    ]
+    assert role_counts(dataset=dataset) == [("system", 3), ("user", 3)]
+    assert tool_name_counts(dataset=dataset) == [("grep", 1)]
     assert dataset.stats["items_with_tools"] == 1
 
 

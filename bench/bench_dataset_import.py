@@ -8,6 +8,8 @@ before the import) and, in a second import of the same file, the peak of Python 
 by tracemalloc (tracing slows Python down, so rows/s come from the first, untraced import).
 Rows per CPU-second of the importing process and the load average are printed too: on a shared
 machine the wall-clock rate depends on what else runs (PostgreSQL's own CPU time is not counted).
+"store-only" is the floor set by the database: the same lines written by the import's writer with
+no parsing, checks or statistics.
 
     .venv/bin/python bench/bench_dataset_import.py [--sizes 10000 100000] [--no-postgres]
 
@@ -121,6 +123,8 @@ def worker(file_path: str, media_root: str) -> None:
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert traced.ok
+    delete_dataset(dataset=traced.dataset)
+    storage_seconds = _storage_only_seconds(file_path, owner)
     print(
         json.dumps(
             {
@@ -131,9 +135,26 @@ def worker(file_path: str, media_root: str) -> None:
                 "rss_before_mb": rss_before_kb / 1024,
                 "peak_rss_mb": peak_rss_kb / 1024,
                 "tracemalloc_peak_mb": traced_peak / 1024 / 1024,
+                "storage_only_rows_per_s": rows / storage_seconds,
             }
         )
     )
+
+
+def _storage_only_seconds(file_path: str, owner) -> float:
+    """The floor: the same lines stored by the import's writer (COPY / executemany) with no parsing,
+    checking or statistics, committed (PostgreSQL checks the deferred foreign keys at commit)."""
+    from django.db import transaction
+
+    from experiments.models import Dataset
+    from experiments.services.datasets import _ItemWriter
+
+    dataset = Dataset.objects.create(owner=owner, name="storage-only")
+    started = time.perf_counter()
+    with transaction.atomic(), open(file_path, "rb") as stream, _ItemWriter() as writer:
+        for index, line in enumerate(stream):
+            writer.write((dataset.pk, index, index + 1, line.rstrip(b"\n").decode(), 0, 0, False))
+    return time.perf_counter() - started
 
 
 def _postgres_answers(url: str) -> bool:
@@ -226,19 +247,21 @@ def main() -> None:
                     f"({figures['seconds']:.2f} s, {figures['cpu_seconds']:.2f} CPU s in this process, "
                     f"load average {figures['load_average']:.1f}); peak RSS {figures['peak_rss_mb']:.0f} MB "
                     f"(before the import {figures['rss_before_mb']:.0f} MB); "
-                    f"tracemalloc peak {figures['tracemalloc_peak_mb']:.1f} MB",
+                    f"tracemalloc peak {figures['tracemalloc_peak_mb']:.1f} MB; "
+                    f"storing the same lines without checking them: {figures['storage_only_rows_per_s']:,.0f} rows/s",
                     flush=True,
                 )
     print()
     print(
         f"{'database':<10} {'lines':>8} {'rows/s':>9} {'rows/CPU-s':>11} {'peak RSS MB':>12} "
-        f"{'RSS growth MB':>14} {'traced peak MB':>15}"
+        f"{'RSS growth MB':>14} {'traced peak MB':>15} {'store-only rows/s':>18}"
     )
     for backend, size, figures in results:
         print(
             f"{backend:<10} {size:>8,} {figures['rows'] / figures['seconds']:>9,.0f} "
             f"{figures['rows'] / figures['cpu_seconds']:>11,.0f} {figures['peak_rss_mb']:>12.0f} "
-            f"{figures['peak_rss_mb'] - figures['rss_before_mb']:>14.1f} {figures['tracemalloc_peak_mb']:>15.1f}"
+            f"{figures['peak_rss_mb'] - figures['rss_before_mb']:>14.1f} {figures['tracemalloc_peak_mb']:>15.1f} "
+            f"{figures['storage_only_rows_per_s']:>18,.0f}"
         )
 
 

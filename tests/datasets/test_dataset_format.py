@@ -1,6 +1,7 @@
 """The streaming JSONL parser/validator on real bytes: every kind of bad line, by line number."""
 
 import io
+import tracemalloc
 
 import pytest
 from dataset_files import GREP_TOOL, item, jsonl, line, valid_file
@@ -102,6 +103,36 @@ def test_over_long_line_is_reported_and_not_kept_whole_in_memory():
         (3, "ParsedItem"),
     ]
     assert found[1].reason == "line too long (over 1,000 bytes)"
+
+
+class EndlessLine(io.RawIOBase):
+    """A stream of one huge line (then a good one), produced on the fly so that the test holds none of it."""
+
+    def __init__(self, total: int):
+        self.left = total
+
+    def readable(self):
+        return True
+
+    def read(self, size=-1):
+        if self.left <= 0:
+            return b"" if self.left < 0 else self._tail()
+        size = min(size, self.left)
+        self.left -= size
+        return b"x" * size
+
+    def _tail(self):
+        self.left = -1
+        return b"\n" + line(item(1)) + b"\n"
+
+
+def test_an_over_long_line_is_skipped_in_constant_memory():
+    tracemalloc.start()
+    found = list(iter_records(EndlessLine(40 * 1024 * 1024), max_line_bytes=1024 * 1024))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert [(r.line_number, type(r).__name__) for r in found] == [(1, "LineError"), (2, "ParsedItem")]
+    assert peak < 6 * 1024 * 1024  # a few read chunks, not the 40 MB line
 
 
 def test_a_utf16_file_is_named_as_such():

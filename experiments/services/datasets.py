@@ -245,7 +245,8 @@ class _HashingCopier:
 
 
 def _copy_upload(file: IO[bytes], stored: Path, *, max_bytes: int, count_items: bool) -> _Copy:
-    if hasattr(file, "seek"):
+    seekable = getattr(file, "seekable", None)
+    if seekable is not None and seekable():
         file.seek(0)
     item_count = 0
     with open(stored, "wb") as out:

@@ -136,6 +136,33 @@ def filter_rollouts(queryset: QuerySet[Trajectory], filters: RolloutFilters) -> 
     return queryset
 
 
+def _after_cursor(
+    queryset: QuerySet[Trajectory], filters: RolloutFilters, position: tuple[int, int, int]
+) -> QuerySet[Trajectory]:
+    """Rows after `position` in (run, step, id) order, written so the index starts right there.
+
+    Columns the filters pin with an equality (the run, then the step) are left out of the
+    comparison: B-tree uses `run = r` as the start of the scan and would otherwise walk every row
+    of the run before the cursor, testing a row comparison on each (the OFFSET cost again).
+    """
+    run_id, step, pk = position
+    columns, values = ["run_id", "step", "id"], [run_id, step, pk]
+    if filters.run_id is not None:
+        if run_id != filters.run_id:
+            raise CursorError("This cursor belongs to another run's listing.")
+        columns, values = columns[1:], values[1:]
+        if filters.step is not None:
+            if step != filters.step:
+                raise CursorError("This cursor belongs to another step's listing.")
+            columns, values = columns[1:], values[1:]
+    if len(columns) == 1:
+        return queryset.filter(pk__gt=pk)
+    table = Trajectory._meta.db_table
+    names = ", ".join(f'"{table}"."{column}"' for column in columns)
+    placeholders = ", ".join(["%s"] * len(values))
+    return queryset.extra(where=[f"({names}) > ({placeholders})"], params=values)
+
+
 def rollout_page(
     *, user, filters: RolloutFilters, cursor: str | None = None, limit: int = DEFAULT_PAGE_SIZE
 ) -> RolloutPage:
@@ -146,11 +173,7 @@ def rollout_page(
     limit = max(1, min(int(limit), MAX_PAGE_SIZE))
     queryset = filter_rollouts(rollouts_for(user=user), filters).only(*TABLE_FIELDS)
     if cursor:
-        table = Trajectory._meta.db_table
-        queryset = queryset.extra(  # a row comparison, which the (run, step, id) index answers
-            where=[f'("{table}"."run_id", "{table}"."step", "{table}"."id") > (%s, %s, %s)'],
-            params=list(decode_cursor(cursor)),
-        )
+        queryset = _after_cursor(queryset, filters, decode_cursor(cursor))
     rows = list(queryset.order_by("run_id", "step", "id")[: limit + 1])
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return RolloutPage(rows=rows[:limit], next_cursor=next_cursor, filters=filters)

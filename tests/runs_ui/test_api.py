@@ -138,3 +138,22 @@ def test_schema_documents_the_endpoints_without_warnings(tmp_path):
         "/api/v1/trajectories/{trace_id}/",
     ):
         assert path in schema
+
+
+def test_keyset_pages_across_runs_and_within_a_step(api, run):
+    second = RunFactory(owner=run.owner)
+    for each in (run, second):
+        TrajectoryFactory.create_batch(3, run=each, step=1)
+        TrajectoryFactory.create_batch(3, run=each, step=2)
+    seen, url, params = [], "/api/v1/trajectories/", {"limit": 4}
+    while url:
+        body = api.get(url, params).json()
+        seen += [(row["run"], row["step"]) for row in body["results"]]
+        url, params = body["next"], None
+    assert seen == sorted(seen) and len(seen) == 12
+    first = api.get("/api/v1/trajectories/", {"run": run.pk, "step": 2, "limit": 2}).json()
+    rest = api.get(first["next"]).json()
+    assert [row["step"] for row in first["results"] + rest["results"]] == [2, 2, 2]
+    assert rest["next"] is None
+    wrong_run = api.get("/api/v1/trajectories/", {"run": second.pk, "cursor": first["next_cursor"]})
+    assert wrong_run.status_code == 400

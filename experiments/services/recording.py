@@ -25,6 +25,17 @@ logger = logging.getLogger(__name__)
 TRAJECTORY_FIELDS = {field.name for field in Trajectory._meta.get_fields()}
 
 
+def _without_nul(value):
+    """PostgreSQL text and jsonb cannot hold NUL characters; a model can emit them. Keep the rest."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nul(item) for item in value]
+    return value
+
+
 def _locked_run(*, run_id: int, lease_owner: str) -> Run:
     run = Run.objects.select_for_update().get(pk=run_id)
     if run.lease_owner != lease_owner or run.status != RunStatus.RUNNING:
@@ -59,7 +70,7 @@ def record_step(
         Trajectory(
             run=run,
             item_id=(item_ids or {}).get((record.split, record.item_index)),
-            **{key: value for key, value in asdict(record).items() if key in TRAJECTORY_FIELDS},
+            **{key: _without_nul(value) for key, value in asdict(record).items() if key in TRAJECTORY_FIELDS},
         )
         for record in trajectories
     ]

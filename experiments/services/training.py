@@ -120,9 +120,9 @@ def build_tool_executor(run: Run):
 
 
 def build_run_grader(run: Run):
-    from .graders import grader_for_model
+    from .graders import build_grader_for
 
-    return grader_for_model(run.grader)
+    return build_grader_for(run.grader)
 
 
 def execute_run(*, run_id: int, worker_id: str) -> str | None:
@@ -158,6 +158,9 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
         grader = build_run_grader(run)
     except (ConfigError, ValueError) as exc:
         return finish(RunStatus.FAILED, f"Invalid run configuration: {exc}")
+    except Exception as exc:  # e.g. a secret that cannot be decrypted: fail the run, never leave it running
+        logger.exception("run %s could not be set up", run.pk)
+        return finish(RunStatus.FAILED, f"The run could not be set up: {type(exc).__name__}: {exc}"[:2000])
     reporter = DatabaseReporter(run_id=run.pk, lease_owner=worker_id, item_ids={**train_ids, **eval_ids})
     resume_from = latest_checkpoint_path(run.pk)
     output_dir = run_output_dir(run.pk)

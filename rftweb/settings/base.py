@@ -100,10 +100,16 @@ def celery_broker_url(redis_url: str) -> str:
     return redis_url
 
 
+def channel_layer_hosts(redis_url: str) -> list[dict]:
+    # redis-py 8 reads with a 5 s socket timeout by default, the same as channels_redis' blocking
+    # receive (BZPOPMIN, 5 s): an idle consumer then dies with "Timeout reading". Read longer.
+    return [{"address": redis_url, "socket_timeout": 30, "socket_connect_timeout": 5}]
+
+
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1500, "expiry": 60},
+        "CONFIG": {"hosts": channel_layer_hosts(REDIS_URL), "capacity": 1500, "expiry": 60},
     }
 }
 

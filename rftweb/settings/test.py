@@ -8,17 +8,16 @@ from __future__ import annotations
 import os
 import socket
 
-from cryptography.fernet import Fernet
-
 from .base import *  # noqa: F403
-from .base import BASE_DIR, celery_broker_url, env
+from .base import BASE_DIR, celery_broker_url, channel_layer_hosts, env
 
 DATA_DIR = BASE_DIR / "data" / "test"
 MEDIA_ROOT = DATA_DIR / "uploads"
 STATIC_ROOT = None
 DEBUG = False
 SECRET_KEY = "test-secret-key-not-for-production-" + "x" * 30
-FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+# Fixed, so that the worker and server processes the tests start can read what the tests stored.
+FIELD_ENCRYPTION_KEYS = ["dGVzdC1vbmx5LWZpZWxkLWVuY3J5cHRpb24ta2V5LTA="]
 RFT_OUTBOUND_ALLOW_LOOPBACK = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
@@ -68,7 +67,7 @@ else:
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"rftweb-test-{TEST_NAMESPACE}"},
+        "CONFIG": {"hosts": channel_layer_hosts(REDIS_URL), "prefix": f"rftweb-test-{TEST_NAMESPACE}"},
     }
 }
 CELERY_BROKER_URL = celery_broker_url(REDIS_URL)

@@ -71,3 +71,19 @@ async def test_owner_receives_stored_then_live_events_and_a_reconnect_gets_exact
     assert [event["step"] for event in missed] == [4, 5, 6]
     assert await again.receive_nothing(timeout=0.5)
     await again.disconnect()
+
+
+@pytest.mark.slow
+async def test_an_idle_subscriber_still_receives_after_the_blocking_receive_times_out():
+    # channels_redis blocks 5 s per receive; redis-py 8's default socket timeout is also 5 s, which
+    # used to kill an idle consumer. Stay idle longer than that, then expect the event.
+
+    run, owner_session, _ = await make_run_and_sessions()
+    socket = run_socket(run.pk, session=owner_session)
+    connected, _ = await socket.connect()
+    assert connected
+    assert await socket.receive_nothing(timeout=12)
+    await start_and_record(run.pk, range(1, 2))
+    events = await receive_events(socket, count=2)
+    assert [event["seq"] for event in events] == [1, 2]
+    await socket.disconnect()

@@ -60,8 +60,7 @@ class EncryptedJSONField(models.TextField):
 
 
 def mask_secret(value: str | None) -> str:
-    """How a stored secret is shown back: never the value, only its last four characters."""
-    if not value:
-        return ""
-    tail = value[-4:] if len(value) >= 12 else ""
-    return f"••••{tail}"
+    """How a stored secret is shown back: never the value, at most its last four characters."""
+    from .outbound.client import mask_secret as mask
+
+    return mask(value) if value else ""

@@ -9,6 +9,6 @@ urlpatterns = [
     path("graders/", include("experiments.views.graders")),
     path("runs/", pages.run_list, name="run-list"),
     path("runs/", include("experiments.views.run_actions")),
-    path("runs/<int:run_id>/", pages.run_detail, name="run-detail"),
+    path("runs/", include("experiments.views.runs")),
     path("compare/", pages.compare, name="compare"),
 ]

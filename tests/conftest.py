@@ -161,9 +161,18 @@ def celery_worker_factory(redis_url, tmp_path, django_db_blocker):
 CHROMIUM = "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="session")
+def pytest_collection_modifyitems(config, items):
+    # Playwright's sync API runs an event loop in the test thread while it is open; browser tests
+    # go last so that no async test ever starts inside that loop.
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
+@pytest.fixture
 def browser():
-    """Debian's Chromium driven by Playwright (Playwright's own browser download is not used)."""
+    """Debian's Chromium driven by Playwright (Playwright's own browser download is not used).
+
+    Function-scoped: Playwright's loop is closed after each test, so later async tests can run.
+    """
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it.")
     from playwright.sync_api import sync_playwright

@@ -2,18 +2,22 @@ from django.urls import path
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
+from . import metrics
 from .datasets import DatasetViewSet
 from .graders import GraderViewSet
 from .runs import RunViewSet
 from .tools import ToolViewSet
+from .trajectories import TrajectoryViewSet
 
 router = DefaultRouter()
-router.register("datasets", DatasetViewSet, basename="dataset")
-router.register("tools", ToolViewSet, basename="tool")
-router.register("graders", GraderViewSet, basename="grader")
-router.register("runs", RunViewSet, basename="run")
+router.register("datasets", DatasetViewSet, basename="api-dataset")
+router.register("tools", ToolViewSet, basename="api-tool")
+router.register("graders", GraderViewSet, basename="api-grader")
+router.register("runs", RunViewSet, basename="api-run")
+router.register("trajectories", TrajectoryViewSet, basename="api-trajectory")
 
 urlpatterns = [
     path("auth/token/", obtain_auth_token, name="api-token"),
+    *metrics.urlpatterns,  # before the router: /runs/{id}/metrics/ and /runs/{id}/series/
     *router.urls,
 ]

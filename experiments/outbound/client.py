@@ -226,8 +226,11 @@ def validate_outbound_url(url: str) -> httpx.URL:
 
 
 def mask_secret(value: str) -> str:
-    """`••••1234` for long values, `••••` for short ones (their tail would reveal too much)."""
-    return MASK + value[-4:] if len(value) >= 16 else MASK
+    """`••••1234` for values of 12+ characters, `••••` for shorter ones (their tail would reveal too much).
+
+    The one masking rule of the app: pages, the API and the "Try it" request echo all use it.
+    """
+    return MASK + value[-4:] if len(value) >= 12 else MASK
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

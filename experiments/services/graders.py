@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
@@ -52,8 +53,13 @@ def _is_kept(value: Any) -> bool:
 
 
 def grader_context(*, max_retries: int = 2) -> GraderContext:
-    """What graders need from the server: the outbound SSRF policy from settings."""
-    return GraderContext(policy=policy_from_settings(), max_retries=max_retries)
+    """What graders need from the server: the outbound SSRF policy and the default judge, from settings."""
+    return GraderContext(
+        policy=policy_from_settings(),
+        judge_base_url=settings.RFT_JUDGE_BASE_URL,
+        judge_api_key=settings.RFT_JUDGE_API_KEY,
+        max_retries=max_retries,
+    )
 
 
 # --- secrets in and out of specs ------------------------------------------------------------------------------

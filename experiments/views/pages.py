@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 
 from .. import selectors
 from ..models import RunStatus
@@ -22,11 +22,6 @@ def dashboard(request):
 
 def run_list(request):
     return render(request, "experiments/run_list.html", {"runs": selectors.runs_for(user=request.user)})
-
-
-def run_detail(request, run_id: int):
-    run = get_object_or_404(selectors.runs_for(user=request.user).prefetch_related("tools"), pk=run_id)
-    return render(request, "experiments/run_detail.html", {"run": run})
 
 
 def compare(request):

@@ -155,6 +155,11 @@ FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS", default=[])
 RFT_OUTBOUND_ALLOW_LOOPBACK = env.bool("RFT_OUTBOUND_ALLOW_LOOPBACK", default=False)
 RFT_OUTBOUND_ALLOWLIST = env.list("RFT_OUTBOUND_ALLOWLIST", default=[])
 
+# The default model judge for `score_model` graders that name no `base_url` (any OpenAI-compatible
+# chat-completions endpoint) and its key (a secret: give it through the environment only).
+RFT_JUDGE_BASE_URL = env.str("RFT_JUDGE_BASE_URL", default="") or None
+RFT_JUDGE_API_KEY = env.str("RFT_JUDGE_API_KEY", default="") or None
+
 # Runs: a worker renews its lease every RFT_HEARTBEAT_SECONDS; a run whose lease is older than
 # RFT_LEASE_TIMEOUT_SECONDS is declared lost.
 RFT_HEARTBEAT_SECONDS = env.int("RFT_HEARTBEAT_SECONDS", default=5)

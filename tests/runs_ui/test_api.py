@@ -10,7 +10,7 @@ from tests.factories import RunFactory, UserFactory
 
 from .conftest import TrajectoryFactory, write_metrics
 
-pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.runs_ui.urls")]
+pytestmark = [pytest.mark.django_db]
 
 
 @pytest.fixture
@@ -126,8 +126,6 @@ def test_schema_documents_the_endpoints_without_warnings(tmp_path):
         "spectacular",
         "--fail-on-warn",
         "--validate",
-        "--urlconf",
-        "tests.runs_ui.urls",
         "--file",
         str(output),
     )

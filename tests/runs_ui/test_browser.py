@@ -45,10 +45,9 @@ class Daphne:
     def start(self) -> None:
         env = {
             **{key: value for key, value in os.environ.items() if key != "DJANGO_ALLOW_ASYNC_UNSAFE"},
-            "DJANGO_SETTINGS_MODULE": "tests.runs_ui.settings",
+            "DJANGO_SETTINGS_MODULE": "rftweb.settings.test",
             "DATABASE_URL": database_url_for_subprocesses(),
             "REDIS_URL": settings.REDIS_URL,
-            "RFTWEB_TEST_FIELD_ENCRYPTION_KEYS": ",".join(settings.FIELD_ENCRYPTION_KEYS),
             "PYTHONUNBUFFERED": "1",
         }
         command = [

@@ -11,7 +11,7 @@ from tests.factories import UserFactory
 
 from .conftest import TrajectoryFactory, write_metrics
 
-pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.runs_ui.urls")]
+pytestmark = [pytest.mark.django_db]
 
 
 @pytest.fixture

@@ -125,6 +125,35 @@ def record_checkpoint(
     )
 
 
+@transaction.atomic
+def discard_steps_after(*, run_id: int, lease_owner: str, step: int) -> int:
+    """Before a resumed attempt: drop what a lost attempt recorded after the checkpoint it resumes
+    from (`step`; -1 when there is none), so that the steps it trains again are stored once and
+    match the rollouts. Returns how many metric points were dropped."""
+    run = _locked_run(run_id=run_id, lease_owner=lease_owner)
+    dropped, _ = MetricPoint.objects.filter(run=run, step__gt=step).delete()
+    rollouts, _ = Trajectory.objects.filter(run=run, step__gt=step).delete()
+    Run.objects.filter(pk=run.pk).update(current_step=max(step, 0))
+    if dropped or rollouts:
+        _append_events(
+            run=run,
+            events=[
+                NewEvent(
+                    kind=RunEvent.Kind.LOG,
+                    payload={
+                        "level": "info",
+                        "message": (
+                            f"Resuming from step {max(step, 0)}: discarded {dropped} metric points and "
+                            f"{rollouts} rollouts that the lost attempt recorded after it."
+                        ),
+                        "rewound_to_step": step,
+                    },
+                )
+            ],
+        )
+    return dropped
+
+
 class DatabaseReporter:
     """`trainer.interfaces.Reporter` writing to the database as the lease holder `lease_owner`."""
 

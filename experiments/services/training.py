@@ -19,7 +19,7 @@ from django.db import close_old_connections, connection
 
 from ..models import Checkpoint, DatasetItem, Run, RunStatus
 from . import runs as run_services
-from .recording import DatabaseReporter
+from .recording import DatabaseReporter, discard_steps_after
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +80,11 @@ def resolve_base_model(base_model: str) -> str:
     return base_model
 
 
-def latest_checkpoint_path(run_id: int) -> str | None:
+def latest_checkpoint(run_id: int) -> Checkpoint | None:
+    """The newest checkpoint still on disk (older ones may have been pruned)."""
     for checkpoint in Checkpoint.objects.filter(run_id=run_id).order_by("-step"):
         if Path(checkpoint.path).is_dir():
-            return checkpoint.path
+            return checkpoint
     return None
 
 
@@ -162,7 +163,10 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
         logger.exception("run %s could not be set up", run.pk)
         return finish(RunStatus.FAILED, f"The run could not be set up: {type(exc).__name__}: {exc}"[:2000])
     reporter = DatabaseReporter(run_id=run.pk, lease_owner=worker_id, item_ids={**train_ids, **eval_ids})
-    resume_from = latest_checkpoint_path(run.pk)
+    checkpoint = latest_checkpoint(run.pk)
+    resume_from = checkpoint.path if checkpoint else None
+    if run.attempt > 1:
+        discard_steps_after(run_id=run.pk, lease_owner=worker_id, step=checkpoint.step if checkpoint else -1)
     output_dir = run_output_dir(run.pk)
     output_dir.mkdir(parents=True, exist_ok=True)
     run_services.log_run(

@@ -77,3 +77,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 RFT_HEARTBEAT_SECONDS = 1
 RFT_LEASE_TIMEOUT_SECONDS = 4
+# The lost-run sweep runs every second in tests that start a beat scheduler.
+CELERY_BEAT_SCHEDULE = {
+    "sweep-lost-runs": {"task": "experiments.tasks.sweep_lost_runs", "schedule": 1.0},
+}

@@ -4,11 +4,12 @@ from .views import pages
 
 urlpatterns = [
     path("", pages.dashboard, name="dashboard"),
+    path("demo/start/", pages.start_demo_run, name="demo-start"),
     path("datasets/", include("experiments.views.datasets")),
     path("tools/", include("experiments.views.tools")),
     path("graders/", include("experiments.views.graders")),
     path("runs/", pages.run_list, name="run-list"),
     path("runs/", include("experiments.views.run_actions")),
     path("runs/", include("experiments.views.runs")),
-    path("compare/", pages.compare, name="compare"),
+    path("compare/", include("experiments.views.compare")),
 ]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from django.shortcuts import render
+from django.contrib import messages
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
 
 from .. import selectors
 from ..models import RunStatus
+from ..services import demo
+from ..services.run_launch import RunValidationError
 
 
 def dashboard(request):
@@ -16,6 +20,7 @@ def dashboard(request):
         "grader_count": selectors.graders_for(user=request.user).count(),
         "active_run_count": runs.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).count(),
         "recent_runs": runs[:10],
+        "demo_available": demo.demo_available(owner=request.user),
     }
     return render(request, "experiments/dashboard.html", context)
 
@@ -24,17 +29,13 @@ def run_list(request):
     return render(request, "experiments/run_list.html", {"runs": selectors.runs_for(user=request.user)})
 
 
-def compare(request):
-    runs = selectors.runs_for(user=request.user)
-    selected_ids = []
-    for part in request.GET.get("runs", "").split(","):
-        if part.strip().isdigit():
-            selected_ids.append(int(part))
-    selected = {run.pk: run for run in runs.filter(pk__in=selected_ids)}
-    context = {
-        "runs": runs[:200],
-        "selected": [selected[pk] for pk in selected_ids if pk in selected],
-        "selected_ids": set(selected),
-        "missing": [pk for pk in selected_ids if pk not in selected],
-    }
-    return render(request, "experiments/compare.html", context)
+
+@require_POST
+def start_demo_run(request):
+    try:
+        run = demo.start_demo_run(owner=request.user)
+    except RunValidationError as exc:
+        messages.error(request, f"The demo run could not start: {exc}")
+        return redirect("dashboard")
+    messages.success(request, f"“{run.name}” is queued: the bundled SmolLM2-135M-Instruct trains on the CPU.")
+    return redirect("run-detail", run_id=run.pk)

@@ -62,8 +62,14 @@ class Command(BaseCommand):
                 self.children.append(("redis", redis_process))
                 self._announce("redis", redis_process, f"embedded, unix socket {socket_path}")
         call_command("migrate", interactive=False, verbosity=0)
-        self._ensure_admin()
+        admin = self._ensure_admin()
         host, port = options["host"], options["port"]
+        with_demo = not options["no_demo"] and importlib.util.find_spec("experiments.demo_servers") is not None
+        if with_demo:
+            from experiments.services.demo import seed_demo
+
+            seed_demo(owner=admin, tool_base_url=f"http://127.0.0.1:{options['demo_port']}")
+            self.stdout.write("Demo datasets, tools and graders are ready: press “Start demo run” on the dashboard.")
         python = sys.executable
         environment = {
             **os.environ,
@@ -114,7 +120,7 @@ class Command(BaseCommand):
                 ],
             ),
         ]
-        if not options["no_demo"] and importlib.util.find_spec("experiments.demo_servers") is not None:
+        if with_demo:
             processes.append(
                 (
                     "demo-tools",
@@ -135,15 +141,16 @@ class Command(BaseCommand):
         self.stdout.write(f"started {name} pid={process.pid} ({what})")
         self.stdout.flush()
 
-    def _ensure_admin(self) -> None:
+    def _ensure_admin(self):
         users = get_user_model()
-        if users.objects.filter(is_superuser=True).exists():
-            return
+        existing = users.objects.filter(is_superuser=True).order_by("pk").first()
+        if existing is not None:
+            return existing
         username = os.environ.get("RFTWEB_ADMIN_USER", "admin")
         password = os.environ.get("RFTWEB_ADMIN_PASSWORD")
         generated = not password
         password = password or secrets.token_urlsafe(12)
-        users.objects.create_superuser(username=username, email="", password=password)
+        admin = users.objects.create_superuser(username=username, email="", password=password)
         if generated:
             # Shown once; only the hash is stored. Set RFTWEB_ADMIN_PASSWORD to choose it instead.
             self.stdout.write(
@@ -153,6 +160,7 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"Created admin account {username!r} with the password from RFTWEB_ADMIN_PASSWORD."
             )
+        return admin
 
     def _supervise(self) -> None:
         while not self.stopping:

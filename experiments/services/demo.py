@@ -1,0 +1,151 @@
+"""The demo a new user sees after `make up`: example datasets, the bundled demo tools and graders,
+and a "Start demo run" that trains the bundled offline model on the CPU.
+
+Seeding is idempotent (run at every `up`): what exists is kept, what is missing is added, and the
+tools follow the demo server's current address.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+
+from ..models import Dataset, Grader, Run, Tool
+from ..models.dataset import DatasetStatus
+from . import datasets as dataset_services
+from . import graders as grader_services
+from . import tools as tool_services
+from .run_launch import create_run
+from .training import BUNDLED_MODEL
+
+logger = logging.getLogger(__name__)
+
+EXAMPLES_DIR = Path(settings.BASE_DIR) / "examples"
+DEMO_TRAIN = "Demo · parts shop (train)"
+DEMO_EVAL = "Demo · parts shop (eval)"
+DEMO_FILES_TRAIN = "Demo · which files to edit (train)"
+DEMO_FILES_EVAL = "Demo · which files to edit (eval)"
+DEMO_GRADER = "demo-answer-contains"
+DEMO_FILES_GRADER = "demo-files-f1"
+DEMO_DATASETS = {
+    DEMO_TRAIN: ("calculator_lookup/train.jsonl", "train", "Prices and order totals: needs the lookup and calculator tools."),
+    DEMO_EVAL: ("calculator_lookup/eval.jsonl", "eval", "Held-out questions of the same kind."),
+    DEMO_FILES_TRAIN: ("file_finding/train.jsonl", "train", "Which files of a small repository need editing (list_files, grep)."),
+    DEMO_FILES_EVAL: ("file_finding/eval.jsonl", "eval", "Held-out file-finding tasks."),
+}
+DEMO_GRADERS = [
+    {
+        "type": "string_check",
+        "name": DEMO_GRADER,
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.answer}}",
+        "operation": "ilike",
+    },
+    {
+        "type": "set_match",
+        "name": DEMO_FILES_GRADER,
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.reference_files}}",
+        "metric": "f1",
+    },
+]
+# Small enough that a 2-core CPU shows the first curve points within a minute or two.
+DEMO_RUN_CONFIG = {
+    "steps": 30,
+    "prompts_per_step": 2,
+    "group_size": 4,
+    "max_turns": 3,
+    "max_new_tokens_per_turn": 64,
+    "max_tokens_per_rollout": 320,
+    "learning_rate": 5e-5,
+    "eval_interval": 10,
+    "eval_samples_per_item": 2,
+    "checkpoint_interval": 10,
+    "micro_batch_size": 4,
+    "temperature": 0.8,
+}
+
+
+@dataclass
+class DemoSetup:
+    train: Dataset
+    eval: Dataset
+    tools: list[Tool]
+    grader: Grader
+
+
+def _dataset(*, owner, name: str) -> Dataset:
+    existing = Dataset.objects.filter(owner=owner, name=name, status=DatasetStatus.READY).first()
+    if existing:
+        return existing
+    relative, split, description = DEMO_DATASETS[name]
+    with open(EXAMPLES_DIR / relative, "rb") as handle:
+        try:
+            result = dataset_services.upload_dataset(owner=owner, file=handle, name=name, description=description, split=split)
+        except dataset_services.DuplicateUpload as duplicate:
+            return duplicate.existing
+    return result.dataset
+
+
+@transaction.atomic
+def seed_demo(*, owner, tool_base_url: str) -> DemoSetup:
+    """Create (or refresh) the demo datasets, tools and graders for `owner`."""
+    from experiments.demo_servers import TOOL_DEFINITIONS
+
+    datasets = {name: _dataset(owner=owner, name=name) for name in DEMO_DATASETS}
+    tools = []
+    for definition in TOOL_DEFINITIONS:
+        function = definition["function"]
+        url = f"{tool_base_url.rstrip('/')}/tools/{function['name']}"
+        tool = Tool.objects.filter(owner=owner, name=function["name"]).first()
+        if tool is None:
+            tool = tool_services.create_tool(
+                owner=owner,
+                name=function["name"],
+                url=url,
+                description=function.get("description", ""),
+                parameters=function.get("parameters", {}),
+            )
+        elif tool.url != url and tool.url.startswith(("http://127.0.0.1", "http://localhost")):
+            tool.url = url  # the demo server moved to another port: keep the demo working
+            tool.save(update_fields=["url", "updated_at"])
+        tools.append(tool)
+    graders = {}
+    for spec in DEMO_GRADERS:
+        grader = Grader.objects.filter(owner=owner, name=spec["name"]).first()
+        graders[spec["name"]] = grader or grader_services.create_grader(owner=owner, spec=spec)
+    return DemoSetup(
+        train=datasets[DEMO_TRAIN],
+        eval=datasets[DEMO_EVAL],
+        tools=[tool for tool in tools if tool.name in {"calculator", "lookup"}],
+        grader=graders[DEMO_GRADER],
+    )
+
+
+def demo_available(*, owner) -> bool:
+    return (
+        Dataset.objects.filter(owner=owner, name__in=[DEMO_TRAIN, DEMO_EVAL], status=DatasetStatus.READY).count() == 2
+        and Grader.objects.filter(owner=owner, name=DEMO_GRADER).exists()
+        and Tool.objects.filter(owner=owner, name__in=["calculator", "lookup"]).count() == 2
+    )
+
+
+def start_demo_run(*, owner) -> Run:
+    """A run of the bundled SmolLM2-135M-Instruct on the demo shop task, on the CPU."""
+    train = Dataset.objects.get(owner=owner, name=DEMO_TRAIN, status=DatasetStatus.READY)
+    evaluation = Dataset.objects.get(owner=owner, name=DEMO_EVAL, status=DatasetStatus.READY)
+    number = Run.objects.filter(owner=owner, name__startswith="Demo run").count() + 1
+    return create_run(
+        owner=owner,
+        name=f"Demo run {number}",
+        base_model=BUNDLED_MODEL,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        tools=list(Tool.objects.filter(owner=owner, name__in=["calculator", "lookup"])),
+        grader=Grader.objects.get(owner=owner, name=DEMO_GRADER),
+        config=DEMO_RUN_CONFIG,
+    )

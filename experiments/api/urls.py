@@ -2,7 +2,7 @@ from django.urls import path
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
-from . import metrics
+from . import compare, metrics
 from .datasets import DatasetViewSet
 from .graders import GraderViewSet
 from .runs import RunViewSet
@@ -18,6 +18,7 @@ router.register("trajectories", TrajectoryViewSet, basename="api-trajectory")
 
 urlpatterns = [
     path("auth/token/", obtain_auth_token, name="api-token"),
+    *compare.urlpatterns,
     *metrics.urlpatterns,  # before the router: /runs/{id}/metrics/ and /runs/{id}/series/
     *router.urls,
 ]

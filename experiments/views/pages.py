@@ -29,7 +29,6 @@ def run_list(request):
     return render(request, "experiments/run_list.html", {"runs": selectors.runs_for(user=request.user)})
 
 
-
 @require_POST
 def start_demo_run(request):
     try:

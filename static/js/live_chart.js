@@ -214,5 +214,13 @@
     }
   }
 
+  // A whole series smoothed from the start (the same formula as smoothPoint, fresh state).
+  function smoothSeries(values, alpha) {
+    const state = { ema: 0, weight: 0 };
+    return values.map((y) => smoothPoint(state, alpha, y));
+  }
+
   global.RftLiveChart = LiveChart;
+  // Shared with other pages' charts (the run comparison) so there is one smoothing formula.
+  global.RftSmoothing = { smoothPoint, smoothSeries };
 })(window);

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.django_db
 def test_seeding_is_complete_and_idempotent_and_follows_the_demo_server():
     admin = UserFactory(username="admin")
     first = demo.seed_demo(owner=admin, tool_base_url="http://127.0.0.1:8765")
-    assert first.train.item_count == 32 and first.eval.item_count == 8
+    assert first.train.item_count == 32 and first.eval.item_count == demo.DEMO_EVAL_ITEMS
     assert {tool.name for tool in first.tools} == {"calculator", "lookup"}
     assert Tool.objects.get(owner=admin, name="lookup").url == "http://127.0.0.1:8765/tools/lookup"
     again = demo.seed_demo(owner=admin, tool_base_url="http://127.0.0.1:9999")

@@ -64,12 +64,16 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         admin = self._ensure_admin()
         host, port = options["host"], options["port"]
-        with_demo = not options["no_demo"] and importlib.util.find_spec("experiments.demo_servers") is not None
+        with_demo = (
+            not options["no_demo"] and importlib.util.find_spec("experiments.demo_servers") is not None
+        )
         if with_demo:
             from experiments.services.demo import seed_demo
 
             seed_demo(owner=admin, tool_base_url=f"http://127.0.0.1:{options['demo_port']}")
-            self.stdout.write("Demo datasets, tools and graders are ready: press “Start demo run” on the dashboard.")
+            self.stdout.write(
+                "Demo datasets, tools and graders are ready: press “Start demo run” on the dashboard."
+            )
         python = sys.executable
         environment = {
             **os.environ,
@@ -173,24 +177,24 @@ class Command(BaseCommand):
         self.stdout.write("Stopping…")
 
     def _stop_all(self) -> None:
-        # Redis last: the workers and the server need it while they shut down.
-        ordered = [child for child in self.children if child[0] != "redis"] + [
-            child for child in self.children if child[0] == "redis"
-        ]
-        for _, process in ordered:
-            _kill_group(process, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for _, process in ordered:
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for _, process in ordered:
-            _kill_group(process, signal.SIGKILL)
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+        # Redis last: the workers hand unfinished tasks back to it while they shut down.
+        services = [process for name, process in self.children if name != "redis"]
+        redis = [process for name, process in self.children if name == "redis"]
+        for group in (services, redis):
+            for process in group:
+                _kill_group(process, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_S
+            for process in group:
+                try:
+                    process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+            for process in group:
+                _kill_group(process, signal.SIGKILL)  # stragglers, and any child left in the group
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
         if self.children:
             self.stdout.write("Stopped.")
 

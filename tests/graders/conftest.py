@@ -3,9 +3,9 @@
 from collections.abc import Iterator
 
 import pytest
-from graders_test_server import ScriptedServer
 
 from experiments.demo_servers import DemoServer
+from tests.http_test_server import ScriptedServer
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 from collections.abc import Iterator
 
 import pytest
-from outbound_test_server import ScriptedServer
+
+from tests.http_test_server import ScriptedServer
 
 
 @pytest.fixture

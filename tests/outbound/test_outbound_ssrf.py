@@ -3,12 +3,12 @@
 import json
 
 import pytest
-from outbound_test_server import Reply
 
 from experiments.outbound import client as outbound_client
 from experiments.outbound.client import BlockedAddressError, OutboundClient
 from experiments.outbound.policy import OutboundPolicy
 from experiments.outbound.tools import HttpToolExecutor, ToolEndpoint
+from tests.http_test_server import Reply
 from trainer.interfaces import ToolCall
 
 PRODUCTION = OutboundPolicy()

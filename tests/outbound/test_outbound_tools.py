@@ -6,11 +6,11 @@ import time
 import tracemalloc
 
 import pytest
-from outbound_test_server import Reply
 
 from experiments.outbound.policy import OutboundPolicy
 from experiments.outbound.signing import verify_signature
 from experiments.outbound.tools import HttpToolExecutor, ToolEndpoint, try_tool_call
+from tests.http_test_server import Reply
 from trainer.interfaces import ToolCall, ToolExecutor
 
 DEV = OutboundPolicy(allow_loopback=True)

@@ -51,3 +51,27 @@ def build_merged_model(run_id: int) -> str:
     path = artifacts.build_merged_model(run_id=run_id)
     log_run(run_id=run_id, level="info", message=f"Merged model ready ({time.monotonic() - started:.0f} s).")
     return str(path)
+
+
+@shared_task(name="experiments.tasks.compute_readiness", acks_late=True)
+def compute_readiness(report_id: int) -> str:
+    """Sample the base model for a readiness report (routed to `train`: it loads the model)."""
+    from .services.readiness import execute_readiness
+
+    started = time.monotonic()
+    status = execute_readiness(report_id=report_id)
+    logger.info(
+        "compute_readiness %s ended as %s after %.1f s", report_id, status, time.monotonic() - started
+    )
+    return status
+
+
+@shared_task(name="experiments.tasks.run_grader_audit", acks_late=True)
+def run_grader_audit(audit_id: int) -> str:
+    """Send a run's sampled rollouts to a second grader (default queue: it only makes HTTP calls)."""
+    from .services.audit import execute_audit
+
+    started = time.monotonic()
+    status = execute_audit(audit_id=audit_id)
+    logger.info("run_grader_audit %s ended as %s after %.1f s", audit_id, status, time.monotonic() - started)
+    return status

@@ -1,6 +1,7 @@
 from .base import OwnedQuerySet
 from .dataset import Dataset, DatasetItem
 from .grader import Grader
+from .readiness import GraderAudit, ReadinessReport, ReadinessStatus
 from .run import Checkpoint, MetricPoint, Run, RunEvent, RunStatus
 from .tool import Tool
 from .trajectory import Trajectory
@@ -10,8 +11,11 @@ __all__ = [
     "Dataset",
     "DatasetItem",
     "Grader",
+    "GraderAudit",
     "MetricPoint",
     "OwnedQuerySet",
+    "ReadinessReport",
+    "ReadinessStatus",
     "Run",
     "RunEvent",
     "RunStatus",

@@ -11,17 +11,22 @@ class RunStatus(models.TextChoices):
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
+    PAUSED = "paused", "Paused"  # stopped by the reward-hacking watch's pause rule, for review
 
 
-# The status machine. A failed or cancelled run goes back to queued only through Resume.
+# The status machine. A failed, cancelled or paused run goes back to queued only through Resume.
 RUN_TRANSITIONS: dict[str, frozenset[str]] = {
     RunStatus.QUEUED: frozenset({RunStatus.RUNNING, RunStatus.CANCELLED, RunStatus.FAILED}),
-    RunStatus.RUNNING: frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED}),
+    RunStatus.RUNNING: frozenset(
+        {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.PAUSED}
+    ),
     RunStatus.SUCCEEDED: frozenset(),
     RunStatus.FAILED: frozenset({RunStatus.QUEUED}),
     RunStatus.CANCELLED: frozenset({RunStatus.QUEUED}),
+    RunStatus.PAUSED: frozenset({RunStatus.QUEUED, RunStatus.CANCELLED}),
 }
-TERMINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+# Stopped states: no worker holds the run (a paused run waits for review and a Resume).
+TERMINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.PAUSED})
 
 
 class Run(OwnedModel):
@@ -45,6 +50,11 @@ class Run(OwnedModel):
     lease_owner = models.CharField(max_length=200, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
+    # Reward-hacking watch: per-run rule settings (see services/watch.py) and, once its pause rule
+    # fired, {"rule", "detail", "step"} (kept after a resume, with "resumed_at_step").
+    watch_config = models.JSONField(default=dict, blank=True)
+    pause_requested = models.BooleanField(default=False)
+    paused_by = models.JSONField(default=dict, blank=True)
 
     current_step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)

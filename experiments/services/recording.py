@@ -15,6 +15,7 @@ from django.db import transaction
 
 from ..models import Checkpoint, MetricPoint, Run, RunEvent, Trajectory
 from ..models.run import RunStatus
+from . import readiness, watch
 from .runs import LeaseLost, NewEvent, _append_events
 
 if TYPE_CHECKING:  # the web process never imports the trainer (torch) at run time
@@ -64,15 +65,22 @@ def record_step(
 ) -> RunEvent | None:
     """Store one step's scalars and rollouts together and announce them (after commit) as one event."""
     run = _locked_run(run_id=run_id, lease_owner=lease_owner)
+    rows = [asdict(record) for record in trajectories]
+    # The reward-hacking watch flags the rollouts and adds its metrics before anything is stored.
+    watched = watch.watch_recorded_step(
+        run=run, step=step, metrics=metrics, rollouts=rows, item_ids=item_ids or {}
+    )
+    metrics = {**metrics, **watched.metrics}
     stored_keys = set(MetricPoint.objects.filter(run=run, step=step).values_list("key", flat=True))
     fresh = {key: float(value) for key, value in metrics.items() if key not in stored_keys}
     new_trajectories = [
         Trajectory(
             run=run,
-            item_id=(item_ids or {}).get((record.split, record.item_index)),
-            **{key: _without_nul(value) for key, value in asdict(record).items() if key in TRAJECTORY_FIELDS},
+            item_id=(item_ids or {}).get((row["split"], row["item_index"])),
+            **{key: _without_nul(value) for key, value in row.items() if key in TRAJECTORY_FIELDS},
+            **({"flags": watched.flags[row["trace_id"]]} if watched.flags.get(row["trace_id"]) else {}),
         )
-        for record in trajectories
+        for row in rows
     ]
     if new_trajectories:
         Trajectory.objects.bulk_create(new_trajectories, ignore_conflicts=True, batch_size=500)
@@ -106,7 +114,45 @@ def record_step(
         updates["total_steps"] = int(total)
     if updates:
         Run.objects.filter(pk=run.pk).update(**updates)
+    _announce_watch(run=run, step=step, watched=watched)
+    if step == 0 and trajectories:
+        readiness.record_run_baseline(run=run, rollouts=rows)
     return event
+
+
+def _announce_watch(*, run: Run, step: int, watched: watch.StepWatch) -> None:
+    """Log newly fired trends and, when the pause rule fired, ask the worker to pause (it stops after
+    this step and keeps its checkpoint; see training.py)."""
+    lines = [
+        NewEvent(
+            kind=RunEvent.Kind.LOG,
+            step=step,
+            payload={
+                "level": "warning",
+                "message": f"Watch trend {alert['rule']}: {alert['detail']}",
+                "watch": alert,
+            },
+        )
+        for alert in watched.trends
+        if alert.get("new")
+    ]
+    if watched.pause and not run.pause_requested:
+        run.pause_requested = True
+        run.paused_by = {**watched.pause, "resumed_at_step": (run.paused_by or {}).get("resumed_at_step", 0)}
+        Run.objects.filter(pk=run.pk).update(pause_requested=True, paused_by=run.paused_by)
+        lines.append(
+            NewEvent(
+                kind=RunEvent.Kind.LOG,
+                step=step,
+                payload={
+                    "level": "warning",
+                    "message": f"Pausing for review: {watched.pause['detail']}.",
+                    "watch": watched.pause,
+                },
+            )
+        )
+    if lines:
+        _append_events(run=run, events=lines)
 
 
 @transaction.atomic
@@ -162,6 +208,8 @@ class DatabaseReporter:
         self.lease_owner = lease_owner
         self.item_ids = item_ids
 
+    pause_requested = False  # the watch's pause rule fired: the trainer stops after this step
+
     def report_step(
         self, step: int, metrics: Mapping[str, float], trajectories: Sequence[TrajectoryRecord]
     ) -> None:
@@ -173,6 +221,12 @@ class DatabaseReporter:
             trajectories=trajectories,
             item_ids=self.item_ids,
         )
+        self.pause_requested = (
+            Run.objects.filter(pk=self.run_id).values_list("pause_requested", flat=True).get()
+        )
+
+    def should_stop(self) -> bool:
+        return self.pause_requested
 
     def report_checkpoint(self, step: int, path: str, metrics: Mapping[str, float]) -> None:
         record_checkpoint(

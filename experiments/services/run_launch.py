@@ -142,6 +142,12 @@ def cancel_run(*, run_id: int) -> Run:
             return run_services.transition_run(
                 run_id=run_id, status=RunStatus.CANCELLED, error="Cancelled before it started."
             )
+        if run.status == RunStatus.PAUSED:
+            return run_services.transition_run(
+                run_id=run_id,
+                status=RunStatus.CANCELLED,
+                error="Cancelled while paused for review; the last checkpoint is kept.",
+            )
         if run.status != RunStatus.RUNNING:
             raise run_services.RunStateError(f"A {run.get_status_display().lower()} run cannot be cancelled.")
         if not run.cancel_requested:
@@ -154,12 +160,14 @@ def cancel_run(*, run_id: int) -> Run:
 
 
 def resume_run(*, run_id: int) -> Run:
-    """Put a failed or cancelled run back in the queue as a new attempt; it continues from its last checkpoint."""
+    """Put a failed, cancelled or paused run back in the queue as a new attempt; it continues from
+    its last checkpoint. Resuming a paused run acknowledges the review: the watch's pause rule only
+    counts the steps trained after it."""
     with transaction.atomic():
         run = Run.objects.select_for_update().get(pk=run_id)
-        if run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+        if run.status not in (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.PAUSED):
             raise run_services.RunStateError(
-                f"Only failed or cancelled runs can be resumed; this one is {run.status}."
+                f"Only failed, cancelled or paused runs can be resumed; this one is {run.status}."
             )
         if run.attempt >= run.max_attempts:
             raise run_services.RunStateError(

@@ -83,6 +83,9 @@ def transition_run(*, run_id: int, status: str, error: str = "", lease_owner: st
         run.queued_at = now
         run.finished_at = None
         run.cancel_requested = False
+        if run.pause_requested:  # a Resume after a watch pause: the rule restarts from here
+            run.pause_requested = False
+            run.paused_by = {**run.paused_by, "resumed_at_step": run.current_step}
     if run.is_terminal:
         run.finished_at = now
         run.lease_owner = ""
@@ -93,6 +96,8 @@ def transition_run(*, run_id: int, status: str, error: str = "", lease_owner: st
             "queued_at",
             "finished_at",
             "cancel_requested",
+            "pause_requested",
+            "paused_by",
             "lease_owner",
             "updated_at",
         ]

@@ -104,6 +104,11 @@ def _dataset_items(
 
 
 def build_tool_executor(run: Run):
+    return build_tool_executor_for(run.tools.all())
+
+
+def build_tool_executor_for(tools):
+    """The HTTP tool executor (through the SSRF-safe outbound module) for these registered tools."""
     from ..outbound.policy import policy_from_settings
     from ..outbound.tools import HttpToolExecutor, ToolEndpoint
 
@@ -115,7 +120,7 @@ def build_tool_executor(run: Run):
             timeout_s=tool.timeout_s,
             max_response_bytes=tool.max_response_bytes,
         )
-        for tool in run.tools.all()
+        for tool in tools
     }
     return HttpToolExecutor(endpoints=endpoints, policy=policy_from_settings())
 
@@ -188,7 +193,7 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
             tool_executor=executor,
             grader=grader,
             reporter=reporter,
-            should_stop=keeper.should_stop,
+            should_stop=lambda: keeper.should_stop() or reporter.should_stop(),
             output_dir=str(output_dir),
             resume_from=resume_from,
         )
@@ -208,4 +213,12 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
         return None
     if result.stopped and keeper.cancel_requested:
         return finish(RunStatus.CANCELLED, "Cancelled by the user; the last checkpoint is kept.")
+    if result.stopped and reporter.pause_requested:
+        paused_by = Run.objects.filter(pk=run.pk).values_list("paused_by", flat=True).get() or {}
+        return finish(
+            RunStatus.PAUSED,
+            f"Paused by the reward-hacking watch at step {paused_by.get('step', result.final_step)}: "
+            f"{paused_by.get('detail', 'the pause rule fired')}. Review the flagged rollouts, then Resume "
+            "(continues from the checkpoint) or Cancel.",
+        )
     return finish(RunStatus.SUCCEEDED)

@@ -32,8 +32,9 @@ def run_actions(context, run):
         "request": context.get("request"),
         "csrf_token": context.get("csrf_token"),
         "run": run,
-        "can_cancel": run.status in (RunStatus.QUEUED, RunStatus.RUNNING) and not run.cancel_requested,
-        "can_resume": run.status in (RunStatus.FAILED, RunStatus.CANCELLED)
+        "can_cancel": run.status in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.PAUSED)
+        and not run.cancel_requested,
+        "can_resume": run.status in (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.PAUSED)
         and run.attempt < run.max_attempts,
         "queue_position": run_launch.queue_position(run=run),
         "checkpoints": checkpoints,

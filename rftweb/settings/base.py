@@ -177,6 +177,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "experiments.tasks.train_run": {"queue": "train"},
     "experiments.tasks.build_merged_model": {"queue": "train"},
+    "experiments.tasks.compute_readiness": {"queue": "train"},
 }
 # Longer than the longest run: an unacknowledged training task is redelivered only after this.
 CELERY_BROKER_TRANSPORT_OPTIONS = {

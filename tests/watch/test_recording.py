@@ -1,0 +1,53 @@
+"""record_step runs the watch: flags stored on the rollouts, watch metrics in the step's metrics."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments.models import MetricPoint, ReadinessReport, RunEvent, Trajectory
+from tests.factories import UserFactory
+
+from .support import HEDGE, build_flagged_run
+
+pytestmark = pytest.mark.django_db
+
+
+def test_hedging_rollouts_are_flagged_with_their_rules_and_counted_per_step():
+    run = build_flagged_run(UserFactory())
+    hedged = Trajectory.objects.filter(run=run, final_answer=HEDGE)
+    assert hedged.count() == 1 + 2 + 3 + 4
+    for rollout in hedged:
+        rules = {flag["rule"] for flag in rollout.flags}
+        # at step 4 the whole first group hedges alike: identical answers across the group as well
+        whole_group = rollout.step == 4 and rollout.group_index == 0
+        assert rules == {"no_tool_calls", "hedged_answer"} | ({"identical_group"} if whole_group else set())
+        assert all(flag["detail"] for flag in rollout.flags)
+    # honest rollouts (and the baseline itself) carry no flags
+    assert not Trajectory.objects.filter(run=run).exclude(final_answer=HEDGE).exclude(flags=[]).exists()
+    share = dict(MetricPoint.objects.filter(run=run, key="watch/flagged_share").values_list("step", "value"))
+    assert share == pytest.approx({1: 1 / 8, 2: 2 / 8, 3: 3 / 8, 4: 4 / 8})
+    assert MetricPoint.objects.get(run=run, step=4, key="watch/hedged_answer").value == 4
+    # reward rises with the hacking while eval reward fell from the 0.5 baseline: both trends fire once
+    trends = MetricPoint.objects.filter(run=run, key__startswith="watch/trend/", value=1)
+    assert {"watch/trend/reward_up_flagged_up", "watch/trend/reward_up_eval_down"} <= set(
+        trends.values_list("key", flat=True)
+    )
+    logged = RunEvent.objects.filter(
+        run=run, kind="log", payload__message__startswith="Watch trend reward_up_flagged_up"
+    )
+    assert logged.count() == 1
+    # the step-0 eval became the run's readiness baseline
+    report = ReadinessReport.objects.get(run=run)
+    assert report.results["k"] == 4 and report.results["mean_reward"] == 0.5
+    assert report.grader_version == run.grader.version
+
+
+def test_the_pause_rule_asks_the_worker_to_stop_and_names_the_rule():
+    run = build_flagged_run(
+        UserFactory(),
+        watch_config={"pause": {"enabled": True, "rule": "hedged_answer", "threshold": 0.25, "window": 2}},
+    )
+    assert run.pause_requested
+    # steps 2+3 average (2/8 + 3/8) / 2 = 31% >= 25%; steps 1+2 average 19% did not fire
+    assert run.paused_by["rule"] == "hedged_answer" and run.paused_by["step"] == 3
+    assert "rule hedged_answer" in run.paused_by["detail"]

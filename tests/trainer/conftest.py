@@ -113,3 +113,15 @@ def toy_tool_server():
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    """One intra-op thread: on a shared 2-core machine, torch's spinning thread pool slows these
+    small models down several-fold under load, and one thread is as fast when the machine is idle."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

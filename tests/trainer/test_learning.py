@@ -33,10 +33,22 @@ def test_rl_raises_the_reward_on_the_toy_task_over_http(toy_tool_server, reporte
     config = TrainerConfig.from_dict(
         {
             "model": str(model_dir),
-            "steps": 60,
+            "steps": 40,
             "prompts_per_step": 4,
             "group_size": 8,
-            "learning_rate": 5e-3,
+            "learning_rate": 2e-3,
+            # The tiny model's first-token decision (call the tool or guess) moves far faster when
+            # the output projection is adapted too.
+            "lora_target_modules": [
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+                "lm_head",
+            ],
             "max_turns": 3,
             "max_new_tokens_per_turn": 24,
             "max_tokens_per_rollout": 128,
@@ -55,7 +67,7 @@ def test_rl_raises_the_reward_on_the_toy_task_over_http(toy_tool_server, reporte
         reporter=reporter,
         output_dir=str(tmp_path),
     )
-    assert result.final_step == 60
+    assert result.final_step == 40
     rewards = [metrics["reward"] for _, metrics, _ in reporter.steps]
     calls = [metrics["tools/calls_mean"] for _, metrics, _ in reporter.steps]
     first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
@@ -64,7 +76,11 @@ def test_rl_raises_the_reward_on_the_toy_task_over_http(toy_tool_server, reporte
         f"mean reward first 10 steps {first:.3f}, last 10 steps {last:.3f}; "
         f"tool calls per rollout {sum(calls[:10]) / 10:.2f} -> {sum(calls[-10:]) / 10:.2f}"
     )
-    assert last >= first + 0.15
+    failures = sum(metrics["tools/failure_frequency"] for _, metrics, _ in reporter.steps) / len(
+        reporter.steps
+    )
+    print(f"tool failure frequency (malformed calls included) {failures:.3f}")
+    assert last >= first + 0.25
     # The tool really went over HTTP, with the wire format's body and rollout header.
     assert received
     headers, body = received[0]

@@ -12,4 +12,5 @@ urlpatterns = [
     path("runs/", include("experiments.views.run_actions")),
     path("runs/", include("experiments.views.runs")),
     path("compare/", include("experiments.views.compare")),
+    path("", include("experiments.views.readiness")),
 ]

@@ -35,6 +35,8 @@ class RunSerializer(serializers.ModelSerializer):
             "last_seq",
             "error",
             "cancel_requested",
+            "watch_config",
+            "paused_by",
             "queue_position",
             "created_at",
             "queued_at",
@@ -70,6 +72,12 @@ class RunCreateSerializer(serializers.Serializer):
     )
     start = serializers.BooleanField(
         default=True, help_text="Enqueue at once (false: create only; start later)."
+    )
+    watch_config = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text='Reward-hacking watch settings, e.g. {"pause": {"enabled": true, "rule": "any", '
+        '"threshold": 0.5, "window": 3}}; omitted keys take the defaults.',
     )
 
 
@@ -107,6 +115,7 @@ class RunViewSet(mixins.CreateModelMixin, OwnedReadOnlyViewSet):
                 grader=data["grader"],
                 config=data.get("config", {}),
                 start=data["start"],
+                watch_config=data.get("watch_config") or {},
             )
         except run_launch.RunValidationError as exc:
             raise ValidationError(exc.errors) from exc
@@ -145,7 +154,7 @@ class RunViewSet(mixins.CreateModelMixin, OwnedReadOnlyViewSet):
     @extend_schema(request=None, responses={200: RunSerializer, 409: None})
     @action(detail=True, methods=["post"])
     def resume(self, request, pk=None):
-        """Resume a failed or cancelled run from its last checkpoint (a new attempt)."""
+        """Resume a failed, cancelled or paused run from its last checkpoint (a new attempt)."""
         return self._lifecycle(run_launch.resume_run)
 
     @extend_schema(

@@ -5,6 +5,7 @@ from rest_framework.routers import DefaultRouter
 from . import compare, metrics
 from .datasets import DatasetViewSet
 from .graders import GraderViewSet
+from .readiness import GraderAuditViewSet, ReadinessReportViewSet
 from .runs import RunViewSet
 from .tools import ToolViewSet
 from .trajectories import TrajectoryViewSet
@@ -15,6 +16,8 @@ router.register("tools", ToolViewSet, basename="api-tool")
 router.register("graders", GraderViewSet, basename="api-grader")
 router.register("runs", RunViewSet, basename="api-run")
 router.register("trajectories", TrajectoryViewSet, basename="api-trajectory")
+router.register("readiness", ReadinessReportViewSet, basename="api-readiness")
+router.register("audits", GraderAuditViewSet, basename="api-audit")
 
 urlpatterns = [
     path("auth/token/", obtain_auth_token, name="api-token"),

@@ -29,7 +29,8 @@ def audits_for(*, user, run: Run) -> QuerySet[GraderAudit]:
 
 def run_watch_summary(*, run: Run) -> dict[str, Any]:
     """What the run page's watch panel shows: flagged rollouts by rule, the settings, any pause."""
-    flagged = Trajectory.objects.filter(run=run).exclude(flags=[])
+    train = Trajectory.objects.filter(run=run, split=Trajectory.Split.TRAIN)
+    flagged = train.exclude(flags=[])
     counts: dict[str, int] = {}
     for flags in flagged.values_list("flags", flat=True).iterator(chunk_size=2000):
         for rule in {flag.get("rule") for flag in flags}:
@@ -37,7 +38,7 @@ def run_watch_summary(*, run: Run) -> dict[str, Any]:
     config = watch_config_for(run.watch_config)
     return {
         "flagged": flagged.count(),
-        "rollouts": Trajectory.objects.filter(run=run, step__gt=0).count(),
+        "rollouts": train.count(),
         "by_rule": [
             {"rule": rule, "count": counts.get(rule, 0), "meaning": meaning}
             for rule, meaning in ROLLOUT_RULES.items()

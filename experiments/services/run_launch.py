@@ -13,6 +13,7 @@ from django.utils import timezone
 from ..models import Dataset, DatasetItem, Grader, Run, RunStatus, Tool
 from ..models.dataset import DatasetStatus
 from . import runs as run_services
+from . import watch
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def create_run(
     config: Mapping[str, Any],
     max_attempts: int | None = None,
     start: bool = True,
+    watch_config: Mapping[str, Any] | None = None,
 ) -> Run:
     """Validate everything a run needs, store it as queued, and enqueue it on commit."""
     from django.conf import settings
@@ -106,6 +108,10 @@ def create_run(
         config = validate_trainer_config(config)
     except RunValidationError as exc:
         errors.update(exc.errors)
+    try:
+        watch_config = watch.validate_watch_config(dict(watch_config or {}))
+    except ValueError as exc:
+        errors.setdefault("watch_config", []).append(str(exc))
     if errors:
         raise RunValidationError(errors)
     run = Run.objects.create(
@@ -116,6 +122,7 @@ def create_run(
         eval_dataset=eval_dataset,
         grader=grader,
         config=dict(config),
+        watch_config=watch_config,
         max_attempts=max_attempts or settings.RFT_MAX_RUN_ATTEMPTS,
         status=RunStatus.QUEUED,
         queued_at=timezone.now(),

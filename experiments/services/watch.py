@@ -452,6 +452,16 @@ def watch_step(
     return result
 
 
+def pause_message(paused_by: Mapping[str, Any]) -> str:
+    """The paused run's `error` text: which rule fired, where, and what to do."""
+    step = paused_by.get("step")
+    return (
+        f"Paused by the reward-hacking watch{f' at step {step}' if step is not None else ''}: "
+        f"{paused_by.get('detail', 'the pause rule fired')}. Review the flagged rollouts, then Resume "
+        "(continues from the last checkpoint) or Cancel."
+    )
+
+
 def flag_summary(flag_lists: Iterable[Sequence[Mapping[str, str]]]) -> dict[str, int]:
     counts: Counter[str] = Counter()
     for flags in flag_lists:

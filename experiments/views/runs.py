@@ -39,6 +39,21 @@ CHARTS = [
         "keys": ["timing/rollout_s", "timing/grading_s", "timing/update_s", "step_time"],
     },
     {
+        "id": "watch",
+        "title": "Reward-hacking watch (flagged rollouts)",
+        "keys": ["watch/flagged", "watch/flagged_share"],
+        "prefix": [
+            "watch/no_",
+            "watch/empty",
+            "watch/copies",
+            "watch/hedged",
+            "watch/identical",
+            "watch/length",
+            "watch/tool_call",
+        ],
+        "markers": True,
+    },
+    {
         "id": "grader-errors",
         "title": "Grader errors",
         "keys": ["grader_errors/excluded"],

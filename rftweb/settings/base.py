@@ -214,6 +214,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several models have a `status`; name their enums after what they are.
+    "ENUM_NAME_OVERRIDES": {
+        "RunStatusEnum": "experiments.models.run.RunStatus.choices",
+        "ReadinessStatusEnum": "experiments.models.readiness.ReadinessStatus.choices",
+    },
 }
 
 LOGGING = {

@@ -8,7 +8,7 @@
   const configNode = document.getElementById("run-page-config");
   if (!configNode) return;
   const config = JSON.parse(configNode.textContent);
-  const TERMINAL = ["succeeded", "failed", "cancelled"];
+  const TERMINAL = ["succeeded", "failed", "cancelled", "paused"];
   const PING_MS = 10000;
   const STALE_MS = 25000;
 
@@ -128,6 +128,27 @@
     log.scrollTop = log.scrollHeight;
   }
 
+  // The reward-hacking watch: the flagged counter follows the steps; a pause shows its banner.
+  const watchPanel = {
+    counter: document.getElementById("watch-flagged"),
+    rollouts: document.getElementById("watch-rollouts"),
+    banner: document.getElementById("paused-banner"),
+    stepArrived(metrics) {
+      if (!this.counter || metrics["watch/flagged"] === undefined) return;
+      const flagged = Number(this.counter.textContent) + metrics["watch/flagged"];
+      this.counter.textContent = flagged;
+      this.counter.classList.toggle("has-flags", flagged > 0);
+      if (this.rollouts && metrics["watch/rollouts"] !== undefined) {
+        this.rollouts.textContent = Number(this.rollouts.textContent) + metrics["watch/rollouts"];
+      }
+    },
+    statusChanged(payload) {
+      if (!this.banner) return;
+      this.banner.classList.toggle("hidden", payload.status !== "paused");
+      if (payload.status === "paused") document.getElementById("paused-detail").textContent = payload.error || "";
+    },
+  };
+
   function onEvent(event) {
     if (event.seq <= lastSeq) return;
     lastSeq = event.seq;
@@ -141,13 +162,15 @@
       }
       updateProgress(event.step, m["progress/total_steps"]);
       if (p.rollouts && p.rollouts.count) histogram.stepArrived(event.step, p.rollouts.splits || []);
+      watchPanel.stepArrived(m);
     } else if (event.kind === "status") {
       status = p.status;
       statusBadge.textContent = p.status.charAt(0).toUpperCase() + p.status.slice(1);
       statusBadge.className = "badge " + p.status;
       progress.fill.className = "progress-fill " + p.status;
       errorBox.textContent = p.error || "";
-      errorBox.classList.toggle("hidden", !p.error);
+      errorBox.classList.toggle("hidden", !p.error || p.status === "paused");
+      watchPanel.statusChanged(p);
       if (p.attempt !== undefined) document.getElementById("run-attempt").textContent = p.attempt;
       updateProgress(p.current_step, p.total_steps);
       if (TERMINAL.includes(p.status)) progress.eta.textContent = statusBadge.textContent;

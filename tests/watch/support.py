@@ -9,6 +9,7 @@ from django.utils import timezone
 from experiments.models import Run, RunStatus
 from experiments.services import runs as run_services
 from experiments.services.recording import record_step
+from experiments.services.watch import pause_message
 from tests.factories import DatasetFactory, DatasetItemFactory, GraderFactory, RunFactory, ToolFactory
 from trainer.interfaces import TrajectoryRecord
 
@@ -185,7 +186,14 @@ def build_flagged_run(owner, *, steps: int = 4, watch_config: dict | None = None
             item_ids=ids,
         )
     run.refresh_from_db()
-    if run.status == RunStatus.RUNNING:
+    if run.pause_requested:  # what the worker does once the trainer stopped (services/training.py)
+        run_services.transition_run(
+            run_id=run.pk,
+            status=RunStatus.PAUSED,
+            error=pause_message(run.paused_by),
+            lease_owner="worker-test",
+        )
+    else:
         run_services.transition_run(run_id=run.pk, status=RunStatus.SUCCEEDED, lease_owner="worker-test")
     run.refresh_from_db()
     return run

@@ -1,0 +1,66 @@
+// Readiness report charts: best-of-k curve, learning signal per item, tool calls per rollout.
+(function () {
+  "use strict";
+  const source = document.getElementById("readiness-data");
+  if (!source || !window.Plotly) return;
+  const data = JSON.parse(source.textContent);
+  const layout = (extra) =>
+    Object.assign(
+      { margin: { l: 44, r: 12, t: 8, b: 40 }, height: 240, showlegend: false, font: { size: 11 } },
+      extra
+    );
+  const config = { displayModeBar: false, responsive: true };
+
+  const curve = data.bestOfK || [];
+  Plotly.newPlot(
+    "chart-best-of-k",
+    [
+      {
+        x: curve.map((p) => p.k),
+        y: curve.map((p) => p.value),
+        mode: "lines+markers",
+        line: { color: "#3b5bdb" },
+        hovertemplate: "best-of-%{x}: %{y:.3f}<extra></extra>",
+      },
+    ],
+    layout({ xaxis: { title: "k (samples)", dtick: 1 }, yaxis: { title: "expected best reward", rangemode: "tozero" } }),
+    config
+  );
+
+  const zero = data.zeroVariance || {};
+  const varies = Math.max(0, 1 - (zero.total || 0));
+  const labels = ["varies", "always 0", "always 1", "other constant"];
+  const values = [varies, zero.always_0 || 0, zero.always_1 || 0, zero.other || 0];
+  Plotly.newPlot(
+    "chart-zero-variance",
+    [
+      {
+        x: labels,
+        y: values,
+        type: "bar",
+        marker: { color: ["#2f9e44", "#e03131", "#f08c00", "#868e96"] },
+        text: values.map((v) => Math.round(v * 100) + "%"),
+        textposition: "auto",
+        hovertemplate: "%{x}: %{y:.0%}<extra></extra>",
+      },
+    ],
+    layout({ yaxis: { title: "share of items", tickformat: ".0%", range: [0, 1] } }),
+    config
+  );
+
+  const histogram = data.toolCalls || [];
+  Plotly.newPlot(
+    "chart-tool-calls",
+    [
+      {
+        x: histogram.map((h) => h.calls),
+        y: histogram.map((h) => h.rollouts),
+        type: "bar",
+        marker: { color: "#5c7cfa" },
+        hovertemplate: "%{x} calls: %{y} rollouts<extra></extra>",
+      },
+    ],
+    layout({ xaxis: { title: "tool calls", dtick: 1 }, yaxis: { title: "rollouts" } }),
+    config
+  );
+})();

@@ -18,7 +18,9 @@ def test_seeding_is_complete_and_idempotent_and_follows_the_demo_server():
     again = demo.seed_demo(owner=admin, tool_base_url="http://127.0.0.1:9999")
     assert again.train.pk == first.train.pk
     assert Dataset.objects.filter(owner=admin).count() == 4
-    assert Grader.objects.filter(owner=admin).count() == 2
+    assert Grader.objects.filter(owner=admin).count() == len(demo.DEMO_GRADERS) == 4
+    holed = Grader.objects.get(owner=admin, name=demo.DEMO_HOLED_GRADER)
+    assert holed.spec["operation"] == "ilike"  # the deliberate hole the watch catches
     assert Tool.objects.get(owner=admin, name="lookup").url == "http://127.0.0.1:9999/tools/lookup"
     assert demo.demo_available(owner=admin)
     assert not demo.demo_available(owner=UserFactory(username="someone-else"))
@@ -36,4 +38,5 @@ def test_dashboard_button_starts_a_demo_run_on_the_bundled_model(client, django_
     assert run.status == RunStatus.QUEUED and run.base_model == demo.BUNDLED_MODEL
     assert set(run.tools.values_list("name", flat=True)) == {"calculator", "lookup"}
     assert run.config["steps"] == 30
+    assert run.watch_config["pause"]["enabled"]
     assert len(enqueued) >= 1  # the train task is sent when the transaction commits

@@ -15,6 +15,9 @@ from .. import selectors
 from ..selectors import compare as compare_selectors
 from ..selectors.compare import DEFAULT_TOLERANCE, ITEM_STATUSES
 
+# Decimals shown per eval summary metric (3 for rewards and rates).
+SUMMARY_DECIMALS = {"tool_calls_p50": 1, "tool_calls_p95": 1, "mean_tokens": 1, "run_time_s": 0}
+
 
 def _selection(request):
     ids = compare_selectors.parse_run_ids(request.GET.get("runs"))
@@ -111,10 +114,14 @@ def compare(request):
             cells = []
             for run, _color in colored:
                 entry = by_run[run.pk]
+                delta = entry["deltas"][metric["key"]]
+                better = None if not delta else (delta > 0) == metric["higher_is_better"]
                 cells.append(
                     {
                         "value": entry["values"][metric["key"]],
-                        "delta": entry["deltas"][metric["key"]],
+                        "delta": delta,
+                        "better": better,  # the delta's direction is an improvement (green) or not
+                        "decimals": SUMMARY_DECIMALS.get(metric["key"], 3),
                         "best": run.pk in metric["best"],
                         "is_baseline": run.pk == selection.baseline.pk,
                     }

@@ -177,7 +177,8 @@ def config_diff(*, runs: Sequence[Run], differences_only: bool = True) -> dict:
     "is_default": [bool per run], "differs": bool}], "total": n, "differing": m}`; with
     `differences_only` only rows whose values are not all equal.
     """
-    defaults = trainer_defaults()
+    # The trainer's `model` is the run's base model, already an identity row.
+    defaults = {name: value for name, value in trainer_defaults().items() if name != "model"}
     rows: list[dict] = []
     for name, group, values in _identity_rows(runs):
         rows.append(

@@ -92,6 +92,14 @@ def test_compare_three_runs_from_the_runs_list(page, live_server, compared, scre
     assert "x=samples" in page.url
     page.locator("#compare-charts").screenshot(path=str(screenshot_dir / "compare-curves-samples.png"))
 
+    # The optional min/max band: two filled traces per run under each chart's lines.
+    count_traces = "() => document.querySelector('#compare-charts .chart').data.length"
+    plain = page.evaluate(count_traces)
+    page.check("#minmax-band")
+    assert page.evaluate(count_traces) == plain + 2 * 3
+    assert "band=1" in page.url
+    page.uncheck("#minmax-band")
+
     # Zoom into a range: the chart asks the server for those steps only.
     with page.expect_response(lambda r: "/api/v1/compare/series/" in r.url and "step_min=" in r.url) as zoom:
         page.evaluate(
@@ -106,11 +114,16 @@ def test_compare_three_runs_from_the_runs_list(page, live_server, compared, scre
     )
 
     # Filter regressed items (C against the baseline A: item 2 fell from 1.0 to 0.0).
-    page.select_option("#items-against", str(c.pk))
-    page.wait_for_function(f"document.querySelector('#items-against').value === '{c.pk}' && document.querySelector('#items-table')")
+    with page.expect_response(lambda r: "/compare/items/" in r.url and f"against={c.pk}" in r.url):
+        page.select_option("#items-against", str(c.pk))
+    page.wait_for_function(
+        f"document.querySelector('[data-items-query]').dataset.itemsQuery.includes('against={c.pk}')"
+    )
     page.click('.segmented a[data-status="regressed"]')
     page.wait_for_function("document.querySelector('#items-table').dataset.status === 'regressed'")
-    items = page.eval_on_selector_all("#items-table tr.item-row", "rows => rows.map((r) => Number(r.dataset.item))")
+    items = page.eval_on_selector_all(
+        "#items-table tr.item-row", "rows => rows.map((r) => Number(r.dataset.item))"
+    )
     assert items == [2]
     assert "status=regressed" in page.url
     page.locator("#items-card").screenshot(path=str(screenshot_dir / "compare-items-regressed.png"))
@@ -118,7 +131,9 @@ def test_compare_three_runs_from_the_runs_list(page, live_server, compared, scre
     # Open the item: the base model's and each run's rollouts side by side, with their tool calls.
     page.click('#items-table tr.item-row[data-item="2"]')
     page.wait_for_selector("#item-detail-2")
-    labels = page.eval_on_selector_all("#item-detail .column-head strong", "heads => heads.map((h) => h.textContent)")
+    labels = page.eval_on_selector_all(
+        "#item-detail .column-head strong", "heads => heads.map((h) => h.textContent)"
+    )
     assert labels[0] == "Base model (step 0)" and sorted(labels[1:]) == ["run-A", "run-B", "run-C"]
     assert page.locator("#item-detail .tool-call").count() > 0
     assert "answer 2 from run-C at 20" in page.inner_text("#item-detail")

@@ -42,7 +42,7 @@ def test_config_diff_with_the_toggle_shows_every_field_and_identity(compared):
     runs = [compared["A"], compared["B"]]
     diff = c.config_diff(runs=runs, differences_only=False)
     fields = {row["field"]: row for row in diff["rows"]}
-    assert set(trainer_defaults()) <= set(fields)
+    assert set(trainer_defaults()) - {"model"} <= set(fields)  # the model is the base_model row
     assert {"base_model", "train_dataset", "eval_dataset", "tools", "grader"} <= set(fields)
     grader = compared["A"].grader
     assert fields["grader"]["values"][0] == f"exact (#{grader.pk}) v{grader.version}"
@@ -325,3 +325,16 @@ def test_runs_list_offers_checkboxes_and_the_selection_becomes_a_shareable_url(c
     response = client.get(reverse("compare"), {"run": [str(b.pk), str(a.pk)]})
     assert response.status_code == 302
     assert response["Location"] == f"/compare/?runs={b.pk}%2C{a.pk}"
+
+
+def test_up_to_twelve_runs_each_with_its_own_colour(owner):
+    runs = [RunFactory(owner=owner) for _ in range(c.MAX_COMPARE_RUNS + 1)]
+    selection = c.compare_selection(user=owner, run_ids=[run.pk for run in runs])
+    assert len(selection.runs) == c.MAX_COMPARE_RUNS >= 10
+    assert selection.too_many == [runs[-1].pk]
+    assert selection.baseline == runs[0]
+    colors = [entry["color"] for entry in selection.describe()]
+    assert len(set(colors)) == c.MAX_COMPARE_RUNS
+    chosen = c.compare_selection(user=owner, run_ids=[runs[0].pk, runs[1].pk], baseline_id=runs[1].pk)
+    assert chosen.baseline == runs[1]
+    assert [entry["color"] for entry in chosen.describe()] == colors[:2]  # by position, not by baseline

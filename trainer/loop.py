@@ -337,11 +337,15 @@ class _Run:
         last_checkpoint: tuple[int, Path] | None = None
         stopped = False
         if step == 0 and self.eval_items and not self.should_stop():
-            metrics, rollouts = self.evaluate(0)
-            self.reporter.report_step(0, metrics, [trajectory_record(r, step=0) for r in rollouts])
-            self.reporter.log("info", f"baseline eval: reward {metrics['eval/reward']:.3f}")
+            try:
+                metrics, rollouts = self.evaluate(0)
+            except StopRequested:  # cancelled during the baseline: a stop, not a failure
+                stopped = True
+            else:
+                self.reporter.report_step(0, metrics, [trajectory_record(r, step=0) for r in rollouts])
+                self.reporter.log("info", f"baseline eval: reward {metrics['eval/reward']:.3f}")
         metrics: dict[str, float] = {}
-        while step < self.total_steps:
+        while step < self.total_steps and not stopped:
             if self.should_stop():
                 stopped = True
                 break

@@ -255,6 +255,25 @@ def test_should_stop_ends_cleanly_and_keeps_a_checkpoint(tiny_model_dir, reporte
     assert result.final_adapter_path == str(tmp_path / "out" / "adapter")
 
 
+def test_stop_during_the_baseline_eval_is_a_stop_not_an_error(tiny_model_dir, reporter, tmp_path):
+    # A user who cancels while the step-0 evaluation runs must see "cancelled", not a crash.
+    asked = []
+
+    def should_stop():
+        asked.append(True)
+        return len(asked) > 1  # false for the check before the baseline, true inside it
+
+    result = _run(
+        _config(tiny_model_dir, steps=10),
+        reporter,
+        tmp_path,
+        eval_items=toy_items(count=2, seed=5),
+        should_stop=should_stop,
+    )
+    assert result.stopped and result.final_step == 0
+    assert reporter.steps == []  # no step trained, nothing half-reported
+
+
 def test_one_event_loop_for_the_whole_run_and_aclose_at_the_end(tiny_model_dir, reporter, tmp_path):
     class TrackingExecutor(ToyToolExecutor):
         def __init__(self):

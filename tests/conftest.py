@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -156,6 +157,77 @@ def celery_worker_factory(redis_url, tmp_path, django_db_blocker):
     yield start
     for worker in workers:
         worker.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Daphne:
+    """A real Daphne process serving the ASGI app (HTTP + WebSocket) on the test database."""
+
+    def __init__(self, log_dir: Path):
+        self.port = free_port()
+        self.log_path = log_dir / "daphne.log"
+        self.process = None
+
+    def start(self) -> None:
+        from django.conf import settings
+
+        env = {
+            # The browser tests allow sync ORM calls next to Playwright's loop; the server must not.
+            **{key: value for key, value in os.environ.items() if key != "DJANGO_ALLOW_ASYNC_UNSAFE"},
+            "DJANGO_SETTINGS_MODULE": "rftweb.settings.test",
+            "DATABASE_URL": database_url_for_subprocesses(),
+            "REDIS_URL": settings.REDIS_URL,
+            "PYTHONUNBUFFERED": "1",
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "rftweb.asgi:application",
+        ]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"daphne exited:\n{self.log_path.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"daphne did not start:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def daphne(redis_url, tmp_path):
+    server = Daphne(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+    print(server.log_path.read_text(errors="replace")[-6000:])  # shown when the test fails
 
 
 CHROMIUM = "/usr/bin/chromium"

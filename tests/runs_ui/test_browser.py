@@ -5,19 +5,12 @@ was away; the rollout table opens a rollout with its tool calls, and a group sid
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from experiments.models import Trajectory
 from experiments.services.runs import log_run
-from tests.conftest import ROOT, database_url_for_subprocesses
 from tests.foundation.realtime_support import session_cookie_for
 
 from .conftest import TrajectoryFactory, write_metrics
@@ -26,74 +19,6 @@ from .conftest import TrajectoryFactory, write_metrics
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Daphne:
-    """A real Daphne process serving the ASGI app (HTTP + WebSocket) on the test database."""
-
-    def __init__(self, log_dir: Path):
-        self.port = free_port()
-        self.log_path = log_dir / "daphne.log"
-        self.process = None
-
-    def start(self) -> None:
-        env = {
-            **{key: value for key, value in os.environ.items() if key != "DJANGO_ALLOW_ASYNC_UNSAFE"},
-            "DJANGO_SETTINGS_MODULE": "rftweb.settings.test",
-            "DATABASE_URL": database_url_for_subprocesses(),
-            "REDIS_URL": settings.REDIS_URL,
-            "PYTHONUNBUFFERED": "1",
-        }
-        command = [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "rftweb.asgi:application",
-        ]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"daphne exited:\n{self.log_path.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"daphne did not start:\n{self.log_path.read_text()}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-@pytest.fixture
-def daphne(redis_url, tmp_path):
-    server = Daphne(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-    print(server.log_path.read_text(errors="replace")[-6000:])  # shown when the test fails
 
 
 def off_the_loop(function, *args, **kwargs):

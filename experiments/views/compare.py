@@ -135,6 +135,7 @@ def compare(request):
         context.update(
             {
                 "colored_runs": colored,
+                "mixed_eval_sets": len({run.eval_dataset_id for run in selection.runs}) > 1,
                 "summary_rows": summary_rows,
                 "summary_steps": [by_run[run.pk] for run in selection.runs],
                 "config_diff": diff,

@@ -37,6 +37,11 @@ def test_compare_three_runs_from_the_runs_list(page, live_server, compared, scre
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
 
+    # Without runs in the URL the comparison offers the runs to pick.
+    page.goto(f"{live_server.url}/compare/")
+    assert page.locator('#compare-form button[type="submit"]').inner_text() == "Compare selected"
+    page.screenshot(path=str(screenshot_dir / "compare-picker.png"))
+
     # Select three runs on the runs list.
     page.goto(f"{live_server.url}/runs/")
     assert page.is_disabled("#compare-selected")

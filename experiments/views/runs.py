@@ -16,6 +16,7 @@ from .. import selectors
 from ..models import Trajectory
 from ..selectors import trajectories as rollout_selectors
 from ..selectors.metrics import X_AXES, metric_keys, run_log_events, run_progress, samples_per_step
+from ..services.watch import ROLLOUT_RULES
 
 # The run page's charts: which metric keys each one draws. `prefix` picks up keys that only appear
 # during the run (pass@k for each k, one series per grader error type).
@@ -40,17 +41,15 @@ CHARTS = [
     },
     {
         "id": "watch",
-        "title": "Reward-hacking watch (flagged rollouts)",
-        "keys": ["watch/flagged", "watch/flagged_share"],
-        "prefix": [
-            "watch/no_",
-            "watch/empty",
-            "watch/copies",
-            "watch/hedged",
-            "watch/identical",
-            "watch/length",
-            "watch/tool_call",
-        ],
+        "title": "Reward-hacking watch: flagged rollouts by rule",
+        "keys": ["watch/flagged"],
+        "prefix": [f"watch/{rule}" for rule in ROLLOUT_RULES],
+        "markers": True,
+    },
+    {
+        "id": "watch-share",
+        "title": "Flagged share of train rollouts",
+        "keys": ["watch/flagged_share"],
         "markers": True,
     },
     {

@@ -6,7 +6,7 @@
   const data = JSON.parse(source.textContent);
   const layout = (extra) =>
     Object.assign(
-      { margin: { l: 44, r: 12, t: 8, b: 40 }, height: 240, showlegend: false, font: { size: 11 } },
+      { margin: { l: 54, r: 12, t: 8, b: 44 }, height: 240, showlegend: false, font: { size: 11 } },
       extra
     );
   const config = { displayModeBar: false, responsive: true };
@@ -23,7 +23,7 @@
         hovertemplate: "best-of-%{x}: %{y:.3f}<extra></extra>",
       },
     ],
-    layout({ xaxis: { title: "k (samples)", dtick: 1 }, yaxis: { title: "expected best reward", rangemode: "tozero" } }),
+    layout({ xaxis: { title: { text: "k (samples)" }, dtick: 1 }, yaxis: { title: { text: "expected best reward" }, rangemode: "tozero" } }),
     config
   );
 
@@ -44,7 +44,7 @@
         hovertemplate: "%{x}: %{y:.0%}<extra></extra>",
       },
     ],
-    layout({ yaxis: { title: "share of items", tickformat: ".0%", range: [0, 1] } }),
+    layout({ yaxis: { title: { text: "share of items" }, tickformat: ".0%", range: [0, 1] } }),
     config
   );
 
@@ -60,7 +60,7 @@
         hovertemplate: "%{x} calls: %{y} rollouts<extra></extra>",
       },
     ],
-    layout({ xaxis: { title: "tool calls", dtick: 1 }, yaxis: { title: "rollouts" } }),
+    layout({ xaxis: { title: { text: "tool calls per rollout" }, dtick: 1 }, yaxis: { title: { text: "rollouts" } } }),
     config
   );
 })();

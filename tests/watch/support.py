@@ -6,7 +6,7 @@ import uuid
 
 from django.utils import timezone
 
-from experiments.models import Run, RunStatus
+from experiments.models import Dataset, DatasetItem, Grader, Run, RunStatus, Tool
 from experiments.services import runs as run_services
 from experiments.services.recording import record_step
 from experiments.services.watch import pause_message
@@ -69,35 +69,46 @@ def record(*, step, split, item_index, group_index, sample_index, answer, reward
     )
 
 
+def _shared_setup(owner):
+    """The datasets, tool and grader of `owner`'s flagged runs (made once, shared by later runs)."""
+    train = Dataset.objects.filter(owner=owner, name="prices-train").first()
+    if train is None:
+        train = DatasetFactory(owner=owner, name="prices-train", item_count=len(PRICES), status="ready")
+        evaluation = DatasetFactory(
+            owner=owner, name="prices-eval", split="eval", item_count=2, status="ready"
+        )
+        for index, (code, price) in enumerate(PRICES):
+            DatasetItemFactory(dataset=train, index=index, data=item(code, price))
+        for index, (code, price) in enumerate(PRICES[:2]):
+            DatasetItemFactory(dataset=evaluation, index=index, data=item(code, price))
+        GraderFactory(
+            owner=owner,
+            name="answer-contains",
+            spec={
+                "type": "string_check",
+                "name": "answer-contains",
+                "input": "{{sample.output_text}}",
+                "reference": "{{item.answer}}",
+                "operation": "ilike",
+            },
+        )
+        ToolFactory(owner=owner, name="lookup")
+    evaluation = Dataset.objects.get(owner=owner, name="prices-eval")
+    ids = {("train", i): pk for i, pk in DatasetItem.objects.filter(dataset=train).values_list("index", "pk")}
+    ids |= {
+        ("eval", i): pk for i, pk in DatasetItem.objects.filter(dataset=evaluation).values_list("index", "pk")
+    }
+    return train, evaluation, Grader.objects.get(owner=owner, name="answer-contains"), ids
+
+
 def build_flagged_run(owner, *, steps: int = 4, watch_config: dict | None = None) -> Run:
     """Baseline: the base model looks the price up (1 call) and is right half the time. Then the
     policy drifts to answering without tools and listing every price it knows, which a grader that
     accepts the reference anywhere (`ilike`) rewards."""
-    train = DatasetFactory(owner=owner, name="prices-train", item_count=len(PRICES), status="ready")
-    evaluation = DatasetFactory(owner=owner, name="prices-eval", split="eval", item_count=2, status="ready")
-    train_ids, eval_ids = {}, {}
-    for index, (code, price) in enumerate(PRICES):
-        train_ids[("train", index)] = DatasetItemFactory(
-            dataset=train, index=index, data=item(code, price)
-        ).pk
-    for index, (code, price) in enumerate(PRICES[:2]):
-        eval_ids[("eval", index)] = DatasetItemFactory(
-            dataset=evaluation, index=index, data=item(code, price)
-        ).pk
-    grader = GraderFactory(
-        owner=owner,
-        name="answer-contains",
-        spec={
-            "type": "string_check",
-            "name": "answer-contains",
-            "input": "{{sample.output_text}}",
-            "reference": "{{item.answer}}",
-            "operation": "ilike",
-        },
-    )
+    train, evaluation, grader, ids = _shared_setup(owner)
     run = RunFactory(
         owner=owner,
-        name="hedging run",
+        name=f"hedging run {Run.objects.filter(owner=owner).count() + 1}",
         train_dataset=train,
         eval_dataset=evaluation,
         grader=grader,
@@ -110,8 +121,7 @@ def build_flagged_run(owner, *, steps: int = 4, watch_config: dict | None = None
         config={"group_size": 4, "prompts_per_step": 2, "eval_samples_per_item": 4},
         watch_config=watch_config or {},
     )
-    run.tools.set([ToolFactory(owner=owner, name="lookup")])
-    ids = {**train_ids, **eval_ids}
+    run.tools.set(Tool.objects.filter(owner=owner, name="lookup"))
     baseline = [
         record(
             step=0,
@@ -185,6 +195,8 @@ def build_flagged_run(owner, *, steps: int = 4, watch_config: dict | None = None
             trajectories=rollouts,
             item_ids=ids,
         )
+        if Run.objects.get(pk=run.pk).pause_requested:
+            break  # the worker stops after the step whose record fired the pause rule
     run.refresh_from_db()
     if run.pause_requested:  # what the worker does once the trainer stopped (services/training.py)
         run_services.transition_run(

@@ -162,6 +162,9 @@ def run_trl(*, model_dir: Path, args, output_dir: str) -> tuple[list[float], flo
         ),
         callbacks=[Timer()],
     )
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints every step's log dict
     trainer.train()
     return step_times, statistics.median(t / s for t, s in zip(step_tokens[1:], step_times[1:], strict=True))
 

@@ -4,30 +4,20 @@
     result = train(config=TrainerConfig(model=...), train_items=[...], eval_items=[...], tools=[...],
                    tool_executor=..., grader=..., reporter=..., output_dir="...")
 
-The names are loaded lazily so that `trainer.config` and `trainer.interfaces` can be imported (by the
-web app, to validate a config) without importing torch.
+`train` and `TrainResult` are imported on first use, so that `from trainer import TrainerConfig`
+(validating a form, say) does not import torch.
 """
 
-from __future__ import annotations
+from typing import Any
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from trainer.config import ConfigError, TrainerConfig
-    from trainer.loop import TrainResult, train
-
-_LAZY = {
-    "ConfigError": "trainer.config",
-    "TrainerConfig": "trainer.config",
-    "TrainResult": "trainer.loop",
-    "train": "trainer.loop",
-}
+from trainer.config import ConfigError, TrainerConfig
 
 __all__ = ["ConfigError", "TrainResult", "TrainerConfig", "train"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in ("train", "TrainResult"):
+        from trainer import loop
+
+        return getattr(loop, name)
     raise AttributeError(f"module 'trainer' has no attribute {name!r}")

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import ConfigError, TrainerConfig
-from trainer.loop import train
 from trainer.standalone import HttpTool, JsonlReporter, MatchGrader, SimpleHttpToolExecutor, read_jsonl
 
 TOP_LEVEL_KEYS = {"trainer", "train_file", "eval_file", "output_dir", "resume_from", "tools", "grader"}
@@ -126,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError, ValueError) as error:
         sys.stderr.write(f"error: {error}\n")
         return 2
+
+    from trainer.loop import train  # imports torch: only once the run file is known to be valid
 
     output_dir = resolve(data["output_dir"])
     stop_requested = {"value": False}

@@ -105,7 +105,7 @@ class KVCacheBackend:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.inference_mode():
                 return self._generate(prompts, max_new_tokens, sampling, generator, device)
         finally:
             self.model.train(was_training)
@@ -114,47 +114,60 @@ class KVCacheBackend:
         import torch
 
         batch = len(prompts)
-        input_ids, attention_mask, position_ids = left_pad(prompts, pad_id=self.pad_id, device=device)
+        input_ids, prompt_mask, position_ids = left_pad(prompts, pad_id=self.pad_id, device=device)
         limits = torch.tensor(list(max_new_tokens), device=device)
+        steps = int(limits.max().item())
         stop_ids = torch.tensor(self.stop_ids, device=device)
-        turns = [GeneratedTurn(token_ids=[], logprobs=[], stopped=False) for _ in range(batch)]
-        finished = limits <= 0
-        output = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=True,
-            logits_to_keep=1,
+        # Preallocated so the per-token loop does no Python work per row.
+        new_tokens = torch.full((batch, max(steps, 1)), self.pad_id, dtype=torch.long, device=device)
+        new_logprobs = torch.zeros((batch, max(steps, 1)), dtype=torch.float32, device=device)
+        lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        stopped = torch.zeros(batch, dtype=torch.bool, device=device)
+        attention_mask = torch.cat(
+            [prompt_mask, torch.zeros((batch, steps), dtype=torch.long, device=device)], dim=1
         )
-        cache = _returned_cache(output)
-        logits = output.logits[:, -1, :]
-        next_positions = position_ids[:, -1] + 1
-        for step in range(int(limits.max().item()) if batch else 0):
-            tokens, logprobs = sample_next_tokens(logits, sampling=sampling, generator=generator)
-            tokens = tokens.masked_fill(finished, self.pad_id)
-            token_list, logprob_list = tokens.tolist(), logprobs.tolist()
-            is_stop = torch.isin(tokens, stop_ids)
-            for row in range(batch):
-                if not finished[row]:
-                    turns[row].token_ids.append(token_list[row])
-                    turns[row].logprobs.append(logprob_list[row])
-                    if is_stop[row]:
-                        turns[row].stopped = True
-            finished = finished | is_stop | (step + 1 >= limits)
-            if bool(finished.all()):
-                break
-            attention_mask = torch.cat([attention_mask, (~finished).long()[:, None]], dim=-1)
+        prompt_length = prompt_mask.shape[1]
+        finished = limits <= 0
+        if steps > 0:
             output = self.model(
-                input_ids=tokens[:, None],
-                attention_mask=attention_mask,
-                position_ids=next_positions[:, None],
+                input_ids=input_ids,
+                attention_mask=prompt_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache = _returned_cache(output)
+            logits = output.logits[:, -1, :]
+            next_positions = position_ids[:, -1:] + 1
+        for step in range(steps):
+            tokens, logprobs = sample_next_tokens(logits, sampling=sampling, generator=generator)
+            active = ~finished
+            new_tokens[:, step] = tokens.masked_fill(finished, self.pad_id)
+            new_logprobs[:, step] = logprobs.masked_fill(finished, 0.0)
+            lengths += active.long()
+            is_stop = active & torch.isin(tokens, stop_ids)
+            stopped |= is_stop
+            finished = finished | is_stop | (step + 1 >= limits)
+            if step + 1 == steps or bool(finished.all()):
+                break
+            attention_mask[:, prompt_length + step] = (~finished).long()
+            output = self.model(
+                input_ids=new_tokens[:, step : step + 1],
+                attention_mask=attention_mask[:, : prompt_length + step + 1],
+                position_ids=next_positions,
                 use_cache=True,
                 **{self._cache_argument: cache},
             )
             cache = _returned_cache(output)
             logits = output.logits[:, -1, :]
             next_positions = next_positions + 1
-        return turns
+        token_rows, logprob_rows = new_tokens.tolist(), new_logprobs.tolist()
+        return [
+            GeneratedTurn(
+                token_ids=token_rows[row][:length], logprobs=logprob_rows[row][:length], stopped=bool(stop)
+            )
+            for row, (length, stop) in enumerate(zip(lengths.tolist(), stopped.tolist(), strict=True))
+        ]
 
 
 def _returned_cache(output: Any) -> Any:

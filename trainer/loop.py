@@ -159,18 +159,13 @@ class _Run:
         for group_index, item_index in enumerate(
             self.schedule.items_for_step(step, per_step=config.prompts_per_step)
         ):
-            for sample_index in range(config.group_size):
-                rollouts.append(
-                    start_rollout(
-                        tokenizer=self.tokenizer,
-                        item=self.train_items[item_index],
-                        item_index=item_index,
-                        group_index=group_index,
-                        sample_index=sample_index,
-                        split="train",
-                        run_tools=self.tools,
-                    )
-                )
+            rollouts += self._start_group(
+                items=self.train_items,
+                item_index=item_index,
+                group_index=group_index,
+                size=config.group_size,
+                split="train",
+            )
         self.engine.generation_s = 0.0
         self.engine.run(
             rollouts, sampling=SamplingParams(config.temperature, config.top_p), generator=generator
@@ -217,6 +212,26 @@ class _Run:
             }
         )
         return metrics, rollouts
+
+    def _start_group(
+        self, *, items: Sequence[Mapping[str, Any]], item_index: int, group_index: int, size: int, split: str
+    ) -> list[Rollout]:
+        """`size` rollouts of one item; the prompt is rendered once and shared."""
+        group: list[Rollout] = []
+        for sample_index in range(size):
+            group.append(
+                start_rollout(
+                    tokenizer=self.tokenizer,
+                    item=items[item_index],
+                    item_index=item_index,
+                    group_index=group_index,
+                    sample_index=sample_index,
+                    split=split,
+                    run_tools=self.tools,
+                    prompt_ids=group[0].prompt_ids if group else None,
+                )
+            )
+        return group
 
     def grade(self, rollouts: Sequence[Rollout]) -> None:
         """Grades concurrently; a grader failure leaves the rollout without reward (excluded)."""
@@ -277,18 +292,9 @@ class _Run:
         for chunk_start in range(0, len(self.eval_items), chunk_items):
             chunk = []
             for item_index in range(chunk_start, min(len(self.eval_items), chunk_start + chunk_items)):
-                for sample_index in range(k):
-                    chunk.append(
-                        start_rollout(
-                            tokenizer=self.tokenizer,
-                            item=self.eval_items[item_index],
-                            item_index=item_index,
-                            group_index=item_index,
-                            sample_index=sample_index,
-                            split="eval",
-                            run_tools=self.tools,
-                        )
-                    )
+                chunk += self._start_group(
+                    items=self.eval_items, item_index=item_index, group_index=item_index, size=k, split="eval"
+                )
             self.engine.run(chunk, sampling=sampling, generator=generator)
             self.grade(chunk)
             rollouts.extend(chunk)

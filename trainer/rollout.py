@@ -118,14 +118,13 @@ def start_rollout(
     sample_index: int,
     split: str,
     run_tools: Sequence[Mapping[str, Any]],
+    prompt_ids: Sequence[int] | None = None,
 ) -> Rollout:
+    """A rollout at its start; pass `prompt_ids` from a sibling of the same item to skip rendering."""
     tools = item_tools(item, run_tools)
     messages = [dict(message) for message in item["messages"]]
-    prompt_ids = tokenizer.apply_chat_template(
-        messages, tools=tools or None, add_generation_prompt=True, tokenize=True, return_dict=False
-    )
-    if isinstance(prompt_ids, Mapping):  # some tokenizers return a BatchEncoding regardless
-        prompt_ids = prompt_ids["input_ids"]
+    if prompt_ids is None:
+        prompt_ids = render_prompt(tokenizer=tokenizer, messages=messages, tools=tools)
     return Rollout(
         trace_id=new_trace_id(),
         split=split,
@@ -137,6 +136,21 @@ def start_rollout(
         messages=messages,
         prompt_ids=list(prompt_ids),
     )
+
+
+def render_prompt(
+    *, tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
+) -> list[int]:
+    prompt_ids = tokenizer.apply_chat_template(
+        list(messages),
+        tools=list(tools) or None,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
+    if isinstance(prompt_ids, Mapping):  # some tokenizers return a BatchEncoding regardless
+        prompt_ids = prompt_ids["input_ids"]
+    return list(prompt_ids)
 
 
 class RolloutEngine:
@@ -181,13 +195,13 @@ class RolloutEngine:
             elapsed = time.perf_counter() - started
             self.generation_s += elapsed
             pending: list[tuple[Rollout, list[ToolCall], list[ToolResult | None]]] = []
-            for rollout, turn_output in zip(active, generated, strict=True):
+            texts = self.tokenizer.batch_decode([t.token_ids for t in generated], skip_special_tokens=True)
+            for rollout, turn_output, text in zip(active, generated, texts, strict=True):
                 rollout.generation_s += elapsed
                 rollout.turns += 1
                 rollout.completion_ids.extend(turn_output.token_ids)
                 rollout.completion_mask.extend([1] * len(turn_output.token_ids))
                 rollout.sampling_logprobs.extend(turn_output.logprobs)
-                text = self.tokenizer.decode(turn_output.token_ids, skip_special_tokens=True)
                 parsed = parse_tool_calls(text)
                 to_execute = self._record_assistant_turn(rollout, parsed, text, turn_output.stopped)
                 if to_execute is not None:
@@ -196,8 +210,14 @@ class RolloutEngine:
                 started = time.perf_counter()
                 self.loop.run_until_complete(self._execute_all(pending))
                 self.tool_s += time.perf_counter() - started
-                for rollout, _calls, results in pending:
+                finished = [
                     self._append_tool_results(rollout, [r for r in results if r is not None], turn=turn)
+                    for rollout, _calls, results in pending
+                ]
+                continuing = [
+                    rollout for (rollout, _c, _r), done in zip(pending, finished, strict=True) if not done
+                ]
+                self._append_tool_response_tokens(continuing)
 
     def _record_assistant_turn(
         self, rollout: Rollout, parsed: ParsedTurn, raw_text: str, stopped: bool
@@ -301,7 +321,8 @@ class RolloutEngine:
 
         await asyncio.gather(*(run_one(rollout, calls, results) for rollout, calls, results in pending))
 
-    def _append_tool_results(self, rollout: Rollout, results: list[ToolResult], *, turn: int) -> None:
+    def _append_tool_results(self, rollout: Rollout, results: list[ToolResult], *, turn: int) -> bool:
+        """Records the results as tool messages; returns True when the rollout ends here."""
         rollout.tool_results.extend(results)
         for result in results:
             rollout.messages.append(
@@ -317,17 +338,33 @@ class RolloutEngine:
             )
         if turn + 1 >= self.limits.max_turns:
             rollout.finish_reason = "max_turns"
+            return True
+        return False
+
+    def _append_tool_response_tokens(self, rollouts: Sequence[Rollout]) -> None:
+        """Appends the rendered tool results (one batched tokenizer call for the whole turn)."""
+        if not rollouts:
             return
-        fragment = self.tokenizer.encode(
-            tool_response_fragment([result.output for result in results]), add_special_tokens=False
-        )
-        remaining = self.limits.max_tokens_per_rollout - len(rollout.completion_ids)
-        if len(fragment) >= remaining:
-            rollout.finish_reason = "max_tokens"
-            return
-        rollout.completion_ids.extend(fragment)
-        rollout.completion_mask.extend([0] * len(fragment))
-        rollout.sampling_logprobs.extend([0.0] * len(fragment))
+        texts = []
+        for rollout in rollouts:
+            outputs = [m["content"] for m in rollout.messages[_last_assistant_index(rollout.messages) + 1 :]]
+            texts.append(tool_response_fragment(outputs))
+        fragments = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        for rollout, fragment in zip(rollouts, fragments, strict=True):
+            remaining = self.limits.max_tokens_per_rollout - len(rollout.completion_ids)
+            if len(fragment) >= remaining:
+                rollout.finish_reason = "max_tokens"
+                continue
+            rollout.completion_ids.extend(fragment)
+            rollout.completion_mask.extend([0] * len(fragment))
+            rollout.sampling_logprobs.extend([0.0] * len(fragment))
+
+
+def _last_assistant_index(messages: Sequence[Mapping[str, Any]]) -> int:
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index]["role"] == "assistant":
+            return index
+    return -1
 
 
 def budget_penalty(*, calls: int, budget: int | None, penalty_per_call: float) -> float:

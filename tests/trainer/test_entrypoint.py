@@ -83,6 +83,17 @@ def test_module_entry_point_reports_a_bad_field(tmp_path):
     assert "loss_type" in completed.stderr
 
 
+def test_importing_the_config_does_not_import_torch():
+    code = (
+        "import sys, trainer; trainer.TrainerConfig(model='m').validate(); assert 'torch' not in sys.modules"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert completed.returncode == 0, completed.stderr
+
+
+@pytest.mark.slow
 def test_trainer_never_imports_django_or_experiments():
     pattern = re.compile(r"^\s*(from|import)\s+(django|experiments)\b", re.MULTILINE)
     offenders = [str(p) for p in (ROOT / "trainer").rglob("*.py") if pattern.search(p.read_text())]

@@ -15,6 +15,7 @@ from django import forms
 from ..models import Grader, Run, Tool
 from ..models.dataset import Dataset, DatasetStatus
 from ..services.training import BUNDLED_MODEL
+from ..services.watch import ROLLOUT_RULES
 
 # field -> (group, help text). The order here is the order on the page.
 HYPERPARAMETERS: dict[str, tuple[str, str]] = {
@@ -144,6 +145,25 @@ class RunForm(forms.Form):
         help_text="Left empty: every registered tool the datasets' items name.",
     )
     grader = forms.ModelChoiceField(queryset=Grader.objects.none())
+    # The reward-hacking watch's pause rule (services/watch.py); flags are recorded either way.
+    watch_pause_enabled = forms.BooleanField(
+        required=False, label="Pause the run for review when rollouts look like reward hacking"
+    )
+    watch_pause_rule = forms.ChoiceField(
+        choices=[("any", "any rule"), *[(rule, rule) for rule in ROLLOUT_RULES]],
+        initial="any",
+        label="Rule",
+    )
+    watch_pause_threshold = forms.FloatField(
+        initial=0.5,
+        min_value=0,
+        max_value=1,
+        label="Flagged share ≥",
+        help_text="Of the train rollouts, 0..1.",
+    )
+    watch_pause_window = forms.IntegerField(
+        initial=3, min_value=1, label="Over the last N steps", help_text="Averaged over this many steps."
+    )
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
@@ -186,6 +206,18 @@ class RunForm(forms.Form):
                 config[name] = value
         return config
 
+    def watch_config(self) -> dict[str, Any]:
+        if not self.cleaned_data.get("watch_pause_enabled"):
+            return {}
+        return {
+            "pause": {
+                "enabled": True,
+                "rule": self.cleaned_data["watch_pause_rule"],
+                "threshold": self.cleaned_data["watch_pause_threshold"],
+                "window": self.cleaned_data["watch_pause_window"],
+            }
+        }
+
     @classmethod
     def initial_from_run(cls, run: Run) -> dict[str, Any]:
         """Pre-fill for "Clone run"."""
@@ -201,4 +233,12 @@ class RunForm(forms.Form):
         else:
             initial.update(base_model_choice="custom", base_model_custom=run.base_model)
         initial.update({key: value for key, value in run.config.items() if key in HYPERPARAMETERS})
+        pause = (run.watch_config or {}).get("pause") or {}
+        if pause.get("enabled"):
+            initial.update(
+                watch_pause_enabled=True,
+                watch_pause_rule=pause.get("rule", "any"),
+                watch_pause_threshold=pause.get("threshold", 0.5),
+                watch_pause_window=pause.get("window", 3),
+            )
         return initial

@@ -42,6 +42,7 @@ def run_create(request):
                 tools=tools,
                 grader=data["grader"],
                 config=form.config(),
+                watch_config=form.watch_config(),
             )
         except run_launch.RunValidationError as exc:
             for field, field_errors in exc.errors.items():

@@ -10,7 +10,8 @@ import pytest
 
 from experiments.models import Checkpoint, MetricPoint, ReadinessReport, Run, RunEvent, RunStatus, Trajectory
 from experiments.services import run_launch
-from tests.runs.test_reliability import create_run, wait_for
+from tests.runs.conftest import TINY_RUN_CONFIG
+from tests.runs.test_reliability import api_for, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -34,11 +35,22 @@ def test_the_pause_rule_pauses_a_real_run_keeps_its_checkpoint_and_resume_contin
 ):
     unique_run_ids()
     worker = celery_worker_factory(queues="train,default", name="gpu")
-    run_id = create_run(
-        run_setup, tiny_model_dir, name="watched", config={"steps": 4, "checkpoint_interval": 10}, start=False
+    response = api_for(run_setup["owner"]).post(
+        "/api/v1/runs/",
+        {
+            "name": "watched",
+            "base_model": str(tiny_model_dir),
+            "train_dataset": run_setup["train"].pk,
+            "eval_dataset": run_setup["eval"].pk,
+            "tools": [run_setup["tool"].pk],
+            "grader": run_setup["grader"].pk,
+            "config": {**TINY_RUN_CONFIG, "steps": 4, "checkpoint_interval": 10},
+            "watch_config": PAUSE_ALWAYS,
+        },
+        format="json",
     )
-    Run.objects.filter(pk=run_id).update(watch_config=PAUSE_ALWAYS)
-    run_launch.enqueue_run(run_id=run_id)
+    assert response.status_code == 201, response.content
+    run_id = response.json()["id"]
 
     run = wait_for(
         lambda: Run.objects.filter(

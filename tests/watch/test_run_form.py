@@ -1,0 +1,52 @@
+"""The run form sets the watch's pause rule; Clone keeps it."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from experiments.forms.runs import RunForm
+from experiments.models import Run
+from tests.factories import DatasetFactory, DatasetItemFactory, GraderFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def form_data(form: RunForm, **values) -> dict:
+    data = {}
+    for name, field in form.fields.items():
+        initial = form.get_initial_for_field(field, name)
+        if initial is not None and not isinstance(initial, bool):
+            data[name] = initial
+    data.update(values)
+    return {key: value for key, value in data.items() if value is not None}
+
+
+def test_the_pause_rule_set_in_the_form_is_stored_and_cloned(django_capture_on_commit_callbacks):
+    owner = UserFactory()
+    train = DatasetFactory(owner=owner, item_count=1, status="ready")
+    DatasetItemFactory(dataset=train, index=0)
+    grader = GraderFactory(owner=owner)
+    client = Client()
+    client.force_login(owner)
+    data = form_data(
+        RunForm(user=owner),
+        name="watched",
+        train_dataset=train.pk,
+        grader=grader.pk,
+        watch_pause_enabled="on",
+        watch_pause_rule="no_tool_calls",
+        watch_pause_threshold="0.3",
+        watch_pause_window="2",
+    )
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client.post("/runs/new/", data)
+    assert response.status_code == 302, response.content.decode()[-3000:]
+    run = Run.objects.get(owner=owner)
+    assert run.watch_config == {
+        "pause": {"enabled": True, "rule": "no_tool_calls", "threshold": 0.3, "window": 2}
+    }
+    clone = RunForm.initial_from_run(run)
+    assert clone["watch_pause_enabled"] and clone["watch_pause_rule"] == "no_tool_calls"
+    page = client.get(f"/runs/{run.pk}/").content.decode()
+    assert 'pause when <span class="mono">no_tool_calls</span> flags ≥ 30%' in page

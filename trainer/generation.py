@@ -35,7 +35,8 @@ class GenerationBackend(Protocol):
         sampling: SamplingParams,
         generator: Any,
     ) -> list[GeneratedTurn]:
-        """One turn for every prompt; `max_new_tokens[i]` bounds row i; `generator` is a torch.Generator."""
+        """One turn for every prompt; `max_new_tokens[i]` bounds row i; `generator` is a torch.Generator
+        on the model's device."""
         ...
 
 
@@ -71,8 +72,9 @@ def sample_next_tokens(logits: Any, *, sampling: SamplingParams, generator: Any)
         mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
         sorted_probs = sorted_probs.masked_fill(mass_before >= sampling.top_p, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, sorted_index, sorted_probs)
-    # Sampling on the CPU keeps the stream identical whatever the device (and uses the CPU generator).
-    tokens = torch.multinomial(probs.cpu(), num_samples=1, generator=generator).squeeze(-1).to(logits.device)
+    # The generator lives on the model's device (copying (batch, vocab) probabilities to the CPU every
+    # token would cost more than the sampling itself on a GPU).
+    tokens = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
 
 

@@ -124,6 +124,7 @@ class _Run:
         self.tokenizer = tokenizer
         self.loop = loop
         self.pad_id = tokenizer.pad_token_id
+        self.device = next(model.parameters()).device
         if backend_factory is not None:
             self.backend = backend_factory(model, tokenizer)
         else:
@@ -154,7 +155,7 @@ class _Run:
         config = self.config
         step_started = time.perf_counter()
         torch.manual_seed(config.seed * 1_000_003 + step)  # dropout and anything else on the global RNG
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        generator = torch.Generator(device=self.device).manual_seed(config.seed * 1_000_003 + step)
         rollouts = []
         for group_index, item_index in enumerate(
             self.schedule.items_for_step(step, per_step=config.prompts_per_step)
@@ -284,7 +285,9 @@ class _Run:
     def evaluate(self, step: int) -> tuple[dict[str, float], list[Rollout]]:
         config = self.config
         k = config.eval_samples_per_item
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + _EVAL_SEED_OFFSET + step)
+        generator = torch.Generator(device=self.device).manual_seed(
+            config.seed * 1_000_003 + _EVAL_SEED_OFFSET + step
+        )
         sampling = SamplingParams(config.resolved_eval_temperature, config.top_p)
         started = time.perf_counter()
         rollouts: list[Rollout] = []
@@ -344,12 +347,11 @@ class _Run:
         stopped = False
         if step == 0 and self.eval_items and not self.should_stop():
             try:
-                metrics, rollouts = self.evaluate(0)
-            except StopRequested:  # cancelled during the baseline: a stop, not a failure
-                stopped = True
-            else:
-                self.reporter.report_step(0, metrics, [trajectory_record(r, step=0) for r in rollouts])
-                self.reporter.log("info", f"baseline eval: reward {metrics['eval/reward']:.3f}")
+                baseline, rollouts = self.evaluate(0)
+            except StopRequested:
+                return TrainResult(final_step=0, stopped=True, final_adapter_path=None)
+            self.reporter.report_step(0, baseline, [trajectory_record(r, step=0) for r in rollouts])
+            self.reporter.log("info", f"baseline eval: reward {baseline['eval/reward']:.3f}")
         metrics: dict[str, float] = {}
         while step < self.total_steps and not stopped:
             if self.should_stop():
@@ -458,6 +460,9 @@ def train(
             loop=loop,
         )
         return run.run(resume_from=resume_from)
+    except Exception as error:
+        reporter.log("error", f"training failed: {type(error).__name__}: {error}")
+        raise
     finally:
         try:
             for closable in (tool_executor, grader):

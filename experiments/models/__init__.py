@@ -2,7 +2,7 @@ from .base import OwnedQuerySet
 from .dataset import Dataset, DatasetItem
 from .grader import Grader
 from .readiness import GraderAudit, ReadinessReport, ReadinessStatus
-from .run import Checkpoint, MetricPoint, Run, RunEvent, RunStatus
+from .run import Checkpoint, MetricPoint, MetricRollup, Run, RunEvent, RunStatus
 from .tool import Tool
 from .trajectory import Trajectory
 
@@ -13,6 +13,7 @@ __all__ = [
     "Grader",
     "GraderAudit",
     "MetricPoint",
+    "MetricRollup",
     "OwnedQuerySet",
     "ReadinessReport",
     "ReadinessStatus",

@@ -150,6 +150,48 @@ class MetricPoint(models.Model):
         return f"run {self.run_id} step {self.step} {self.key}={self.value}"
 
 
+class MetricRollup(models.Model):
+    """A bucket of one metric's points, kept at write time so that long series read fast.
+
+    Per run, key and bucket width (one of `ROLLUP_WIDTHS` steps): bucket `b` covers the steps
+    `b * width` to `b * width + width - 1` and holds the point with the lowest value (ties: the
+    earliest), the one with the highest value (ties: the latest), the last one, and the point count:
+    exactly what the chart's min/max/last downsampling keeps of those steps. Maintained by
+    `services/rollups.py` where metric points are written or discarded.
+    """
+
+    # Each width doubles the one before, so that a bucket is exactly two buckets of the finer width.
+    ROLLUP_WIDTHS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+    # The unique index (run, key, width, bucket) is also the index reads use: no separate run index.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metric_rollups", db_index=False)
+    key = models.CharField(max_length=200)
+    width = models.PositiveIntegerField()
+    bucket = models.IntegerField()
+    count = models.PositiveIntegerField()
+    min_step = models.IntegerField()
+    min_value = models.FloatField()
+    min_time = models.DateTimeField()
+    max_step = models.IntegerField()
+    max_value = models.FloatField()
+    max_time = models.DateTimeField()
+    last_step = models.IntegerField()
+    last_value = models.FloatField()
+    last_time = models.DateTimeField()
+
+    objects = RunOwnedQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "key", "width", "bucket"], name="metric_rollup_unique_bucket"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} {self.key} steps {self.bucket * self.width}+{self.width}"
+
+
 class Checkpoint(models.Model):
     """A LoRA adapter + optimizer state written by the trainer (atomically) at a step."""
 

@@ -5,6 +5,12 @@ value and the last one (never a random sample), so spikes and the series' global
 always survive and the curve ends where the run is. The bucketing runs in PostgreSQL as one
 hash aggregate over the run's rows: `min(ARRAY[value, step, t])` picks the value and the step of a
 bucket's minimum in one pass, without sorting each bucket.
+
+A long range reads the rollups instead (`MetricRollup`, kept at write time by
+`services/rollups.py`): the same min/max/last per bucket, stored for a ladder of bucket widths, so
+that a 20,000-step series costs a few hundred rows instead of 20,000. The finest width that keeps
+the answer within `max_points` is used; a range short enough to need no downsampling (a zoom, a
+short run) reads the raw points.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from datetime import UTC, datetime
 
 import psycopg
 from django.db import connection, transaction
+from django.db.models import Max, Min
 
-from ..models import MetricPoint, Run, RunEvent
+from ..models import MetricPoint, MetricRollup, Run, RunEvent
 
 X_AXES = ("step", "samples", "wall_time", "relative_time")
 DEFAULT_MAX_POINTS = 2000
@@ -124,6 +131,7 @@ def _bucketed_rows(
     step_min: int | None,
     step_max: int | None,
     with_time: bool = True,
+    span: tuple[int, int, set[str]] | None = None,
 ) -> dict[str, Columns]:
     """{key: (steps, values, epoch seconds)}, ≤ max_points points per key, in step order.
 
@@ -142,13 +150,12 @@ def _bucketed_rows(
         step_filter += " AND step <= %(step_max)s"
         params["step_max"] = step_max
     table = MetricPoint._meta.db_table
+    if span is None:
+        span = _step_span(run_id=run_id, keys=keys, step_min=step_min, step_max=step_max)
+    if span is None:
+        return {}
+    lo, hi = span[0], span[1]
     with connection.cursor() as cursor:
-        cursor.execute(_RANGE_SQL.format(table=table, step_filter=step_filter), params)
-        ranges = [(lo, hi) for _key, lo, hi in cursor.fetchall() if lo is not None]
-        if not ranges:
-            return {}
-        lo = min(lo for lo, _ in ranges)
-        hi = max(hi for _, hi in ranges)
         params["lo"] = lo
         params["width"] = max(1, math.ceil((hi - lo + 1) / max(1, max_points // 3)))
         if hi - lo + 1 <= max_points:
@@ -181,6 +188,7 @@ def _bucketed_rows_portable(
     step_min: int | None,
     step_max: int | None,
     with_time: bool = True,
+    span: tuple[int, int, set[str]] | None = None,
 ) -> dict[str, Columns]:
     """The same selection in Python for the embedded SQLite default: one ordered scan per key."""
     rows = MetricPoint.objects.filter(run_id=run_id, key__in=keys)
@@ -212,6 +220,219 @@ def _bucketed_rows_portable(
     return result
 
 
+def _step_span(
+    *, run_id: int, keys: Sequence[str], step_min: int | None, step_max: int | None
+) -> tuple[int, int, set[str]] | None:
+    """(first step, last step, the keys that have points) within the requested range; None if empty.
+
+    On PostgreSQL two index probes per key; elsewhere one aggregate per key.
+    """
+    if connection.vendor == "postgresql":
+        step_filter = ""
+        params: dict = {"run_id": run_id, "keys": list(keys)}
+        if step_min is not None:
+            step_filter += " AND step >= %(step_min)s"
+            params["step_min"] = step_min
+        if step_max is not None:
+            step_filter += " AND step <= %(step_max)s"
+            params["step_max"] = step_max
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _RANGE_SQL.format(table=MetricPoint._meta.db_table, step_filter=step_filter), params
+            )
+            ranges = {key: (lo, hi) for key, lo, hi in cursor.fetchall() if lo is not None}
+    else:
+        rows = MetricPoint.objects.filter(run_id=run_id, key__in=keys)
+        if step_min is not None:
+            rows = rows.filter(step__gte=step_min)
+        if step_max is not None:
+            rows = rows.filter(step__lte=step_max)
+        ranges = {
+            key: (lo, hi)
+            for key, lo, hi in rows.order_by()
+            .values("key")
+            .annotate(lo=Min("step"), hi=Max("step"))
+            .values_list("key", "lo", "hi")
+        }
+    if not ranges:
+        return None
+    return (
+        min(lo for lo, _ in ranges.values()),
+        max(hi for _, hi in ranges.values()),
+        set(ranges),
+    )
+
+
+def rollup_width(*, lo: int, hi: int, max_points: int) -> int | None:
+    """The finest rollup width whose buckets over steps lo..hi give ≤ max_points points (three per
+    bucket at most); None when the range needs no downsampling or no width fits (read raw points)."""
+    if hi - lo + 1 <= max_points:
+        return None
+    for width in MetricRollup.ROLLUP_WIDTHS:
+        if 3 * (hi // width - lo // width + 1) <= max_points:
+            return width
+    return None
+
+
+# The rollup rows of one width over a range of buckets: their min, max and last points, deduplicated
+# (a bucket's last point is often its min or max) and returned per key as step-ordered arrays.
+_ROLLUP_SQL = """
+SELECT key, array_agg(step ORDER BY step), array_agg(value ORDER BY step), array_agg(t ORDER BY step)
+FROM (
+    SELECT DISTINCT r.key, p.step, p.value, {time} AS t
+    FROM {table} r,
+         LATERAL (VALUES (r.min_step, r.min_value, r.min_time),
+                         (r.max_step, r.max_value, r.max_time),
+                         (r.last_step, r.last_value, r.last_time)) AS p(step, value, wall_time)
+    WHERE r.run_id = %(run_id)s AND r.key = ANY(%(keys)s) AND r.width = %(width)s
+      AND r.bucket >= %(b_lo)s AND r.bucket <= %(b_hi)s
+) points
+GROUP BY key
+"""
+
+Point = tuple[int, float, float | None]  # step, value, epoch seconds
+
+
+def _pick(points: list[Point]) -> list[Point]:
+    """One bucket's min (earliest of equal values), max (latest of equal values) and last point,
+    in step order: what a rollup row holds."""
+    low = min(points, key=lambda p: (p[1], p[0]))
+    high = max(points, key=lambda p: (p[1], p[0]))
+    last = max(points, key=lambda p: p[0])
+    return sorted({p[0]: p for p in (low, high, last)}.values())
+
+
+def _raw_bucket(
+    *, run_id: int, keys: Sequence[str], first: int, last: int, with_time: bool
+) -> dict[str, list[Point]]:
+    """The min/max/last points of steps first..last (a bucket the requested range cuts), per key."""
+    rows = MetricPoint.objects.filter(run_id=run_id, key__in=keys, step__gte=first, step__lte=last)
+    points: dict[str, list[Point]] = {}
+    for key, step, value, wall in rows.values_list("key", "step", "value", "wall_time"):
+        points.setdefault(key, []).append((step, value, wall.timestamp() if with_time else None))
+    return {key: _pick(found) for key, found in points.items()}
+
+
+def _rollup_rows(
+    *,
+    run_id: int,
+    keys: Sequence[str],
+    width: int,
+    lo: int,
+    hi: int,
+    step_min: int | None,
+    step_max: int | None,
+    with_time: bool,
+) -> dict[str, Columns]:
+    """{key: (steps, values, epoch seconds)} from the rollups of `width` over steps lo..hi.
+
+    A bucket that the requested range cuts (a zoom's edges) is computed from its raw points within
+    the range instead, so that nothing outside the range shows.
+    """
+    b_lo, b_hi = lo // width, hi // width
+    edges: list[tuple[int, int]] = []
+    if step_min is not None and step_min > b_lo * width:
+        edges.append((step_min, min(hi, b_lo * width + width - 1)))
+        b_lo += 1
+    if step_max is not None and step_max < b_hi * width + width - 1 and b_hi >= b_lo:
+        edges.append((max(lo, b_hi * width), step_max))
+        b_hi -= 1
+    inner: dict[str, Columns] = {}
+    if b_lo <= b_hi:
+        if connection.vendor == "postgresql":
+            sql = _ROLLUP_SQL.format(
+                table=MetricRollup._meta.db_table,
+                time="date_part('epoch', p.wall_time)" if with_time else "NULL::float8",
+            )
+            params = {"run_id": run_id, "keys": list(keys), "width": width, "b_lo": b_lo, "b_hi": b_hi}
+            with transaction.atomic():
+                # Binary results, as in _bucketed_rows: float arrays arrive as machine doubles.
+                with psycopg.Cursor(connection.connection) as raw:
+                    raw.execute(sql, params, binary=True)
+                    inner = {key: (steps, values, times) for key, steps, values, times in raw.fetchall()}
+        else:
+            picked: dict[str, dict[int, Point]] = {}
+            rows = MetricRollup.objects.filter(
+                run_id=run_id, key__in=keys, width=width, bucket__gte=b_lo, bucket__lte=b_hi
+            ).values_list(
+                "key",
+                "min_step",
+                "min_value",
+                "min_time",
+                "max_step",
+                "max_value",
+                "max_time",
+                "last_step",
+                "last_value",
+                "last_time",
+            )
+            for key, *fields in rows:
+                kept = picked.setdefault(key, {})
+                for index in (0, 3, 6):
+                    step, value, wall = fields[index : index + 3]
+                    kept[step] = (step, value, wall.timestamp() if with_time else None)
+            for key, kept in picked.items():
+                ordered = [kept[step] for step in sorted(kept)]
+                inner[key] = ([p[0] for p in ordered], [p[1] for p in ordered], [p[2] for p in ordered])
+    if not edges:
+        return inner
+    merged: dict[str, list[Point]] = {}
+    for first, last in edges:
+        for key, points in _raw_bucket(
+            run_id=run_id, keys=keys, first=first, last=last, with_time=with_time
+        ).items():
+            merged.setdefault(key, []).extend(points)
+    for key, (steps, values, times) in inner.items():
+        merged.setdefault(key, []).extend(zip(steps, values, times, strict=True))
+    result = {}
+    for key, points in merged.items():
+        points.sort(key=lambda p: p[0])
+        result[key] = ([p[0] for p in points], [p[1] for p in points], [p[2] for p in points])
+    return result
+
+
+def _series_rows(
+    *,
+    run_id: int,
+    keys: Sequence[str],
+    max_points: int,
+    step_min: int | None,
+    step_max: int | None,
+    with_time: bool,
+) -> dict[str, Columns]:
+    """The downsampled columns of one run: from the rollups when the range is long enough for one
+    of their widths, else (or when the run's rollups are missing) from the raw points."""
+    span = _step_span(run_id=run_id, keys=keys, step_min=step_min, step_max=step_max)
+    if span is None:
+        return {}
+    lo, hi, present = span
+    width = rollup_width(lo=lo, hi=hi, max_points=max_points)
+    if width is not None:
+        rows = _rollup_rows(
+            run_id=run_id,
+            keys=keys,
+            width=width,
+            lo=lo,
+            hi=hi,
+            step_min=step_min,
+            step_max=step_max,
+            with_time=with_time,
+        )
+        if present <= set(rows):
+            return rows
+        # A series with points but no rollups (loaded behind the write path: rebuild_rollups).
+    bucketed = _bucketed_rows if connection.vendor == "postgresql" else _bucketed_rows_portable
+    return bucketed(
+        run_id=run_id,
+        keys=keys,
+        max_points=max_points,
+        step_min=step_min,
+        step_max=step_max,
+        with_time=with_time,
+        span=span,
+    )
+
+
 def metric_series(
     *,
     run_ids: list[int],
@@ -234,13 +455,12 @@ def metric_series(
     max_points = max(MIN_POINTS, min(int(max_points), MAX_POINTS_LIMIT))
     keys = list(dict.fromkeys(keys))
     runs = {run.pk: run for run in Run.objects.filter(pk__in=run_ids).only("pk", "config", "last_seq")}
-    bucketed = _bucketed_rows if connection.vendor == "postgresql" else _bucketed_rows_portable
     result: dict = {"x_axis": x_axis, "max_points": max_points, "runs": {}}
     for run_id in run_ids:
         run = runs.get(run_id)
         if run is None:
             continue
-        rows = bucketed(
+        rows = _series_rows(
             run_id=run_id,
             keys=keys,
             max_points=max_points,

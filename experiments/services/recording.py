@@ -15,7 +15,7 @@ from django.db import transaction
 
 from ..models import Checkpoint, MetricPoint, Run, RunEvent, Trajectory
 from ..models.run import RunStatus
-from . import readiness, watch
+from . import readiness, rollups, watch
 from .runs import LeaseLost, NewEvent, _append_events
 
 if TYPE_CHECKING:  # the web process never imports the trainer (torch) at run time
@@ -106,6 +106,7 @@ def record_step(
             ],
             ignore_conflicts=True,
         )
+        rollups.add_points(run=run, step=step, values=fresh, wall_time=event.created_at)
     updates = {}
     if step > run.current_step:
         updates["current_step"] = step
@@ -178,6 +179,7 @@ def discard_steps_after(*, run_id: int, lease_owner: str, step: int) -> int:
     match the rollouts. Returns how many metric points were dropped."""
     run = _locked_run(run_id=run_id, lease_owner=lease_owner)
     dropped, _ = MetricPoint.objects.filter(run=run, step__gt=step).delete()
+    rollups.discard_after(run_id=run.pk, step=step)
     rollouts, _ = Trajectory.objects.filter(run=run, step__gt=step).delete()
     Run.objects.filter(pk=run.pk).update(current_step=max(step, 0))
     if dropped or rollouts:

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from .. import realtime
 from ..models import MetricPoint, Run, RunEvent, RunStatus
+from . import rollups
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +220,7 @@ def record_metrics(
         ],
         ignore_conflicts=True,
     )
+    rollups.add_points(run=run, step=step, values=fresh, wall_time=now)
     if step > run.current_step:
         Run.objects.filter(pk=run.pk).update(current_step=step)
     return event

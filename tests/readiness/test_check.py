@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 from django.conf import settings
+from rest_framework.test import APIClient
 
-from experiments.models import ReadinessStatus
+from experiments.models import ReadinessReport, ReadinessStatus
 from experiments.selectors.readiness import comparable_reports
 from experiments.services import graders as grader_services
-from experiments.services.readiness import ReadinessError, create_readiness_report, execute_readiness
+from experiments.services.readiness import ReadinessError, create_readiness_report
+from tests.runs.test_reliability import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -19,21 +21,37 @@ def test_the_task_is_routed_to_the_train_queue():
 
 
 @pytest.mark.slow
-def test_a_readiness_check_samples_k_rollouts_per_item_and_stores_the_report(run_setup, tiny_model_dir):
+@pytest.mark.django_db(transaction=True)
+def test_check_readiness_through_the_api_runs_in_a_train_worker_and_stores_the_report(
+    run_setup, tiny_model_dir, celery_worker_factory
+):
     setup = run_setup
-    report = create_readiness_report(
-        owner=setup["owner"],
-        base_model=str(tiny_model_dir),
-        dataset=setup["train"],
-        tools=[setup["tool"]],
-        grader=setup["grader"],
-        k=3,
-        max_items=2,
-        config={"max_turns": 2, "max_new_tokens_per_turn": 12, "max_tokens_per_rollout": 48},
-        start=False,
+    worker = celery_worker_factory(queues="train", name="gpu")
+    api = APIClient()
+    api.force_authenticate(setup["owner"])
+    response = api.post(
+        "/api/v1/readiness/",
+        {
+            "base_model": str(tiny_model_dir),
+            "dataset": setup["train"].pk,
+            "tools": [setup["tool"].pk],
+            "grader": setup["grader"].pk,
+            "k": 3,
+            "max_items": 2,
+            "config": {"max_turns": 2, "max_new_tokens_per_turn": 12, "max_tokens_per_rollout": 48},
+        },
+        format="json",
     )
-    assert report.status == ReadinessStatus.QUEUED
-    assert execute_readiness(report_id=report.pk) == ReadinessStatus.SUCCEEDED
+    assert response.status_code == 201, response.content
+    report = ReadinessReport.objects.get(pk=response.json()["id"])
+    wait_for(
+        lambda: ReadinessReport.objects.filter(pk=report.pk, status__in=["succeeded", "failed"]).exists(),
+        timeout_s=120,
+        what="the readiness check",
+        logs=[worker.log],
+    )
+    report.refresh_from_db()
+    assert report.status == ReadinessStatus.SUCCEEDED, report.error
     report.refresh_from_db()
     results = report.results
     assert results["rollouts"] == 2 * 3 and results["items"] == 2 and results["k"] == 3

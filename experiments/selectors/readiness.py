@@ -6,7 +6,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from ..models import GraderAudit, ReadinessReport, Run, Trajectory
+from ..models import GraderAudit, MetricPoint, ReadinessReport, Run, Trajectory
 from ..services.watch import ROLLOUT_RULES, TREND_RULES, watch_config_for
 
 
@@ -35,6 +35,17 @@ def run_watch_summary(*, run: Run) -> dict[str, Any]:
     for flags in flagged.values_list("flags", flat=True).iterator(chunk_size=2000):
         for rule in {flag.get("rule") for flag in flags}:
             counts[rule] = counts.get(rule, 0) + 1
+    latest: dict[str, float] = {}
+    for key, value in (
+        MetricPoint.objects.filter(run=run, key__startswith="watch/trend/")
+        .order_by("step")
+        .values_list("key", "value")
+    ):
+        latest[key.removeprefix("watch/trend/")] = value
+    trends = [
+        {"rule": name, "meaning": meaning, "active": latest.get(name) == 1.0}
+        for name, meaning in TREND_RULES.items()
+    ]
     config = watch_config_for(run.watch_config)
     return {
         "flagged": flagged.count(),
@@ -43,7 +54,8 @@ def run_watch_summary(*, run: Run) -> dict[str, Any]:
             {"rule": rule, "count": counts.get(rule, 0), "meaning": meaning}
             for rule, meaning in ROLLOUT_RULES.items()
         ],
-        "trends": TREND_RULES,
+        "trends": trends,
+        "active_trends": [trend for trend in trends if trend["active"]],
         "pause": config["pause"],
         "paused_by": run.paused_by or None,
     }

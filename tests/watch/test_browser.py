@@ -10,7 +10,8 @@ import pytest
 
 from experiments.models import ReadinessReport
 from experiments.services.audit import create_audit, execute_audit
-from tests.factories import GraderFactory, UserFactory
+from experiments.services.readiness import readiness_statistics
+from tests.factories import DatasetFactory, GraderFactory, UserFactory
 from tests.foundation.realtime_support import session_cookie_for
 
 from .support import build_flagged_run
@@ -34,7 +35,59 @@ def watched(redis_url):
     exact = GraderFactory(owner=owner, name="answer-exact")
     audit = create_audit(owner=owner, run=run, grader=exact, sample_size=4, start=False)
     execute_audit(audit_id=audit.pk)
-    return {"owner": owner, "run": run, "paused": paused, "audit": audit}
+    strict, partial = versioned_reports(owner)
+    return {
+        "owner": owner,
+        "run": run,
+        "paused": paused,
+        "audit": audit,
+        "strict": strict,
+        "partial": partial,
+    }
+
+
+def versioned_reports(owner):
+    """One grader before and after partial credit: all-or-nothing leaves most items without signal."""
+    dataset = DatasetFactory(owner=owner, name="repo-tasks-eval", split="eval", item_count=10, status="ready")
+    grader = GraderFactory(owner=owner, name="files-f1")
+    reports = []
+    for version, rewards in (
+        (
+            1,
+            {i: [0, 0, 0, 0] for i in range(6)}
+            | {6: [1, 1, 1, 1], 7: [0, 1, 0, 0], 8: [0, 0, 1, 1], 9: [0, 0, 0, 0]},
+        ),
+        (
+            2,
+            {i: [0.2, 0.5, 0.0, 0.4] for i in range(6)}
+            | {6: [1, 1, 1, 1], 7: [0.5, 1, 0.5, 0], 8: [0, 0.5, 1, 1], 9: [0, 0, 0, 0]},
+        ),
+    ):
+        rollouts = [
+            {
+                "item_index": i,
+                "reward": r,
+                "tool_calls": 1 + (i + n) % 3,
+                "tool_call_names": ["grep"],
+                "grader_errors": [],
+            }
+            for i, values in rewards.items()
+            for n, r in enumerate(values)
+        ]
+        reports.append(
+            ReadinessReport.objects.create(
+                owner=owner,
+                name=f"repo-tasks-eval · files-f1 v{version} · k=4",
+                base_model="Qwen/Qwen2.5-0.5B-Instruct",
+                dataset=dataset,
+                grader=grader,
+                grader_version=version,
+                k=4,
+                status="succeeded",
+                results=readiness_statistics(rollouts),
+            )
+        )
+    return reports
 
 
 def logged_in(page, server, user):
@@ -57,8 +110,18 @@ def test_readiness_report_and_a_run_with_flags(watched, page, daphne, screenshot
     )  # both runs' baselines: same data + model
     page.screenshot(path=str(screenshot_dir / "readiness-report.png"), full_page=True)
 
+    page.goto(f"{daphne.url}/readiness/{watched['strict'].pk}/")
+    page.wait_for_selector("#chart-best-of-k .scatterlayer .trace")
+    assert "Not ready" in page.inner_text("#readiness-verdict")
+    assert "70% of items always score 0" in page.inner_text("#readiness-verdict")
+    versions = page.locator("#comparable-reports tbody tr")
+    assert versions.count() == 2
+    assert "v2" in versions.nth(0).inner_text() and "ready" in versions.nth(0).inner_text()
+    assert "v1" in versions.nth(1).inner_text() and "not ready" in versions.nth(1).inner_text()
+    page.screenshot(path=str(screenshot_dir / "readiness-not-ready.png"), full_page=True)
+
     page.goto(f"{daphne.url}/readiness/")
-    assert page.locator("#readiness-reports tbody tr").count() == 2
+    assert page.locator("#readiness-reports tbody tr").count() == 4
     page.screenshot(path=str(screenshot_dir / "readiness-list.png"), full_page=True)
 
     page.goto(f"{daphne.url}/runs/{run.pk}/")

@@ -265,6 +265,11 @@ def browser():
         )
         yield browser
         browser.close()
+        # ORM calls made while Playwright runs (the test body, fixtures) opened connections in this
+        # greenlet's context; closed here, or the test database cannot be dropped at the end.
+        from django.db import connections
+
+        connections.close_all()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from django.db import transaction
@@ -381,7 +382,7 @@ def execute_readiness(*, report_id: int) -> str:
             grader=build_grader_for(report.grader),
             k=report.k,
         )
-        rollouts = [record.__dict__ for record in result.records]
+        rollouts = [asdict(record) for record in result.records]
         statistics = readiness_statistics(rollouts, tools_available=bool(tools))
         statistics["rollout_samples"] = [_kept(r) for r in rollouts[:200]]
         statistics["time_s"] = result.time_s

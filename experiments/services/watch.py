@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -460,13 +460,6 @@ def pause_message(paused_by: Mapping[str, Any]) -> str:
         f"{paused_by.get('detail', 'the pause rule fired')}. Review the flagged rollouts, then Resume "
         "(continues from the last checkpoint) or Cancel."
     )
-
-
-def flag_summary(flag_lists: Iterable[Sequence[Mapping[str, str]]]) -> dict[str, int]:
-    counts: Counter[str] = Counter()
-    for flags in flag_lists:
-        counts.update({flag["rule"] for flag in flags})
-    return dict(counts)
 
 
 # --- the database side ------------------------------------------------------------------------------------

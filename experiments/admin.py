@@ -1,6 +1,18 @@
 from django.contrib import admin
 
-from .models import Checkpoint, Dataset, DatasetItem, Grader, MetricPoint, Run, RunEvent, Tool, Trajectory
+from .models import (
+    Checkpoint,
+    Dataset,
+    DatasetItem,
+    Grader,
+    GraderAudit,
+    MetricPoint,
+    ReadinessReport,
+    Run,
+    RunEvent,
+    Tool,
+    Trajectory,
+)
 
 
 @admin.register(Dataset)
@@ -62,3 +74,26 @@ class TrajectoryAdmin(admin.ModelAdmin):
 class CheckpointAdmin(admin.ModelAdmin):
     list_display = ("run", "step", "path", "created_at")
     raw_id_fields = ("run",)
+
+
+@admin.register(ReadinessReport)
+class ReadinessReportAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "owner",
+        "status",
+        "base_model",
+        "dataset",
+        "grader",
+        "grader_version",
+        "k",
+        "created_at",
+    )
+    list_filter = ("status",)
+    raw_id_fields = ("owner", "dataset", "grader", "run")
+
+
+@admin.register(GraderAudit)
+class GraderAuditAdmin(admin.ModelAdmin):
+    list_display = ("run", "grader", "grader_version", "status", "sample_size", "created_at")
+    raw_id_fields = ("owner", "run", "grader")

@@ -513,15 +513,22 @@ def watch_recorded_step(
     items = {
         wanted[pk]: data for pk, data in DatasetItem.objects.filter(pk__in=wanted).values_list("pk", "data")
     }
+    config = watch_config_for(run.watch_config)
+    # Only the steps the trends and the pause rule look at, so a step costs the same at step 10,000.
+    since = step - max(int(config["trend_window"]), int(config["pause"]["window"]))
     history: dict[str, list[tuple[int, float]]] = defaultdict(list)
     points = (
-        MetricPoint.objects.filter(run_id=run.pk, step__lt=step)
+        MetricPoint.objects.filter(run_id=run.pk, step__lt=step, step__gte=since)
         .filter(Q(key__in=HISTORY_KEYS) | Q(key__startswith="watch/"))
+        .exclude(key="eval/reward")
         .order_by("step")
         .values_list("key", "step", "value")
     )
     for key, point_step, value in points:
         history[key].append((point_step, value))
+    # the last two evals before this step, wherever they were (evals come every eval_interval steps)
+    evals = MetricPoint.objects.filter(run_id=run.pk, step__lt=step, key="eval/reward").order_by("-step")
+    history["eval/reward"] = sorted(evals.values_list("step", "value")[:2])
     for key in HISTORY_KEYS:
         if key in metrics:
             history[key].append((step, float(metrics[key])))
@@ -531,7 +538,7 @@ def watch_recorded_step(
         items=items,
         baseline=run_baseline(run_id=run.pk, step_rollouts=rollouts),
         history=history,
-        config=run.watch_config or {},
+        config=config,
         after_step=int((run.paused_by or {}).get("resumed_at_step", 0)),
     )
     for alert in result.trends:  # announced once, when a trend switches on

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from experiments.models import MetricPoint, ReadinessReport, RunEvent, Trajectory
@@ -51,3 +53,54 @@ def test_the_pause_rule_asks_the_worker_to_stop_and_names_the_rule():
     # steps 2+3 average (2/8 + 3/8) / 2 = 31% >= 25%; steps 1+2 average 19% did not fire
     assert run.paused_by["rule"] == "hedged_answer" and run.paused_by["step"] == 3
     assert "rule hedged_answer" in run.paused_by["detail"]
+
+
+def test_the_watch_reads_a_bounded_history_so_a_late_step_costs_what_an_early_one_does():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from experiments.models import Run
+    from experiments.models.run import RunStatus
+    from experiments.services.recording import record_step
+
+    from .support import record
+
+    run = build_flagged_run(UserFactory(), steps=2)
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, lease_owner="worker-test")
+
+    def history_rows(step):
+        rollouts = [
+            record(
+                step=step,
+                split="train",
+                item_index=0,
+                group_index=0,
+                sample_index=s,
+                answer=HEDGE,
+                reward=1.0,
+                calls=0,
+            )
+            for s in range(4)
+        ]
+        with CaptureQueriesContext(connection) as queries:
+            record_step(
+                run_id=run.pk,
+                lease_owner="worker-test",
+                step=step,
+                metrics={"reward": 1.0},
+                trajectories=rollouts,
+            )
+        reads = [
+            q["sql"] for q in queries.captured_queries if '"experiments_metricpoint"."step" >=' in q["sql"]
+        ]
+        assert len(reads) == 1, "the watch reads its history in one bounded query"
+        count = re.sub(r"^SELECT .*? FROM", "SELECT count(*) FROM", reads[0], count=1).split(" ORDER BY")[0]
+        with connection.cursor() as cursor:
+            cursor.execute(count)
+            return cursor.fetchone()[0]
+
+    early = history_rows(3)
+    for step in range(4, 40):
+        history_rows(step)
+    # a window of max(trend_window 5, pause window 3) steps of the ~14 watch keys, however long the run
+    assert history_rows(40) == history_rows(41) <= early + 14 * 5

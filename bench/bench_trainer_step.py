@@ -99,6 +99,13 @@ def run_ours(*, model_dir: Path, args, output_dir: str) -> tuple[list[float], fl
         output_dir=output_dir,
     )
     times = [m["step_time"] for m in reporter.steps]
+    print(
+        "ours, per step: "
+        + "; ".join(
+            f"rollout {m['timing/rollout_s']:.2f} s + update {m['timing/update_s']:.2f} s"
+            for m in reporter.steps
+        )
+    )
     tokens = [m["completions/mean_length"] * args.prompts * args.group_size for m in reporter.steps]
     return times, statistics.median(t / s for t, s in zip(tokens[1:], times[1:], strict=True))
 

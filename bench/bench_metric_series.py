@@ -1,8 +1,10 @@
 """Benchmark (b): the run page's metric series for a run with 20,000 steps × 15 metrics.
 
-Creates a scratch PostgreSQL database, loads 300,000 metric points with COPY, times
+Creates a scratch PostgreSQL database, loads 300,000 metric points with COPY, builds the run's
+metric rollups from them (COPY bypasses the write path that keeps them: `rebuild_rollups`), times
 `metric_series` (the selector behind /api/v1/runs/{id}/series/) and the HTTP endpoint, prints the
-figures and the points per series, then drops the database.
+figures and the points per series, then drops the database. Each figure is taken twice: reading the
+raw points (the selector before rollups; forced by `raw_reads`) and reading the rollups.
 
     .venv/bin/python bench/bench_metric_series.py [--steps 20000] [--repeat 15]
 
@@ -13,6 +15,7 @@ Goal: < 300 ms and ≤ 2,000 points per series.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import math
 import os
@@ -104,6 +107,36 @@ def load(steps: int) -> int:
     return run.pk
 
 
+def build_rollups(run_ids: list[int]) -> float:
+    """Rollups for runs whose points were loaded with COPY (behind the write path); seconds taken."""
+    from experiments.services.rollups import rebuild_rollups
+
+    started = time.perf_counter()
+    for run_id in run_ids:
+        rebuild_rollups(run_id=run_id)
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE experiments_metricrollup")
+    return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def raw_reads():
+    """metric_series as before rollups: every range downsampled from the raw points."""
+    from experiments.selectors import metrics
+
+    original = metrics.rollup_width
+    metrics.rollup_width = lambda **kwargs: None
+    try:
+        yield
+    finally:
+        metrics.rollup_width = original
+
+
+MODES = (("raw points (before)", raw_reads), ("rollups", contextlib.nullcontext))
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
@@ -136,22 +169,26 @@ def main() -> None:
         with connection.cursor() as cursor:
             cursor.execute("SELECT version()")
             print("database:", cursor.fetchone()[0].split(",")[0])
+        print(f"rollups built from the loaded points in {build_rollups([run_id]):.1f} s")
 
-        for x_axis in ("step", "relative_time"):
-            timings = []
-            for _ in range(args.repeat):
-                t0 = time.perf_counter()
-                result = metric_series(run_ids=[run_id], keys=KEYS, max_points=2000, x_axis=x_axis)
-                timings.append((time.perf_counter() - t0) * 1000)
-            series = result["runs"][run_id]["series"]
-            sizes = [len(s["y"]) for s in series.values()]
-            loss = series["loss"]
-            assert max(loss["y"]) == 50.0, "the spike was lost"
-            print(
-                f"metric_series x={x_axis}: p50 {statistics.median(timings):.0f} ms, "
-                f"p95 {percentile(timings, 0.95):.0f} ms, max {max(timings):.0f} ms; points per series "
-                f"min {min(sizes)} max {max(sizes)} (of {args.steps} stored); spike kept"
-            )
+        for mode, reads in MODES:
+            for x_axis in ("step", "relative_time"):
+                timings = []
+                with reads():
+                    for _ in range(args.repeat):
+                        t0 = time.perf_counter()
+                        result = metric_series(run_ids=[run_id], keys=KEYS, max_points=2000, x_axis=x_axis)
+                        timings.append((time.perf_counter() - t0) * 1000)
+                series = result["runs"][run_id]["series"]
+                sizes = [len(s["y"]) for s in series.values()]
+                loss = series["loss"]
+                assert max(loss["y"]) == 50.0, "the spike was lost"
+                assert max(sizes) <= 2000, max(sizes)
+                print(
+                    f"[{mode}] metric_series x={x_axis}: p50 {statistics.median(timings):.0f} ms, "
+                    f"p95 {percentile(timings, 0.95):.0f} ms, max {max(timings):.0f} ms; points per series "
+                    f"min {min(sizes)} max {max(sizes)} (of {args.steps} stored); spike kept"
+                )
 
         from django.conf import settings
 
@@ -160,20 +197,25 @@ def main() -> None:
         client = Client()
         client.force_login(user)
         keys = ",".join(KEYS)
-        timings = []
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            response = client.get(f"/api/v1/runs/{run_id}/series/", {"keys": keys, "max_points": 2000})
-            timings.append((time.perf_counter() - t0) * 1000)
-        if response.status_code == 200:
-            print(
-                f"GET /api/v1/runs/{{id}}/series/ (15 keys, JSON): p50 {statistics.median(timings):.0f} ms, "
-                f"p95 {percentile(timings, 0.95):.0f} ms, {len(response.content) / 1024:.0f} KiB"
-            )
-        else:
-            print(
-                f"GET /api/v1/runs/{{id}}/series/ answered {response.status_code} (endpoint not routed here)"
-            )
+        for mode, reads in MODES:
+            timings = []
+            with reads():
+                for _ in range(args.repeat):
+                    t0 = time.perf_counter()
+                    response = client.get(
+                        f"/api/v1/runs/{run_id}/series/", {"keys": keys, "max_points": 2000}
+                    )
+                    timings.append((time.perf_counter() - t0) * 1000)
+            if response.status_code == 200:
+                print(
+                    f"[{mode}] GET /api/v1/runs/{{id}}/series/ (15 keys, JSON): "
+                    f"p50 {statistics.median(timings):.0f} ms, "
+                    f"p95 {percentile(timings, 0.95):.0f} ms, {len(response.content) / 1024:.0f} KiB"
+                )
+            else:
+                print(
+                    f"GET /api/v1/runs/{{id}}/series/ answered {response.status_code} (endpoint not routed here)"
+                )
     finally:
         from django.db import connections
 

@@ -274,20 +274,27 @@ def rollup_width(*, lo: int, hi: int, max_points: int) -> int | None:
     return None
 
 
-# The rollup rows of one width over a range of buckets: their min, max and last points, deduplicated
-# (a bucket's last point is often its min or max) and returned per key as step-ordered arrays.
+# The rollup rows of one width over a range of buckets, per key: each bucket's min, max and last
+# points (a point that is two of them kept once), as step-ordered arrays. Each key's buckets come in
+# bucket order from the (run, key, width, bucket) index, so the ordering sorts presorted input.
 _ROLLUP_SQL = """
-SELECT key, array_agg(step ORDER BY step), array_agg(value ORDER BY step), array_agg(t ORDER BY step)
-FROM (
-    SELECT DISTINCT r.key, p.step, p.value, {time} AS t
+SELECT k.key, a.steps, a.values, a.times
+FROM unnest(%(keys)s::text[]) AS k(key)
+CROSS JOIN LATERAL (
+    SELECT array_agg(p.step ORDER BY p.step) AS steps,
+           array_agg(p.value ORDER BY p.step) AS values,
+           array_agg({time} ORDER BY p.step) AS times
     FROM {table} r,
-         LATERAL (VALUES (r.min_step, r.min_value, r.min_time),
-                         (r.max_step, r.max_value, r.max_time),
-                         (r.last_step, r.last_value, r.last_time)) AS p(step, value, wall_time)
-    WHERE r.run_id = %(run_id)s AND r.key = ANY(%(keys)s) AND r.width = %(width)s
+         LATERAL (VALUES (1, r.min_step, r.min_value, r.min_time),
+                         (2, r.max_step, r.max_value, r.max_time),
+                         (3, r.last_step, r.last_value, r.last_time)) AS p(pick, step, value, wall_time)
+    WHERE r.run_id = %(run_id)s AND r.key = k.key AND r.width = %(width)s
       AND r.bucket >= %(b_lo)s AND r.bucket <= %(b_hi)s
-) points
-GROUP BY key
+      AND (p.pick = 1
+           OR (p.pick = 2 AND r.max_step <> r.min_step)
+           OR (p.pick = 3 AND r.last_step <> r.min_step AND r.last_step <> r.max_step))
+) AS a
+WHERE a.steps IS NOT NULL
 """
 
 Point = tuple[int, float, float | None]  # step, value, epoch seconds

@@ -3,6 +3,7 @@ points, and read by the chart's series selector for long ranges (raw points for 
 
 from __future__ import annotations
 
+import io
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -251,3 +252,40 @@ def test_points_without_rollups_are_read_raw(run):
     ]
     assert 150 <= len(series["y"]) <= 300
     assert max(series["y"]) == max(v for v in values.values())
+
+
+def test_the_rebuild_command_recomputes_rollups_of_points_loaded_in_bulk(run):
+    from django.core.management import call_command
+
+    rng = random.Random(13)
+    MetricPoint.objects.bulk_create(
+        [
+            MetricPoint(
+                run=run,
+                seq=step,
+                step=step,
+                key=key,
+                value=rng.randint(0, 4),  # ties
+                wall_time=START + timedelta(seconds=step),
+            )
+            for step in range(0, 3000, 3)
+            for key in ("reward", "eval/reward")
+            if key == "reward" or step % 50 == 0
+        ]
+    )
+    MetricRollup.objects.create(  # a stale row the rebuild must drop
+        run=run,
+        key="gone",
+        width=8,
+        bucket=0,
+        count=1,
+        **{
+            f"{pick}_{field}": value
+            for pick in ("min", "max", "last")
+            for field, value in (("step", 0), ("value", 0.0), ("time", START))
+        },
+    )
+    out = io.StringIO()
+    call_command("rebuild_metric_rollups", str(run.pk), stdout=out)
+    assert stored(run) == from_scratch(run)
+    assert f"run {run.pk}: {len(from_scratch(run))} rollup rows" in out.getvalue()

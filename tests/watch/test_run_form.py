@@ -50,3 +50,27 @@ def test_the_pause_rule_set_in_the_form_is_stored_and_cloned(django_capture_on_c
     assert clone["watch_pause_enabled"] and clone["watch_pause_rule"] == "no_tool_calls"
     page = client.get(f"/runs/{run.pk}/").content.decode()
     assert 'pause when <span class="mono">no_tool_calls</span> flags ≥ 30%' in page
+
+
+def test_the_api_refuses_a_bad_watch_config_naming_the_key():
+    from rest_framework.test import APIClient
+
+    owner = UserFactory()
+    train = DatasetFactory(owner=owner, item_count=1, status="ready")
+    DatasetItemFactory(dataset=train, index=0)
+    api = APIClient()
+    api.force_authenticate(owner)
+    response = api.post(
+        "/api/v1/runs/",
+        {
+            "name": "bad watch",
+            "base_model": "tiny",
+            "train_dataset": train.pk,
+            "grader": GraderFactory(owner=owner).pk,
+            "watch_config": {"pause": {"enabled": True, "threshold": 3}},
+            "start": False,
+        },
+        format="json",
+    )
+    assert response.status_code == 400
+    assert "watch.pause.threshold" in response.json()["watch_config"][0]

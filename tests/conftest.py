@@ -287,3 +287,16 @@ SCREENSHOTS = ROOT / "docs" / "screenshots"
 def screenshot_dir() -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     return SCREENSHOTS
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_files():
+    """This session's uploads and run folders (see rftweb/settings/test.py), removed at the end."""
+    import shutil
+
+    from django.conf import settings
+
+    yield
+    session_dir = Path(settings.RFT_RUNS_DIR).parent
+    if session_dir.name == settings.TEST_NAMESPACE:
+        shutil.rmtree(session_dir, ignore_errors=True)

@@ -63,7 +63,8 @@ class LeaseKeeper(threading.Thread):
 
 
 def run_output_dir(run_id: int) -> Path:
-    return Path(settings.DATA_DIR) / "runs" / str(run_id)
+    """Where a run's checkpoints, adapter and merged model live (shared by all its attempts)."""
+    return Path(settings.RFT_RUNS_DIR) / str(run_id)
 
 
 def resolve_base_model(base_model: str) -> str:

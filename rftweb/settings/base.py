@@ -131,6 +131,9 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "staticfiles"
 MEDIA_ROOT = DATA_DIR / "uploads"
+# Checkpoints, adapters and merged models, one folder per run. GPU workers on several hosts need
+# this on shared storage (or the same path mounted everywhere) to resume each other's runs.
+RFT_RUNS_DIR = Path(env.str("RFT_RUNS_DIR", default=str(DATA_DIR / "runs")))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},

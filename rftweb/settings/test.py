@@ -12,7 +12,6 @@ from .base import *  # noqa: F403
 from .base import BASE_DIR, celery_broker_url, channel_layer_hosts, env
 
 DATA_DIR = BASE_DIR / "data" / "test"
-MEDIA_ROOT = DATA_DIR / "uploads"
 STATIC_ROOT = None
 DEBUG = False
 SECRET_KEY = "test-secret-key-not-for-production-" + "x" * 30
@@ -36,6 +35,10 @@ _embedded = env.bool("RFTWEB_TEST_EMBEDDED", default=False)
 # starts, which inherit the variable) get their own test database, channel-layer prefix and
 # broker key prefix, so that they never see each other's rows, events or tasks.
 TEST_NAMESPACE = os.environ.setdefault("RFTWEB_TEST_NAMESPACE", str(os.getpid()))
+# Run folders and uploads are keyed by ids that concurrent sessions share: keep them apart too.
+# (Built models under DATA_DIR/models stay shared: they are the same for everyone.)
+MEDIA_ROOT = DATA_DIR / "sessions" / TEST_NAMESPACE / "uploads"
+RFT_RUNS_DIR = DATA_DIR / "sessions" / TEST_NAMESPACE / "runs"
 
 if os.environ.get("DATABASE_URL"):
     DATABASES = {"default": env.db("DATABASE_URL")}

@@ -274,28 +274,65 @@ def rollup_width(*, lo: int, hi: int, max_points: int) -> int | None:
     return None
 
 
-# The rollup rows of one width over a range of buckets, per key: each bucket's min, max and last
-# points (a point that is two of them kept once), as step-ordered arrays. Each key's buckets come in
-# bucket order from the (run, key, width, bucket) index, so the ordering sorts presorted input.
+# The rollup rows of one width over a range of buckets, per key, as bucket-ordered arrays of their
+# min, max and last points (merged into one step-ordered series by `_merge_buckets`). The index on
+# (run, key, width, bucket) hands the rows over in bucket order, so no sort runs; the bucket array
+# comes along so that the merge can check that order rather than trust it.
 _ROLLUP_SQL = """
-SELECT k.key, a.steps, a.values, a.times
+SELECT k.key, a.*
 FROM unnest(%(keys)s::text[]) AS k(key)
 CROSS JOIN LATERAL (
-    SELECT array_agg(p.step ORDER BY p.step) AS steps,
-           array_agg(p.value ORDER BY p.step) AS values,
-           array_agg({time} ORDER BY p.step) AS times
-    FROM {table} r,
-         LATERAL (VALUES (1, r.min_step, r.min_value, r.min_time),
-                         (2, r.max_step, r.max_value, r.max_time),
-                         (3, r.last_step, r.last_value, r.last_time)) AS p(pick, step, value, wall_time)
-    WHERE r.run_id = %(run_id)s AND r.key = k.key AND r.width = %(width)s
-      AND r.bucket >= %(b_lo)s AND r.bucket <= %(b_hi)s
-      AND (p.pick = 1
-           OR (p.pick = 2 AND r.max_step <> r.min_step)
-           OR (p.pick = 3 AND r.last_step <> r.min_step AND r.last_step <> r.max_step))
+    SELECT array_agg(r.bucket) AS buckets, {columns}
+    FROM (
+        SELECT * FROM {table}
+        WHERE run_id = %(run_id)s AND key = k.key AND width = %(width)s
+          AND bucket >= %(b_lo)s AND bucket <= %(b_hi)s
+        ORDER BY bucket
+    ) AS r
 ) AS a
-WHERE a.steps IS NOT NULL
+WHERE a.buckets IS NOT NULL
 """
+
+
+def _rollup_columns(with_time: bool) -> str:
+    columns = []
+    for pick in ("min", "max", "last"):
+        columns += [f"array_agg(r.{pick}_step)", f"array_agg(r.{pick}_value)"]
+        if with_time:
+            columns.append(f"array_agg(date_part('epoch', r.{pick}_time))")
+    return ", ".join(columns)
+
+
+def _merge_buckets(buckets: list[int], picks: list[tuple[list, list, list]]) -> Columns:
+    """One series from per-bucket (min, max, last) points given as parallel arrays: each bucket's
+    points in step order (the last one is its latest step), a point that is two of them kept once."""
+    order: Sequence[int] = range(len(buckets))
+    if any(a >= b for a, b in zip(buckets, buckets[1:], strict=False)):
+        order = sorted(order, key=buckets.__getitem__)
+    (low_s, low_v, low_t), (high_s, high_v, high_t), (last_s, last_v, last_t) = picks
+    steps: list[int] = []
+    values: list[float] = []
+    times: list = []
+    for i in order:
+        low, high, last = low_s[i], high_s[i], last_s[i]
+        if low < high:
+            steps += (low, high)
+            values += (low_v[i], high_v[i])
+            times += (low_t[i], high_t[i])
+        elif low > high:
+            steps += (high, low)
+            values += (high_v[i], low_v[i])
+            times += (high_t[i], low_t[i])
+        else:
+            steps.append(low)
+            values.append(low_v[i])
+            times.append(low_t[i])
+        if last != low and last != high:
+            steps.append(last)
+            values.append(last_v[i])
+            times.append(last_t[i])
+    return steps, values, times
+
 
 Point = tuple[int, float, float | None]  # step, value, epoch seconds
 
@@ -347,16 +384,17 @@ def _rollup_rows(
     inner: dict[str, Columns] = {}
     if b_lo <= b_hi:
         if connection.vendor == "postgresql":
-            sql = _ROLLUP_SQL.format(
-                table=MetricRollup._meta.db_table,
-                time="date_part('epoch', p.wall_time)" if with_time else "NULL::float8",
-            )
+            sql = _ROLLUP_SQL.format(table=MetricRollup._meta.db_table, columns=_rollup_columns(with_time))
             params = {"run_id": run_id, "keys": list(keys), "width": width, "b_lo": b_lo, "b_hi": b_hi}
-            with transaction.atomic():
-                # Binary results, as in _bucketed_rows: float arrays arrive as machine doubles.
-                with psycopg.Cursor(connection.connection) as raw:
-                    raw.execute(sql, params, binary=True)
-                    inner = {key: (steps, values, times) for key, steps, values, times in raw.fetchall()}
+            # Binary results, as in _bucketed_rows: float arrays arrive as machine doubles.
+            with psycopg.Cursor(connection.connection) as raw:
+                raw.execute(sql, params, binary=True)
+                fetched = raw.fetchall()
+            for key, buckets, *arrays in fetched:
+                if not with_time:
+                    nothing = [None] * len(buckets)
+                    arrays = [*arrays[0:2], nothing, *arrays[2:4], nothing, *arrays[4:6], nothing]
+                inner[key] = _merge_buckets(buckets, [tuple(arrays[i : i + 3]) for i in (0, 3, 6)])
         else:
             picked: dict[str, dict[int, Point]] = {}
             rows = MetricRollup.objects.filter(

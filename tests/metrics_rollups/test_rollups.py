@@ -289,3 +289,15 @@ def test_the_rebuild_command_recomputes_rollups_of_points_loaded_in_bulk(run):
     call_command("rebuild_metric_rollups", str(run.pk), stdout=out)
     assert stored(run) == from_scratch(run)
     assert f"run {run.pk}: {len(from_scratch(run))} rollup rows" in out.getvalue()
+
+
+def test_merging_buckets_orders_points_by_step_even_if_the_buckets_arrive_unordered():
+    picks = [
+        ([17, 3], [0.5, -1.0], [1.7, 0.3]),  # min
+        ([16, 1], [9.0, 4.0], [1.6, 0.1]),  # max
+        ([18, 3], [2.0, -1.0], [1.8, 0.3]),  # last (bucket 0: the min again)
+    ]
+    steps, values, times = metric_selectors._merge_buckets([2, 0], picks)
+    assert steps == [1, 3, 16, 17, 18]
+    assert values == [4.0, -1.0, 9.0, 0.5, 2.0]
+    assert times == [0.1, 0.3, 1.6, 1.7, 1.8]

@@ -16,10 +16,13 @@ a response size cap enforced while the body streams in, and retries with exponen
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import ipaddress
 import logging
 import random
 import socket
+import ssl
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +37,14 @@ from experiments.outbound.signing import SIGNATURE_HEADER, sign_body
 
 logger = logging.getLogger(__name__)
 
+# httpcore asks sniffio which async library runs on every lock, event and cancellation shield it
+# creates (several per request) and falls back to asyncio when `import sniffio` fails. Recent anyio no
+# longer depends on sniffio, so where it is absent every such call searched sys.path in vain (~80 us,
+# a quarter of the client's CPU time with hundreds of calls in flight). Recording the absence makes
+# the same ImportError immediate; where sniffio is installed nothing changes.
+if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+    sys.modules["sniffio"] = None  # type: ignore[assignment]
+
 T = TypeVar("T")
 
 USER_AGENT = "rftweb/0.1 (+agent-rft)"
@@ -41,6 +52,8 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_RESPONSE_BYTES = 1_000_000
 MAX_BACKOFF_S = 8.0
 MASK = "••••"
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_POOL_SHARDS = 32
 
 
 class OutboundError(Exception):
@@ -156,9 +169,13 @@ class PolicyNetworkBackend(httpcore.AsyncNetworkBackend):
 class PolicyTransport(httpx.AsyncHTTPTransport):
     """httpx's transport with the connection pool rebuilt on the policy-checking network backend."""
 
-    def __init__(self, *, policy: OutboundPolicy, limits: httpx.Limits) -> None:
-        super().__init__(trust_env=False, limits=limits)
-        ssl_context = httpx.create_ssl_context(trust_env=False)
+    def __init__(
+        self, *, policy: OutboundPolicy, limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        # Building an SSL context loads the CA bundle (tens of ms); the shards of a client share one.
+        if ssl_context is None:
+            ssl_context = httpx.create_ssl_context(trust_env=False)
+        super().__init__(verify=ssl_context, trust_env=False, limits=limits)
         # httpx builds its pool privately and offers no network_backend argument; replacing the pool
         # is the documented-by-source way to route connects through our backend.
         self._pool = httpcore.AsyncConnectionPool(
@@ -250,40 +267,87 @@ def backoff_delay(*, retry_index: int, base_s: float) -> float:
 class OutboundClient:
     """An async, pooled, policy-enforcing HTTP client.
 
-    The underlying httpx client is created lazily inside the running event loop (it must not outlive
-    or cross loops) and closed by `aclose()`.
+    The connections are spread over `pool_shards` independent httpx clients (each with its own
+    connection pool of at most `max_connections / pool_shards` connections); every request goes to the
+    shard with the fewest requests in flight. One httpcore pool does not scale to hundreds of
+    concurrent requests: each time a request enters or a response closes, it re-examines every
+    connection (a readability syscall per idle connection) for every queued request, and its
+    keep-alive check counts all connections per idle one, so one wave of 256 tool calls cost seconds
+    of CPU in the pool alone. With 16 shards of 16 connections that work shrinks 16-256 fold.
+
+    The httpx clients are created lazily inside the running event loop (they must not outlive or
+    cross loops) and closed by `aclose()`.
     """
 
     def __init__(
         self,
         *,
         policy: OutboundPolicy,
-        max_connections: int = 256,
-        max_keepalive_connections: int = 64,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_keepalive_connections: int | None = None,
+        pool_shards: int = DEFAULT_POOL_SHARDS,
     ) -> None:
-        self.policy = policy
-        self._limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_keepalive_connections
-        )
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        """`max_connections` and `max_keepalive_connections` (default: `max_connections`) are totals
+        over all shards.
 
-    def _http_client(self) -> httpx.AsyncClient:
+        httpcore closes a connection that goes idle whenever its pool holds more connections than the
+        keep-alive limit (it compares the pool's size, not its idle count, with the limit), so a
+        keep-alive limit below the connection limit makes a busy pool reconnect for nearly every
+        request; the default keeps them equal. Idle connections still close after 5 s.
+        """
+        if max_connections < 1 or pool_shards < 1:
+            raise ValueError("max_connections and pool_shards must be at least 1")
+        self.policy = policy
+        shards = min(pool_shards, max_connections)
+        keepalive = max_connections if max_keepalive_connections is None else max_keepalive_connections
+        self._limits = httpx.Limits(
+            max_connections=-(-max_connections // shards),
+            max_keepalive_connections=-(-keepalive // shards) if keepalive > 0 else 0,
+        )
+        self._shard_count = shards
+        self._clients: list[httpx.AsyncClient] = []
+        self._in_flight = [0] * shards
+        self._next_shard = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ssl_context: ssl.SSLContext | None = None
+
+    def _http_clients(self) -> list[httpx.AsyncClient]:
         loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop or self._client.is_closed:
-            # A client from a finished loop cannot be reused (its sockets belong to that loop).
-            self._client = httpx.AsyncClient(
-                transport=PolicyTransport(policy=self.policy, limits=self._limits),
-                follow_redirects=False,
-                trust_env=False,
-                headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-            )
+        if not self._clients or self._loop is not loop or any(client.is_closed for client in self._clients):
+            # Clients from a finished loop cannot be reused (their sockets belong to that loop).
+            if self._ssl_context is None:
+                self._ssl_context = httpx.create_ssl_context(trust_env=False)
+            self._clients = [
+                httpx.AsyncClient(
+                    transport=PolicyTransport(
+                        policy=self.policy, limits=self._limits, ssl_context=self._ssl_context
+                    ),
+                    follow_redirects=False,
+                    trust_env=False,
+                    headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+                )
+                for _ in range(self._shard_count)
+            ]
+            self._in_flight = [0] * self._shard_count
             self._loop = loop
-        return self._client
+        return self._clients
+
+    def _pick_shard(self) -> int:
+        """The shard with the fewest requests in flight; ties rotate so that idle shards share the load."""
+        start = self._next_shard
+        self._next_shard = (start + 1) % self._shard_count
+        best, best_load = start, self._in_flight[start]
+        for offset in range(1, self._shard_count):
+            index = (start + offset) % self._shard_count
+            if self._in_flight[index] < best_load:
+                best, best_load = index, self._in_flight[index]
+        return best
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and not client.is_closed:
+        clients, self._clients = self._clients, []
+        for client in clients:
+            if client.is_closed:
+                continue
             try:
                 await client.aclose()
             except RuntimeError:  # created in a loop that has since closed
@@ -369,7 +433,10 @@ class OutboundClient:
         max_response_bytes: int,
         destination: str,
     ) -> OutboundResponse:
-        client = self._http_client()
+        clients = self._http_clients()
+        shard = self._pick_shard()
+        client = clients[shard]
+        self._in_flight[shard] += 1
         attempt_started = time.perf_counter()
         try:
             # httpx timeouts bound each socket operation; the outer deadline bounds the whole attempt
@@ -418,6 +485,9 @@ class OutboundClient:
                 f"could not complete the request to {destination}: {type(exc).__name__}"
                 + (f" ({exc})" if str(exc) and "://" not in str(exc) else "")
             ) from exc
+        finally:
+            if self._clients is clients:  # not reset by aclose() or a new event loop meanwhile
+                self._in_flight[shard] -= 1
 
 
 def run_sync(coroutine_factory: Callable[[], Awaitable[T]]) -> T:

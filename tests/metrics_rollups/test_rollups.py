@@ -301,3 +301,15 @@ def test_merging_buckets_orders_points_by_step_even_if_the_buckets_arrive_unorde
     assert steps == [1, 3, 16, 17, 18]
     assert values == [4.0, -1.0, 9.0, 0.5, 2.0]
     assert times == [0.1, 0.3, 1.6, 1.7, 1.8]
+
+
+def test_the_migration_builds_rollups_for_runs_stored_before_them(run):
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("experiments.migrations.0003_metric_rollups")
+    bulk_points(run, steps=range(0, 500), keys=["reward", "loss"], seed=21)
+    assert not MetricRollup.objects.filter(run=run).exists()
+    migration.build_rollups(apps, None)
+    assert stored(run) == from_scratch(run)

@@ -53,7 +53,7 @@ DEFAULT_MAX_RESPONSE_BYTES = 1_000_000
 MAX_BACKOFF_S = 8.0
 MASK = "••••"
 DEFAULT_MAX_CONNECTIONS = 256
-DEFAULT_POOL_SHARDS = 32
+DEFAULT_POOL_SHARDS = 64
 
 
 class OutboundError(Exception):
@@ -273,7 +273,7 @@ class OutboundClient:
     concurrent requests: each time a request enters or a response closes, it re-examines every
     connection (a readability syscall per idle connection) for every queued request, and its
     keep-alive check counts all connections per idle one, so one wave of 256 tool calls cost seconds
-    of CPU in the pool alone. With 16 shards of 16 connections that work shrinks 16-256 fold.
+    of CPU in the pool alone. With 64 shards of 4 connections that work shrinks 64-4096 fold.
 
     The httpx clients are created lazily inside the running event loop (they must not outlive or
     cross loops) and closed by `aclose()`.
@@ -313,7 +313,7 @@ class OutboundClient:
 
     def _http_clients(self) -> list[httpx.AsyncClient]:
         loop = asyncio.get_running_loop()
-        if not self._clients or self._loop is not loop or any(client.is_closed for client in self._clients):
+        if not self._clients or self._loop is not loop:
             # Clients from a finished loop cannot be reused (their sockets belong to that loop).
             if self._ssl_context is None:
                 self._ssl_context = httpx.create_ssl_context(trust_env=False)

@@ -1,0 +1,128 @@
+"""Hundreds of concurrent tool calls (one turn of a large rollout batch) through the real client.
+
+A behaviour test with a generous bound, not a benchmark: one wave of 256 calls to a server that takes
+100 ms per call used to cost 1.3-6 s on a 2-core machine because a single httpcore pool re-examines
+every connection for every queued request; it now takes well under a second there.
+"""
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from experiments.outbound.client import OutboundClient
+from experiments.outbound.policy import OutboundPolicy
+from experiments.outbound.tools import HttpToolExecutor, ToolEndpoint
+from trainer.interfaces import ToolCall
+
+DEV = OutboundPolicy(allow_loopback=True)
+CALLS = 256
+LATENCY_S = 0.1
+BOUND_S = 3.0
+
+
+class SlowToolServer:
+    """A keep-alive tool server that answers every call after 100 ms and records the client ports."""
+
+    def __init__(self) -> None:
+        self.client_ports: set[int] = set()
+        self.calls = 0
+        lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                time.sleep(LATENCY_S)
+                with lock:
+                    server.client_ports.add(self.client_address[1])
+                    server.calls += 1
+                payload = json.dumps({"output": f"done {body['call_id']}"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 1024  # 256 simultaneous connects must not overflow the backlog
+            daemon_threads = True
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/tool"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def slow_server() -> Iterator[SlowToolServer]:
+    server = SlowToolServer()
+    yield server
+    server.close()
+
+
+async def one_wave(executor: HttpToolExecutor, wave: int) -> float:
+    started = time.perf_counter()
+    batches = await asyncio.gather(
+        *(
+            executor.execute(
+                [ToolCall(call_id=f"call_{wave}_{i}", name="tool", arguments="{}")],
+                item={},
+                trace_id=f"trace_{wave}_{i}",
+            )
+            for i in range(CALLS)
+        )
+    )
+    elapsed = time.perf_counter() - started
+    results = [batch[0] for batch in batches]
+    assert [r.error for r in results if not r.ok] == []
+    assert [r.output for r in results] == [f"done call_{wave}_{i}" for i in range(CALLS)]
+    return elapsed
+
+
+async def test_256_concurrent_calls_finish_quickly_and_reuse_connections(slow_server):
+    client = OutboundClient(policy=DEV)
+    executor = HttpToolExecutor({"tool": ToolEndpoint(url=slow_server.url)}, DEV, client=client)
+    try:
+        # The first wave opens the connections; the second reuses them (the case that was slowest).
+        first = await one_wave(executor, 0)
+        second = await one_wave(executor, 1)
+    finally:
+        await client.aclose()
+    assert slow_server.calls == 2 * CALLS
+    assert first < BOUND_S, f"{CALLS} concurrent calls of {LATENCY_S * 1000:.0f} ms took {first:.2f} s"
+    assert second < BOUND_S, f"{CALLS} concurrent calls on kept-alive connections took {second:.2f} s"
+    # Never more connections than the limit, and kept-alive connections are reused rather than
+    # reopened for every call.
+    assert len(slow_server.client_ports) <= 256
+    assert not any(client._in_flight)
+
+
+async def test_requests_spread_over_the_least_busy_shards(slow_server):
+    client = OutboundClient(policy=DEV, max_connections=8, pool_shards=4)
+    try:
+        assert client._limits.max_connections == 2
+        tasks = [asyncio.create_task(client.request("POST", slow_server.url, content=b'{"call_id": "c"}'))]
+        for _ in range(7):
+            tasks.append(
+                asyncio.create_task(client.request("POST", slow_server.url, content=b'{"call_id": "c"}'))
+            )
+        await asyncio.sleep(0.03)
+        assert client._in_flight == [2, 2, 2, 2]
+        responses = await asyncio.gather(*tasks)
+        assert all(r.status_code == 200 for r in responses)
+        assert client._in_flight == [0, 0, 0, 0]
+    finally:
+        await client.aclose()

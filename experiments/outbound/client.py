@@ -53,7 +53,7 @@ DEFAULT_MAX_RESPONSE_BYTES = 1_000_000
 MAX_BACKOFF_S = 8.0
 MASK = "••••"
 DEFAULT_MAX_CONNECTIONS = 256
-DEFAULT_POOL_SHARDS = 64
+DEFAULT_POOL_SHARDS = 256  # one connection each by default
 
 
 class OutboundError(Exception):
@@ -264,16 +264,64 @@ def backoff_delay(*, retry_index: int, base_s: float) -> float:
     return delay * (1.0 + random.random() * 0.1)
 
 
+class _ShardSet:
+    """The pool shards of one `OutboundClient` in one event loop.
+
+    Each shard is an httpx client with its own small connection pool, created on first use. A request
+    goes to a free shard whose last request went to the same origin (its kept-alive connection is
+    reused), else to the shard with the fewest requests in flight (ties rotate).
+    """
+
+    def __init__(self, *, count: int, make_client: Callable[[], httpx.AsyncClient]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.clients: list[httpx.AsyncClient | None] = [None] * count
+        self.in_flight = [0] * count
+        self._origin: list[str | None] = [None] * count
+        self._free_by_origin: dict[str, set[int]] = {}  # shards with nothing in flight, by last origin
+        self._make_client = make_client
+        self._next = 0
+
+    def acquire(self, origin: str) -> tuple[int, httpx.AsyncClient]:
+        free = self._free_by_origin.get(origin)
+        if free:
+            index = free.pop()
+        else:
+            count = len(self.in_flight)
+            start = self._next
+            self._next = (start + 1) % count
+            index, load = start, self.in_flight[start]
+            for offset in range(1, count):
+                if load == 0:
+                    break
+                candidate = (start + offset) % count
+                if self.in_flight[candidate] < load:
+                    index, load = candidate, self.in_flight[candidate]
+            previous = self._origin[index]
+            if load == 0 and previous is not None:
+                self._free_by_origin[previous].discard(index)
+        self._origin[index] = origin
+        self.in_flight[index] += 1
+        client = self.clients[index]
+        if client is None:
+            client = self.clients[index] = self._make_client()
+        return index, client
+
+    def release(self, index: int) -> None:
+        self.in_flight[index] -= 1
+        if self.in_flight[index] == 0:
+            self._free_by_origin.setdefault(self._origin[index] or "", set()).add(index)
+
+
 class OutboundClient:
     """An async, pooled, policy-enforcing HTTP client.
 
-    The connections are spread over `pool_shards` independent httpx clients (each with its own
-    connection pool of at most `max_connections / pool_shards` connections); every request goes to the
-    shard with the fewest requests in flight. One httpcore pool does not scale to hundreds of
-    concurrent requests: each time a request enters or a response closes, it re-examines every
-    connection (a readability syscall per idle connection) for every queued request, and its
-    keep-alive check counts all connections per idle one, so one wave of 256 tool calls cost seconds
-    of CPU in the pool alone. With 64 shards of 4 connections that work shrinks 64-4096 fold.
+    Connections are spread over `pool_shards` independent httpx clients, each with its own connection
+    pool of `max_connections / pool_shards` connections (see `_ShardSet` for which shard a request
+    takes). One httpcore pool does not scale to hundreds of concurrent requests: each time a request
+    enters or a response closes it re-examines every connection (a readability syscall per idle one)
+    for every queued request, and its keep-alive check counts all connections per idle one, so one
+    wave of 256 concurrent tool calls cost seconds of CPU in the pool alone. Many one-connection pools
+    keep that work constant per request.
 
     The httpx clients are created lazily inside the running event loop (they must not outlive or
     cross loops) and closed by `aclose()`.
@@ -298,55 +346,36 @@ class OutboundClient:
         if max_connections < 1 or pool_shards < 1:
             raise ValueError("max_connections and pool_shards must be at least 1")
         self.policy = policy
-        shards = min(pool_shards, max_connections)
+        self._shard_count = min(pool_shards, max_connections)
         keepalive = max_connections if max_keepalive_connections is None else max_keepalive_connections
         self._limits = httpx.Limits(
-            max_connections=-(-max_connections // shards),
-            max_keepalive_connections=-(-keepalive // shards) if keepalive > 0 else 0,
+            max_connections=-(-max_connections // self._shard_count),
+            max_keepalive_connections=-(-keepalive // self._shard_count) if keepalive > 0 else 0,
         )
-        self._shard_count = shards
-        self._clients: list[httpx.AsyncClient] = []
-        self._in_flight = [0] * shards
-        self._next_shard = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._shards: _ShardSet | None = None
         self._ssl_context: ssl.SSLContext | None = None
 
-    def _http_clients(self) -> list[httpx.AsyncClient]:
-        loop = asyncio.get_running_loop()
-        if not self._clients or self._loop is not loop:
-            # Clients from a finished loop cannot be reused (their sockets belong to that loop).
-            if self._ssl_context is None:
-                self._ssl_context = httpx.create_ssl_context(trust_env=False)
-            self._clients = [
-                httpx.AsyncClient(
-                    transport=PolicyTransport(
-                        policy=self.policy, limits=self._limits, ssl_context=self._ssl_context
-                    ),
-                    follow_redirects=False,
-                    trust_env=False,
-                    headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-                )
-                for _ in range(self._shard_count)
-            ]
-            self._in_flight = [0] * self._shard_count
-            self._loop = loop
-        return self._clients
+    def _new_http_client(self) -> httpx.AsyncClient:
+        if self._ssl_context is None:
+            self._ssl_context = httpx.create_ssl_context(trust_env=False)
+        return httpx.AsyncClient(
+            transport=PolicyTransport(policy=self.policy, limits=self._limits, ssl_context=self._ssl_context),
+            follow_redirects=False,
+            trust_env=False,
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        )
 
-    def _pick_shard(self) -> int:
-        """The shard with the fewest requests in flight; ties rotate so that idle shards share the load."""
-        start = self._next_shard
-        self._next_shard = (start + 1) % self._shard_count
-        best, best_load = start, self._in_flight[start]
-        for offset in range(1, self._shard_count):
-            index = (start + offset) % self._shard_count
-            if self._in_flight[index] < best_load:
-                best, best_load = index, self._in_flight[index]
-        return best
+    def _shard_set(self) -> _ShardSet:
+        loop = asyncio.get_running_loop()
+        if self._shards is None or self._shards.loop is not loop:
+            # Clients from a finished loop cannot be reused (their sockets belong to that loop).
+            self._shards = _ShardSet(count=self._shard_count, make_client=self._new_http_client)
+        return self._shards
 
     async def aclose(self) -> None:
-        clients, self._clients = self._clients, []
-        for client in clients:
-            if client.is_closed:
+        shards, self._shards = self._shards, None
+        for client in shards.clients if shards is not None else []:
+            if client is None or client.is_closed:
                 continue
             try:
                 await client.aclose()
@@ -433,10 +462,8 @@ class OutboundClient:
         max_response_bytes: int,
         destination: str,
     ) -> OutboundResponse:
-        clients = self._http_clients()
-        shard = self._pick_shard()
-        client = clients[shard]
-        self._in_flight[shard] += 1
+        shards = self._shard_set()
+        shard, client = shards.acquire(destination)
         attempt_started = time.perf_counter()
         try:
             # httpx timeouts bound each socket operation; the outer deadline bounds the whole attempt
@@ -486,8 +513,7 @@ class OutboundClient:
                 + (f" ({exc})" if str(exc) and "://" not in str(exc) else "")
             ) from exc
         finally:
-            if self._clients is clients:  # not reset by aclose() or a new event loop meanwhile
-                self._in_flight[shard] -= 1
+            shards.release(shard)
 
 
 def run_sync(coroutine_factory: Callable[[], Awaitable[T]]) -> T:

@@ -54,6 +54,13 @@ MAX_BACKOFF_S = 8.0
 MASK = "••••"
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_POOL_SHARDS = 256  # one connection each by default
+# What httpx.AsyncClient would send by default, but never compressed (the size cap counts raw bytes).
+DEFAULT_HEADERS = {
+    "Accept": "*/*",
+    "Accept-Encoding": "identity",
+    "Connection": "keep-alive",
+    "User-Agent": USER_AGENT,
+}
 
 
 class OutboundError(Exception):
@@ -267,21 +274,21 @@ def backoff_delay(*, retry_index: int, base_s: float) -> float:
 class _ShardSet:
     """The pool shards of one `OutboundClient` in one event loop.
 
-    Each shard is an httpx client with its own small connection pool, created on first use. A request
+    Each shard is a `PolicyTransport` with its own small connection pool, created on first use. A request
     goes to a free shard whose last request went to the same origin (its kept-alive connection is
     reused), else to the shard with the fewest requests in flight (ties rotate).
     """
 
-    def __init__(self, *, count: int, make_client: Callable[[], httpx.AsyncClient]) -> None:
+    def __init__(self, *, count: int, make_transport: Callable[[], PolicyTransport]) -> None:
         self.loop = asyncio.get_running_loop()
-        self.clients: list[httpx.AsyncClient | None] = [None] * count
+        self.transports: list[PolicyTransport | None] = [None] * count
         self.in_flight = [0] * count
         self._origin: list[str | None] = [None] * count
         self._free_by_origin: dict[str, set[int]] = {}  # shards with nothing in flight, by last origin
-        self._make_client = make_client
+        self._make_transport = make_transport
         self._next = 0
 
-    def acquire(self, origin: str) -> tuple[int, httpx.AsyncClient]:
+    def acquire(self, origin: str) -> tuple[int, PolicyTransport]:
         free = self._free_by_origin.get(origin)
         if free:
             index = free.pop()
@@ -301,10 +308,10 @@ class _ShardSet:
                 self._free_by_origin[previous].discard(index)
         self._origin[index] = origin
         self.in_flight[index] += 1
-        client = self.clients[index]
-        if client is None:
-            client = self.clients[index] = self._make_client()
-        return index, client
+        transport = self.transports[index]
+        if transport is None:
+            transport = self.transports[index] = self._make_transport()
+        return index, transport
 
     def release(self, index: int) -> None:
         self.in_flight[index] -= 1
@@ -315,7 +322,7 @@ class _ShardSet:
 class OutboundClient:
     """An async, pooled, policy-enforcing HTTP client.
 
-    Connections are spread over `pool_shards` independent httpx clients, each with its own connection
+    Connections are spread over `pool_shards` independent transports, each with its own connection
     pool of `max_connections / pool_shards` connections (see `_ShardSet` for which shard a request
     takes). One httpcore pool does not scale to hundreds of concurrent requests: each time a request
     enters or a response closes it re-examines every connection (a readability syscall per idle one)
@@ -323,8 +330,11 @@ class OutboundClient:
     wave of 256 concurrent tool calls cost seconds of CPU in the pool alone. Many one-connection pools
     keep that work constant per request.
 
-    The httpx clients are created lazily inside the running event loop (they must not outlive or
-    cross loops) and closed by `aclose()`.
+    Requests go straight to the transport, not through an `httpx.AsyncClient`: the client layer
+    would only add work this client does not want (redirect and auth flows, a cookie jar that would
+    let one tool server set cookies for later calls, header merging). The transports are created
+    lazily inside the running event loop (they must not outlive or cross loops) and closed by
+    `aclose()`.
     """
 
     def __init__(
@@ -355,30 +365,25 @@ class OutboundClient:
         self._shards: _ShardSet | None = None
         self._ssl_context: ssl.SSLContext | None = None
 
-    def _new_http_client(self) -> httpx.AsyncClient:
+    def _new_transport(self) -> PolicyTransport:
         if self._ssl_context is None:
             self._ssl_context = httpx.create_ssl_context(trust_env=False)
-        return httpx.AsyncClient(
-            transport=PolicyTransport(policy=self.policy, limits=self._limits, ssl_context=self._ssl_context),
-            follow_redirects=False,
-            trust_env=False,
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-        )
+        return PolicyTransport(policy=self.policy, limits=self._limits, ssl_context=self._ssl_context)
 
     def _shard_set(self) -> _ShardSet:
         loop = asyncio.get_running_loop()
         if self._shards is None or self._shards.loop is not loop:
             # Clients from a finished loop cannot be reused (their sockets belong to that loop).
-            self._shards = _ShardSet(count=self._shard_count, make_client=self._new_http_client)
+            self._shards = _ShardSet(count=self._shard_count, make_transport=self._new_transport)
         return self._shards
 
     async def aclose(self) -> None:
         shards, self._shards = self._shards, None
-        for client in shards.clients if shards is not None else []:
-            if client is None or client.is_closed:
+        for transport in shards.transports if shards is not None else []:
+            if transport is None:
                 continue
             try:
-                await client.aclose()
+                await transport.aclose()
             except RuntimeError:  # created in a loop that has since closed
                 logger.debug("outbound client belonged to a closed event loop", exc_info=True)
 
@@ -462,16 +467,25 @@ class OutboundClient:
         max_response_bytes: int,
         destination: str,
     ) -> OutboundResponse:
+        request_headers = httpx.Headers(DEFAULT_HEADERS)
+        request_headers.update(headers)
         shards = self._shard_set()
-        shard, client = shards.acquire(destination)
+        shard, transport = shards.acquire(destination)
         attempt_started = time.perf_counter()
         try:
             # httpx timeouts bound each socket operation; the outer deadline bounds the whole attempt
             # so that a server trickling one byte at a time cannot hold a rollout forever.
             async with asyncio.timeout(timeout_s):
-                async with client.stream(
-                    method, url, content=content, headers=headers, timeout=httpx.Timeout(timeout_s)
-                ) as response:
+                request = httpx.Request(
+                    method,
+                    url,
+                    content=content,
+                    headers=request_headers,
+                    extensions={"timeout": httpx.Timeout(timeout_s).as_dict()},
+                )
+                response = await transport.handle_async_request(request)
+                response.request = request
+                try:
                     if 300 <= response.status_code < 400:
                         location = response.headers.get("location", "")
                         raise RedirectRefusedError(
@@ -503,6 +517,8 @@ class OutboundClient:
                         latency_ms=(time.perf_counter() - attempt_started) * 1000,
                         attempts=1,
                     )
+                finally:
+                    await response.aclose()
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise OutboundTimeoutError(f"{destination} did not answer within {timeout_s:g} s") from exc
         except httpx.UnsupportedProtocol as exc:

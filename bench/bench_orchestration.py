@@ -8,6 +8,7 @@ concurrently); sequential execution would take 256 x 3 x 0.1 = 77 s. Prints the 
 to the bound (goal <= 3x). Tool calls go through the app's real HttpToolExecutor
 (experiments.outbound.tools); `--client standalone` uses trainer.standalone's executor instead, and
 `--client none` replaces HTTP with a 100 ms sleep to isolate the rollout engine's own overhead.
+`--server process` runs the tool server in a child process instead of 256 threads of this one.
 """
 
 from __future__ import annotations
@@ -68,6 +69,24 @@ def start_tool_server(latency_s: float) -> tuple[ThreadingHTTPServer, str]:
     server = Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/lookup"
+
+
+def _serve_in_child(latency_s: float, ports) -> None:
+    server, _url = start_tool_server(latency_s)
+    ports.put(server.server_address[1])
+    threading.Event().wait()  # until the parent terminates this process
+
+
+def start_tool_server_process(latency_s: float):
+    """The same server in a child process, so that its 256 handler threads do not share the GIL with
+    the rollout engine and the client (as a team's tool server would not)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    ports = context.Queue()
+    process = context.Process(target=_serve_in_child, args=(latency_s, ports), daemon=True)
+    process.start()
+    return process, f"http://127.0.0.1:{ports.get(timeout=60)}/lookup"
 
 
 class SleepExecutor:
@@ -162,6 +181,12 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--client", choices=["app", "standalone", "none"], default="app")
+    parser.add_argument(
+        "--server",
+        choices=["thread", "process"],
+        default="thread",
+        help="run the tool server in this process's threads (default) or in a child process",
+    )
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -170,7 +195,11 @@ def main() -> None:
 
     cache = Path(os.environ.get("RFTWEB_BENCH_CACHE", Path(tempfile.gettempdir()) / "rftweb-bench-models"))
     tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(cache / "tiny"))
-    server, url = start_tool_server(args.latency_ms / 1000)
+    if args.server == "process":
+        server_process, url = start_tool_server_process(args.latency_ms / 1000)
+        server = None
+    else:
+        server, url = start_tool_server(args.latency_ms / 1000)
     client = args.client
     if client == "app":
         try:
@@ -184,7 +213,7 @@ def main() -> None:
     print(
         f"machine: {platform.processor() or 'cpu'}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
         f"{args.rollouts} rollouts x {args.calls} tool calls, {args.latency_ms:.0f} ms per call, "
-        f"client: {CLIENT_NAMES[client]}"
+        f"client: {CLIENT_NAMES[client]}, tool server in {'a child process' if server is None else 'this process'}"
     )
     loop = asyncio.new_event_loop()
     executor = make_executor(client, url, args.latency_ms / 1000)
@@ -208,9 +237,13 @@ def main() -> None:
     finally:
         loop.run_until_complete(executor.aclose())
         loop.close()
-        server.shutdown()
+        if server is None:
+            server_process.terminate()
+        else:
+            server.shutdown()
     median = statistics.median(walls)
     print(
+        f"load average {os.getloadavg()[0]:.2f} at the end; "
         f"median wall {median:.2f} s = {median / bound:.2f}x the {bound:.1f} s latency bound (goal <= 3x); "
         f"sequential would take {args.rollouts * args.calls * args.latency_ms / 1000:.0f} s"
     )

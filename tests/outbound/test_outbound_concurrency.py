@@ -17,6 +17,7 @@ import pytest
 from experiments.outbound.client import OutboundClient
 from experiments.outbound.policy import OutboundPolicy
 from experiments.outbound.tools import HttpToolExecutor, ToolEndpoint
+from tests.http_test_server import Reply, ScriptedServer
 from trainer.interfaces import ToolCall
 
 DEV = OutboundPolicy(allow_loopback=True)
@@ -140,3 +141,22 @@ async def test_sequential_calls_reuse_one_kept_alive_connection_per_origin():
         second.close()
     assert (first.calls, second.calls) == (4, 4)
     assert len(first.client_ports) == 1 and len(second.client_ports) == 1
+
+
+async def test_cookies_set_by_a_tool_server_are_not_sent_back():
+    """There is no cookie jar: one call's Set-Cookie cannot follow later calls (of any rollout)."""
+    seen: list[str | None] = []
+    server = ScriptedServer()
+
+    def handler(request):
+        seen.append(request.headers.get("cookie"))
+        return Reply(body=b'{"output": "ok"}', headers={"Set-Cookie": "session=abc; Path=/"})
+
+    server.routes["/t"] = handler
+    try:
+        async with OutboundClient(policy=DEV) as client:
+            for _ in range(2):
+                assert (await client.request("POST", server.url("/t"), content=b"{}")).status_code == 200
+    finally:
+        server.close()
+    assert seen == [None, None]

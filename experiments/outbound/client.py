@@ -16,13 +16,11 @@ a response size cap enforced while the body streams in, and retries with exponen
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import ipaddress
 import logging
 import random
 import socket
 import ssl
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -36,14 +34,6 @@ from experiments.outbound.policy import OutboundPolicy
 from experiments.outbound.signing import SIGNATURE_HEADER, sign_body
 
 logger = logging.getLogger(__name__)
-
-# httpcore asks sniffio which async library runs on every lock, event and cancellation shield it
-# creates (several per request) and falls back to asyncio when `import sniffio` fails. Recent anyio no
-# longer depends on sniffio, so where it is absent every such call searched sys.path in vain (~80 us,
-# a quarter of the client's CPU time with hundreds of calls in flight). Recording the absence makes
-# the same ImportError immediate; where sniffio is installed nothing changes.
-if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
-    sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 T = TypeVar("T")
 

@@ -31,7 +31,9 @@ DEMO_TRAIN = "Demo · parts shop (train)"
 DEMO_EVAL = "Demo · parts shop (eval)"
 DEMO_FILES_TRAIN = "Demo · which files to edit (train)"
 DEMO_FILES_EVAL = "Demo · which files to edit (eval)"
-DEMO_GRADER = "demo-answer-contains"
+# The demo run's grader: full credit for the right number, partial credit for a close answer, so
+# that a small model's rollouts differ in reward from the first step (GRPO learns from differences).
+DEMO_GRADER = "demo-answer-partial-credit"
 DEMO_FILES_GRADER = "demo-files-f1"
 # A grader with a deliberate hole, for the reward-hacking watch: `ilike` accepts any answer that
 # contains the reference anywhere, so "1.99, 4.99, 5.49, 12.00" scores 1 for an item priced 4.99.
@@ -59,11 +61,23 @@ DEMO_DATASETS = {
 }
 DEMO_GRADERS = [
     {
-        "type": "string_check",
+        "type": "multi",
         "name": DEMO_GRADER,
-        "input": "{{sample.output_text}}",
-        "reference": "{{item.answer}}",
-        "operation": "ilike",
+        "graders": {
+            "right": {
+                "type": "string_check",
+                "input": "{{sample.output_text}}",
+                "reference": "{{item.answer}}",
+                "operation": "ilike",
+            },
+            "close": {
+                "type": "text_similarity",
+                "input": "{{sample.output_text}}",
+                "reference": "{{item.answer}}",
+                "evaluation_metric": "fuzzy_match",
+            },
+        },
+        "calculate_output": "0.7 * right + 0.3 * close",
     },
     {
         "type": "string_check",

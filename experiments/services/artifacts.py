@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import tempfile
 import zipfile
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
+
+from trainer.interfaces import TrajectoryRecord
 
 from ..models import Checkpoint, MetricPoint, Run, Trajectory
 from .training import run_output_dir
@@ -122,30 +125,9 @@ def metrics_csv_rows(*, run: Run) -> Iterator[str]:
         yield flush()
 
 
-ROLLOUT_EXPORT_FIELDS = (
-    "trace_id",
-    "step",
-    "split",
-    "item_index",
-    "group_index",
-    "sample_index",
-    "messages",
-    "final_answer",
-    "reward",
-    "score",
-    "penalty",
-    "advantage",
-    "sub_scores",
-    "grader_errors",
-    "tool_calls",
-    "tool_call_names",
-    "tool_errors",
-    "prompt_tokens",
-    "completion_tokens",
-    "latency_ms",
-    "finish_reason",
-    "flags",
-)
+# A rollout exported is what the trainer reported (its TrajectoryRecord) plus the watch's flags, so
+# an exported line reads back as a TrajectoryRecord. (trainer.interfaces imports no torch.)
+ROLLOUT_EXPORT_FIELDS = (*(field.name for field in dataclasses.fields(TrajectoryRecord)), "flags")
 
 
 def rollouts_jsonl_lines(*, run: Run) -> Iterator[bytes]:

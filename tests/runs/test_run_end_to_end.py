@@ -96,6 +96,37 @@ async def test_api_run_trains_in_a_worker_and_every_step_reaches_the_websocket(
     assert await Trajectory.objects.filter(run=run, reward__isnull=False).aexists()
 
     await sync_to_async(assert_adapter_downloads_and_loads)(run_setup["owner"], run.pk, tiny_model_dir)
+    await sync_to_async(assert_metrics_and_rollouts_export)(run_setup["owner"], run.pk, train_rollouts)
+
+
+def assert_metrics_and_rollouts_export(owner, run_id: int, train_rollouts: int):
+    import csv
+    import dataclasses
+    import json
+
+    from django.test import Client
+
+    from trainer.interfaces import TrajectoryRecord
+
+    client = Client()
+    client.force_login(owner)
+    table = list(
+        csv.reader(
+            io.StringIO(
+                b"".join(client.get(f"/runs/{run_id}/download/metrics.csv").streaming_content).decode()
+            )
+        )
+    )
+    assert table[0][0] == "step" and "reward" in table[0]
+    reward = table[0].index("reward")
+    assert [row[0] for row in table[1:] if row[reward]] == ["1", "2", "3"]
+    lines = b"".join(client.get(f"/runs/{run_id}/download/rollouts.jsonl").streaming_content).splitlines()
+    records = [json.loads(line) for line in lines]
+    assert sum(record["split"] == "train" for record in records) == train_rollouts
+    names = {field.name for field in dataclasses.fields(TrajectoryRecord)}
+    for record in records:  # each exported line reads back as what the trainer reported, plus flags
+        assert isinstance(record.pop("flags"), list)
+        assert TrajectoryRecord(**record).trace_id.startswith("trace_") and set(record) == names
 
 
 def assert_adapter_downloads_and_loads(owner, run_id: int, model_dir, tmp_dir=None):

@@ -1,21 +1,23 @@
 """The one HTTP client for everything rftweb sends out (tools, endpoint graders, model judges).
 
-Safety is enforced where the socket is opened, not where the URL is parsed: a custom httpcore network
-backend resolves the host itself, checks *every* resolved address against the `OutboundPolicy`, and
-then connects to one of the checked addresses. The HTTP layer still uses the host name (Host header,
-TLS SNI and certificate verification), so nothing changes for the server, but a DNS answer that
-changes between check and connect (rebinding) cannot reach a refused address: there is no second
-lookup.
+Safety is enforced where the socket is opened, not where the URL is parsed: before a connection is
+opened the client resolves the host itself, checks *every* resolved address against the
+`OutboundPolicy`, and then connects to one of the checked addresses. The HTTP layer still uses the
+host name (Host header, TLS SNI and certificate verification), so nothing changes for the server, but
+a DNS answer that changes between check and connect (rebinding) cannot reach a refused address: there
+is no second lookup.
 
 Also here: no redirects followed (a 3xx is an error: the target would escape the policy check of
-the URL the user registered), no proxies from the environment, a wall-clock deadline per attempt,
-a response size cap enforced while the body streams in, and retries with exponential backoff for
-5xx, timeouts and connection errors.
+the URL the user registered), no proxies from the environment, no cookie jar, a wall-clock deadline
+per attempt, a response size cap enforced while the body streams in, and retries with exponential
+backoff for 5xx, timeouts and connection errors. HTTP/1.1 itself (parsing, framing, the keep-alive
+connection pool) is `experiments.outbound.http11`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import random
@@ -27,9 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import httpcore
 import httpx
 
+from experiments.outbound import http11
 from experiments.outbound.policy import OutboundPolicy
 from experiments.outbound.signing import SIGNATURE_HEADER, sign_body
 
@@ -43,8 +45,8 @@ DEFAULT_MAX_RESPONSE_BYTES = 1_000_000
 MAX_BACKOFF_S = 8.0
 MASK = "••••"
 DEFAULT_MAX_CONNECTIONS = 256
-DEFAULT_POOL_SHARDS = 256  # one connection each by default
-# What httpx.AsyncClient would send by default, but never compressed (the size cap counts raw bytes).
+# Sent with every request (a header of the caller overrides one of these); never compressed: the size
+# cap counts raw bytes.
 DEFAULT_HEADERS = {
     "Accept": "*/*",
     "Accept-Encoding": "identity",
@@ -107,83 +109,6 @@ async def resolve_host(host: str, port: int) -> list[str]:
         if address not in addresses:
             addresses.append(address)
     return addresses
-
-
-class PolicyNetworkBackend(httpcore.AsyncNetworkBackend):
-    """Resolves, vets every address, then connects to a vetted address (never resolves twice)."""
-
-    def __init__(self, policy: OutboundPolicy) -> None:
-        self._policy = policy
-        self._inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        name = host.strip("[]")
-        try:
-            addresses = [str(ipaddress.ip_address(name))]
-        except ValueError:
-            try:
-                addresses = await resolve_host(name, port)
-            except OSError as exc:
-                raise httpcore.ConnectError(f"could not resolve {name}: {exc.strerror or exc}") from exc
-        if not addresses:
-            raise httpcore.ConnectError(f"{name} has no IPv4/IPv6 address")
-        # Every answer must pass: a name that resolves to one public and one private address is
-        # refused, otherwise an attacker picks which one we reach.
-        for address in addresses:
-            reason = self._policy.address_refusal(address, host=name)
-            if reason is not None:
-                logger.warning("outbound request to %s refused: %s is %s", name, address, reason)
-                raise BlockedAddressError(
-                    f"refused by the outbound policy: {name} resolves to {address}, which is {reason}"
-                )
-        last_error: Exception | None = None
-        for address in addresses:
-            try:
-                return await self._inner.connect_tcp(
-                    address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last_error = exc
-        assert last_error is not None
-        raise last_error
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        raise BlockedAddressError("unix sockets are not reachable through the outbound client")
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-class PolicyTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with the connection pool rebuilt on the policy-checking network backend."""
-
-    def __init__(
-        self, *, policy: OutboundPolicy, limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None
-    ) -> None:
-        # Building an SSL context loads the CA bundle (tens of ms); the shards of a client share one.
-        if ssl_context is None:
-            ssl_context = httpx.create_ssl_context(trust_env=False)
-        super().__init__(verify=ssl_context, trust_env=False, limits=limits)
-        # httpx builds its pool privately and offers no network_backend argument; replacing the pool
-        # is the documented-by-source way to route connects through our backend.
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
-            network_backend=PolicyNetworkBackend(policy),
-        )
 
 
 @dataclass
@@ -261,70 +186,102 @@ def backoff_delay(*, retry_index: int, base_s: float) -> float:
     return delay * (1.0 + random.random() * 0.1)
 
 
-class _ShardSet:
-    """The pool shards of one `OutboundClient` in one event loop.
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """What one URL means for a request, parsed once per distinct URL (see `_target`)."""
 
-    Each shard is a `PolicyTransport` with its own small connection pool, created on first use. A request
-    goes to a free shard whose last request went to the same origin (its kept-alive connection is
-    reused), else to the shard with the fewest requests in flight (ties rotate).
+    scheme: str
+    host: str  # ASCII (IDNA) name or address literal without brackets: connect, policy, TLS SNI
+    port: int
+    request_target: str  # percent-encoded path and query
+    host_header: str
+    destination: str  # scheme://host:port, for messages
+    key: str  # the connection pool's origin key
+
+
+@functools.lru_cache(maxsize=1024)
+def _target(url: str) -> _Target:
+    """The parsed request target of `url` (validated like `validate_outbound_url`); tools and graders
+    call the same few URLs over and over, so the parse is cached."""
+    parsed = validate_outbound_url(url)
+    try:
+        host = parsed.raw_host.decode("ascii")
+        request_target = parsed.raw_path.decode("ascii") or "/"
+        host_header = parsed.netloc.decode("ascii")
+        http11.check_field_value(request_target)
+        http11.check_field_value(host_header)
+    except (UnicodeDecodeError, http11.LocalProtocolError) as exc:
+        raise InvalidURLError("not a valid URL") from exc
+    if " " in request_target:
+        raise InvalidURLError("not a valid URL")
+    scheme = parsed.scheme
+    port = parsed.port or (443 if scheme == "https" else 80)
+    return _Target(
+        scheme=scheme,
+        host=host,
+        port=port,
+        request_target=request_target,
+        host_header=host_header,
+        destination=describe_destination(url),
+        key=f"{scheme}://{host}:{port}",
+    )
+
+
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+_DEFAULT_HEADERS_LOWER = [(name.lower(), f"{name}: {value}") for name, value in DEFAULT_HEADERS.items()]
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _request_message(
+    method: str, target: _Target, headers: Mapping[str, str], content: bytes
+) -> tuple[bytes, bool]:
+    """The bytes of one HTTP/1.1 request and whether it asks the server to close the connection.
+
+    Header names and values are checked (no line breaks or other control characters can smuggle a
+    second header or request in); Content-Length and Transfer-Encoding are always the client's own.
     """
+    http11.check_token(method, "method")
+    names: set[str] = set()
+    lines = [f"{method} {target.request_target} HTTP/1.1"]
+    own: list[str] = []
+    close = False
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in _FRAMING_HEADERS:
+            continue
+        http11.check_token(name, "header name")
+        http11.check_field_value(value)
+        names.add(lower)
+        own.append(f"{name}: {value}")
+        if lower == "connection" and "close" in value.lower():
+            close = True
+    if "host" not in names:
+        lines.append(f"Host: {target.host_header}")
+    lines.extend(line for lower, line in _DEFAULT_HEADERS_LOWER if lower not in names)
+    lines.extend(own)
+    if content or method in _BODY_METHODS:
+        lines.append(f"Content-Length: {len(content)}")
+    lines.append("\r\n")
+    head = "\r\n".join(lines).encode("utf-8")
+    return (head + content if content else head), close
 
-    def __init__(self, *, count: int, make_transport: Callable[[], PolicyTransport]) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.transports: list[PolicyTransport | None] = [None] * count
-        self.in_flight = [0] * count
-        self._origin: list[str | None] = [None] * count
-        self._free_by_origin: dict[str, set[int]] = {}  # shards with nothing in flight, by last origin
-        self._make_transport = make_transport
-        self._next = 0
 
-    def acquire(self, origin: str) -> tuple[int, PolicyTransport]:
-        free = self._free_by_origin.get(origin)
-        if free:
-            index = free.pop()
-        else:
-            count = len(self.in_flight)
-            start = self._next
-            self._next = (start + 1) % count
-            index, load = start, self.in_flight[start]
-            for offset in range(1, count):
-                if load == 0:
-                    break
-                candidate = (start + offset) % count
-                if self.in_flight[candidate] < load:
-                    index, load = candidate, self.in_flight[candidate]
-            previous = self._origin[index]
-            if load == 0 and previous is not None:
-                self._free_by_origin[previous].discard(index)
-        self._origin[index] = origin
-        self.in_flight[index] += 1
-        transport = self.transports[index]
-        if transport is None:
-            transport = self.transports[index] = self._make_transport()
-        return index, transport
-
-    def release(self, index: int) -> None:
-        self.in_flight[index] -= 1
-        if self.in_flight[index] == 0:
-            self._free_by_origin.setdefault(self._origin[index] or "", set()).add(index)
+def _describe_os_error(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    name = type(exc).__name__
+    return f"{name} ({text})" if text and "://" not in text else name
 
 
 class OutboundClient:
-    """An async, pooled, policy-enforcing HTTP client.
+    """An async, pooled, policy-enforcing HTTP/1.1 client.
 
-    Connections are spread over `pool_shards` independent transports, each with its own connection
-    pool of `max_connections / pool_shards` connections (see `_ShardSet` for which shard a request
-    takes). One httpcore pool does not scale to hundreds of concurrent requests: each time a request
-    enters or a response closes it re-examines every connection (a readability syscall per idle one)
-    for every queued request, and its keep-alive check counts all connections per idle one, so one
-    wave of 256 concurrent tool calls cost seconds of CPU in the pool alone. Many one-connection pools
-    keep that work constant per request.
-
-    Requests go straight to the transport, not through an `httpx.AsyncClient`: the client layer
-    would only add work this client does not want (redirect and auth flows, a cookie jar that would
-    let one tool server set cookies for later calls, header merging). The transports are created
-    lazily inside the running event loop (they must not outlive or cross loops) and closed by
-    `aclose()`.
+    Requests go over `experiments.outbound.http11` connections: one bounded pool per event loop with
+    at most `max_connections` connections over all origins, finished keep-alive connections reused
+    per origin (closed after 5 s idle). A request on a reused connection that the server had already
+    closed is sent again on a fresh connection, transparently. There is no cookie jar (one tool server
+    cannot set cookies for later calls), no proxy from the environment and no redirect following.
+    The pool is created lazily inside the running event loop (connections must not outlive or cross
+    loops) and closed by `aclose()`; the client can be used again afterwards.
     """
 
     def __init__(
@@ -333,49 +290,47 @@ class OutboundClient:
         policy: OutboundPolicy,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_keepalive_connections: int | None = None,
-        pool_shards: int = DEFAULT_POOL_SHARDS,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        """`max_connections` and `max_keepalive_connections` (default: `max_connections`) are totals
-        over all shards.
-
-        httpcore closes a connection that goes idle whenever its pool holds more connections than the
-        keep-alive limit (it compares the pool's size, not its idle count, with the limit), so a
-        keep-alive limit below the connection limit makes a busy pool reconnect for nearly every
-        request; the default keeps them equal. Idle connections still close after 5 s.
-        """
-        if max_connections < 1 or pool_shards < 1:
-            raise ValueError("max_connections and pool_shards must be at least 1")
+        """`max_connections` bounds the open connections; `max_keepalive_connections` (default:
+        `max_connections`) bounds the idle ones kept for reuse. `ssl_context` replaces the default
+        verification context (certifi's CA bundle), for example to trust a private CA."""
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self.policy = policy
-        self._shard_count = min(pool_shards, max_connections)
-        keepalive = max_connections if max_keepalive_connections is None else max_keepalive_connections
-        self._limits = httpx.Limits(
-            max_connections=-(-max_connections // self._shard_count),
-            max_keepalive_connections=-(-keepalive // self._shard_count) if keepalive > 0 else 0,
+        self.max_connections = max_connections
+        self.max_keepalive_connections = (
+            max_connections if max_keepalive_connections is None else max_keepalive_connections
         )
-        self._shards: _ShardSet | None = None
-        self._ssl_context: ssl.SSLContext | None = None
+        self._pool: http11.ConnectionPool | None = None
+        self._ssl_context = ssl_context
 
-    def _new_transport(self) -> PolicyTransport:
+    def _tls_context(self) -> ssl.SSLContext:
         if self._ssl_context is None:
-            self._ssl_context = httpx.create_ssl_context(trust_env=False)
-        return PolicyTransport(policy=self.policy, limits=self._limits, ssl_context=self._ssl_context)
+            # Building a context loads the CA bundle (tens of ms): one per client, shared by its connections.
+            context = httpx.create_ssl_context(trust_env=False)
+            context.set_alpn_protocols(["http/1.1"])
+            self._ssl_context = context
+        return self._ssl_context
 
-    def _shard_set(self) -> _ShardSet:
-        loop = asyncio.get_running_loop()
-        if self._shards is None or self._shards.loop is not loop:
-            # Clients from a finished loop cannot be reused (their sockets belong to that loop).
-            self._shards = _ShardSet(count=self._shard_count, make_transport=self._new_transport)
-        return self._shards
+    def _connection_pool(self) -> http11.ConnectionPool:
+        pool = self._pool
+        if pool is None or pool.loop is not asyncio.get_running_loop():
+            # A pool from a finished loop cannot be reused (its sockets belong to that loop).
+            pool = self._pool = http11.ConnectionPool(
+                max_connections=self.max_connections, max_idle=self.max_keepalive_connections
+            )
+        return pool
 
     async def aclose(self) -> None:
-        shards, self._shards = self._shards, None
-        for transport in shards.transports if shards is not None else []:
-            if transport is None:
-                continue
-            try:
-                await transport.aclose()
-            except RuntimeError:  # created in a loop that has since closed
-                logger.debug("outbound client belonged to a closed event loop", exc_info=True)
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await pool.aclose()
+            await asyncio.sleep(0)  # let the transports finish closing
+        except RuntimeError:  # created in a loop that has since closed
+            logger.debug("outbound client belonged to a closed event loop", exc_info=True)
 
     async def __aenter__(self) -> OutboundClient:
         return self
@@ -402,8 +357,8 @@ class OutboundClient:
         `OutboundError` subclass when no usable response came. Messages never contain header values,
         the URL's path/query or the signing secret.
         """
-        validate_outbound_url(url)
-        destination = describe_destination(url)
+        target = _target(url)
+        destination = target.destination
         secrets = [*(headers or {}).values(), *([signing_secret] if signing_secret else [])]
         started = time.perf_counter()
         attempts = 0
@@ -416,12 +371,11 @@ class OutboundClient:
             try:
                 response = await self._attempt(
                     method,
-                    url,
+                    target,
                     content=content,
                     headers=attempt_headers,
                     timeout_s=timeout_s,
                     max_response_bytes=max_response_bytes,
-                    destination=destination,
                 )
             except (OutboundTimeoutError, OutboundConnectionError) as exc:
                 retryable = exc
@@ -446,80 +400,125 @@ class OutboundClient:
                 logger.info("outbound %s failed (%s), retrying", destination, retryable.error_type)
             await asyncio.sleep(backoff_delay(retry_index=attempts - 1, base_s=retry_backoff_s))
 
+    async def _connect(self, target: _Target) -> http11.Connection:
+        """Resolve once, vet every address, then connect to a vetted address (never resolves twice)."""
+        name = target.host
+        try:
+            addresses = [str(ipaddress.ip_address(name))]
+        except ValueError:
+            try:
+                addresses = await resolve_host(name, target.port)
+            except OSError as exc:
+                raise OutboundConnectionError(
+                    f"could not complete the request to {target.destination}: "
+                    f"could not resolve {name} ({exc.strerror or exc})"
+                ) from exc
+        if not addresses:
+            raise OutboundConnectionError(f"{name} has no IPv4/IPv6 address")
+        # Every answer must pass: a name that resolves to one public and one private address is
+        # refused, otherwise an attacker picks which one we reach.
+        for address in addresses:
+            reason = self.policy.address_refusal(address, host=name)
+            if reason is not None:
+                logger.warning("outbound request to %s refused: %s is %s", name, address, reason)
+                raise BlockedAddressError(
+                    f"refused by the outbound policy: {name} resolves to {address}, which is {reason}"
+                )
+        ssl_context = self._tls_context() if target.scheme == "https" else None
+        errors: list[OSError] = []
+        for address in addresses:
+            try:
+                return await http11.open_connection(
+                    address, target.port, ssl_context=ssl_context, server_hostname=name
+                )
+            except OSError as exc:
+                errors.append(exc)
+        raise OutboundConnectionError(
+            f"could not complete the request to {target.destination}: could not connect, "
+            + _describe_os_error(errors[-1])
+        ) from errors[-1]
+
     async def _attempt(
         self,
         method: str,
-        url: str,
+        target: _Target,
         *,
         content: bytes,
         headers: Mapping[str, str],
         timeout_s: float,
         max_response_bytes: int,
-        destination: str,
     ) -> OutboundResponse:
-        request_headers = httpx.Headers(DEFAULT_HEADERS)
-        request_headers.update(headers)
-        shards = self._shard_set()
-        shard, transport = shards.acquire(destination)
+        destination = target.destination
+        try:
+            message, close_after = _request_message(method, target, headers, content)
+        except http11.LocalProtocolError as exc:
+            raise OutboundError(f"the request to {destination} cannot be sent: {exc}") from exc
+        pool = self._connection_pool()
+        head_request = method == "HEAD"
         attempt_started = time.perf_counter()
         try:
-            # httpx timeouts bound each socket operation; the outer deadline bounds the whole attempt
-            # so that a server trickling one byte at a time cannot hold a rollout forever.
+            # One wall-clock deadline for the whole attempt (pool wait, connect, TLS, request,
+            # response), so that a server trickling one byte at a time cannot hold a rollout forever.
             async with asyncio.timeout(timeout_s):
-                request = httpx.Request(
-                    method,
-                    url,
-                    content=content,
-                    headers=request_headers,
-                    extensions={"timeout": httpx.Timeout(timeout_s).as_dict()},
-                )
-                response = await transport.handle_async_request(request)
-                response.request = request
-                try:
-                    if 300 <= response.status_code < 400:
-                        location = response.headers.get("location", "")
-                        raise RedirectRefusedError(
-                            f"{destination} answered {response.status_code} redirecting to "
-                            f"{describe_destination(location) if location else 'nowhere'}; "
-                            "redirects are not followed"
-                        )
-                    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-                    if encoding not in ("", "identity"):
-                        raise InvalidResponseError(
-                            f"{destination} sent a {encoding}-encoded body although identity was requested"
-                        )
-                    declared = response.headers.get("content-length")
-                    if declared and declared.isdigit() and int(declared) > max_response_bytes:
-                        raise ResponseTooLargeError(
-                            f"{destination} announced {int(declared)} bytes, over the {max_response_bytes}-byte limit"
-                        )
-                    body = bytearray()
-                    async for chunk in response.aiter_raw():
-                        body += chunk
-                        if len(body) > max_response_bytes:
-                            raise ResponseTooLargeError(
-                                f"the response from {destination} exceeded the {max_response_bytes}-byte limit"
-                            )
-                    return OutboundResponse(
-                        status_code=response.status_code,
-                        headers={key.lower(): value for key, value in response.headers.items()},
-                        body=bytes(body),
-                        latency_ms=(time.perf_counter() - attempt_started) * 1000,
-                        attempts=1,
+                while True:
+                    connection, reused = await pool.acquire(
+                        target.key, functools.partial(self._connect, target)
                     )
-                finally:
-                    await response.aclose()
-        except (TimeoutError, httpx.TimeoutException) as exc:
+                    reusable = False
+                    try:
+                        try:
+                            connection.write_request(message)
+                            head = await connection.read_head(head_request=head_request)
+                        except http11.ConnectionClosedError as exc:
+                            if reused and exc.before_response:
+                                # The server closed the kept-alive connection while it sat idle.
+                                logger.debug(
+                                    "outbound %s: kept-alive connection was closed, reconnecting", destination
+                                )
+                                continue
+                            raise
+                        status = head.status_code
+                        if 300 <= status < 400:
+                            location = head.headers.get("location", "")
+                            raise RedirectRefusedError(
+                                f"{destination} answered {status} redirecting to "
+                                f"{describe_destination(location) if location else 'nowhere'}; "
+                                "redirects are not followed"
+                            )
+                        encoding = head.headers.get("content-encoding", "identity").strip().lower()
+                        if encoding not in ("", "identity"):
+                            raise InvalidResponseError(
+                                f"{destination} sent a {encoding}-encoded body although identity was requested"
+                            )
+                        body = await connection.read_body(head, max_bytes=max_response_bytes)
+                        reusable = head.keep_alive and not close_after
+                        return OutboundResponse(
+                            status_code=status,
+                            headers=head.headers,
+                            body=body,
+                            latency_ms=(time.perf_counter() - attempt_started) * 1000,
+                            attempts=1,
+                        )
+                    finally:
+                        pool.release(connection, reusable=reusable)
+        except TimeoutError as exc:
             raise OutboundTimeoutError(f"{destination} did not answer within {timeout_s:g} s") from exc
-        except httpx.UnsupportedProtocol as exc:
-            raise InvalidURLError("only http:// and https:// URLs can be called") from exc
-        except (httpx.TransportError, httpcore.ConnectError) as exc:
-            raise OutboundConnectionError(
-                f"could not complete the request to {destination}: {type(exc).__name__}"
-                + (f" ({exc})" if str(exc) and "://" not in str(exc) else "")
+        except http11.BodyTooLargeError as exc:
+            if exc.declared is not None:
+                raise ResponseTooLargeError(
+                    f"{destination} announced {exc.declared} bytes, over the {max_response_bytes}-byte limit"
+                ) from exc
+            raise ResponseTooLargeError(
+                f"the response from {destination} exceeded the {max_response_bytes}-byte limit"
             ) from exc
-        finally:
-            shards.release(shard)
+        except http11.RemoteProtocolError as exc:
+            raise InvalidResponseError(f"{destination} sent an invalid HTTP response: {exc}") from exc
+        except http11.ConnectionClosedError as exc:
+            raise OutboundConnectionError(f"could not complete the request to {destination}: {exc}") from exc
+        except OSError as exc:
+            raise OutboundConnectionError(
+                f"could not complete the request to {destination}: {_describe_os_error(exc)}"
+            ) from exc
 
 
 def run_sync(coroutine_factory: Callable[[], Awaitable[T]]) -> T:

@@ -8,16 +8,51 @@ of a row it cannot read yet.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
+import os
+import threading
 from collections.abc import Sequence
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
 logger = logging.getLogger(__name__)
 
 RUN_EVENTS_MESSAGE_TYPE = "run.events"
+PUBLISH_TIMEOUT_S = 10.0
+
+
+class _PublishLoop:
+    """One event loop in a daemon thread per process, for publishing from sync code (the worker's
+    reporter, views). `async_to_sync` would start a fresh loop for every call, and the channel
+    layer keeps its Redis connections per loop: each publish paid for a new connection. A forked
+    child (Celery's prefork pool) starts its own loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def _get(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="rftweb-publish", daemon=True).start()
+                self._loop, self._pid = loop, os.getpid()
+            return self._loop
+
+    def run(self, coroutine, timeout: float = PUBLISH_TIMEOUT_S):
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._get())
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+
+_publish_loop = _PublishLoop()
 
 
 def run_group_name(run_id: int) -> str:
@@ -35,7 +70,7 @@ def publish_run_events(*, run_id: int, events: Sequence[dict]) -> None:
         if layer is None:
             return
         try:
-            async_to_sync(layer.group_send)(run_group_name(run_id), message)
+            _publish_loop.run(layer.group_send(run_group_name(run_id), message))
         except Exception:  # the record is in the database; a lost notification is filled on reconnect
             logger.warning("could not publish events of run %s", run_id, exc_info=True)
 

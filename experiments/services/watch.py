@@ -96,7 +96,7 @@ def validate_watch_config(raw: Any) -> dict[str, Any]:
 # --- the baseline ------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class Baseline:
     """What normal looks like for this run (from the base model's rollouts)."""
 
@@ -465,8 +465,28 @@ def pause_message(paused_by: Mapping[str, Any]) -> str:
 # --- the database side ------------------------------------------------------------------------------------
 
 
-def run_baseline(*, run_id: int, step_rollouts: Sequence[Mapping[str, Any]] = ()) -> Baseline:
+# A run's baseline, once read from stored rollouts, stays what it is for the rest of the attempt
+# (a resumed attempt may have discarded and re-recorded those steps): kept per (run, attempt) so a
+# step does not read it again. Bounded; a process follows few runs at a time.
+_BASELINES: dict[tuple[int, int], Baseline] = {}
+_BASELINES_KEPT = 64
+
+
+def run_baseline(
+    *, run_id: int, step_rollouts: Sequence[Mapping[str, Any]] = (), attempt: int | None = None
+) -> Baseline:
     """The base model's step-0 eval rollouts; without an eval set, the first train step's rollouts."""
+    if attempt is not None and (run_id, attempt) in _BASELINES:
+        return _BASELINES[run_id, attempt]
+    baseline = _read_run_baseline(run_id=run_id, step_rollouts=step_rollouts)
+    if attempt is not None and baseline.rollouts and not baseline.source.startswith("this step"):
+        while len(_BASELINES) >= _BASELINES_KEPT:
+            del _BASELINES[next(iter(_BASELINES))]
+        _BASELINES[run_id, attempt] = baseline
+    return baseline
+
+
+def _read_run_baseline(*, run_id: int, step_rollouts: Sequence[Mapping[str, Any]]) -> Baseline:
     from ..models import Trajectory
 
     fields = ("reward", "tool_calls", "completion_tokens")
@@ -536,7 +556,7 @@ def watch_recorded_step(
         step=step,
         rollouts=rollouts,
         items=items,
-        baseline=run_baseline(run_id=run.pk, step_rollouts=rollouts),
+        baseline=run_baseline(run_id=run.pk, step_rollouts=rollouts, attempt=run.attempt),
         history=history,
         config=config,
         after_step=int((run.paused_by or {}).get("resumed_at_step", 0)),

@@ -324,6 +324,10 @@ def measure(page, base_url: str, user, *, name: str, rate: float, seconds: float
     listener.start()
     if not ready.wait(15):
         raise RuntimeError("the websockets client could not connect")
+    count_points = (
+        "[...document.querySelectorAll('.chart[data-chart]')].map((c) => Number(c.dataset.points || 0))"
+    )
+    points_before = page.evaluate(count_points)
     stamps: dict = {}
     committed: dict = {}
     errors: list = []
@@ -378,6 +382,8 @@ def measure(page, base_url: str, user, *, name: str, rate: float, seconds: float
     deliveries = [arrived[s] - committed[s] for s in range(1, total + 1) if s in arrived]
     span_s = (stamps[total] - stamps[1]) / 1000
     points = page.evaluate("Number(document.getElementById('chart-reward').dataset.points || 0)")
+    points_after = page.evaluate(count_points)
+    drawn_live = sum(after > before for before, after in zip(points_before, points_after, strict=True))
     return {
         "steps": total,
         "achieved": (total - 1) / span_s if span_s > 0 else math.nan,
@@ -389,6 +395,8 @@ def measure(page, base_url: str, user, *, name: str, rate: float, seconds: float
         "lost": total - len(latencies),
         "frames": len(frames),
         "chart_points": points,
+        "charts_live": drawn_live,
+        "charts": len(points_after),
         "main_thread_busy": busy_ms / phase_ms,
     }
 
@@ -414,7 +422,8 @@ def report(label: str, result: dict, *, rollouts: int) -> None:
         f"  the page's main thread spent {100 * result['main_thread_busy']:.0f} % of the phase in long tasks "
         f"(tasks over 50 ms)\n"
         f"  {result['frames']} frames in the page, {result['lost']} steps never arrived; "
-        f"the reward chart drew {result['chart_points']} points"
+        f"the reward chart drew {result['chart_points']} points; {result['charts_live']} of "
+        f"{result['charts']} charts drew live (those in view; the rest catch up when scrolled to)"
     )
 
 

@@ -1,12 +1,53 @@
 // A Plotly line chart that loads its history once and then grows point by point.
-// New points are buffered and drawn with Plotly.extendTraces at most every FLUSH_MS (~10 redraws
-// a second), so a fast run never floods the browser; `uirevision` keeps the user's zoom and
-// extendTraces never touches the layout. Each trace remembers its last step and drops anything
+// New points are buffered and drawn with Plotly.extendTraces; `uirevision` keeps the user's zoom
+// and extendTraces never touches the layout. Each trace remembers its last step and drops anything
 // at or before it: replays after a reconnect never draw a point twice.
+//
+// A fast run must not flood the browser: every redraw of every chart costs main-thread time, and
+// while the thread draws, new WebSocket frames wait. So the charts of a page share one draw queue
+// that redraws at most every FLUSH_MS and, when drawing gets expensive, spaces the rounds so that
+// drawing takes at most about a third of the time; each chart draws in its own task, so frames
+// are handled between charts; and a chart scrolled out of view keeps its points buffered and
+// draws them when it comes back into view.
 (function (global) {
   "use strict";
 
   const FLUSH_MS = 100;
+  const DRAW_SHARE = 1 / 3; // the most of the main thread's time the live redraws may take
+  const VIEW_MARGIN = "200px 0px"; // start drawing a chart just before it scrolls into view
+
+  const drawQueue = {
+    charts: new Set(),
+    timer: null,
+    lastCost: 0, // ms the last round of redraws took
+    request(chart) {
+      this.charts.add(chart);
+      if (this.timer !== null) return;
+      const wait = Math.max(FLUSH_MS, this.lastCost / DRAW_SHARE - this.lastCost);
+      this.timer = setTimeout(() => this.drain(), wait);
+    },
+    drain() {
+      const charts = [...this.charts];
+      this.charts.clear();
+      let cost = 0;
+      const next = () => {
+        const chart = charts.shift();
+        if (chart) {
+          const started = performance.now();
+          chart.flush();
+          cost += performance.now() - started;
+        }
+        if (charts.length) {
+          setTimeout(next, 0); // let frames that arrived meanwhile in before the next chart
+        } else {
+          this.lastCost = cost;
+          this.timer = null;
+          if (this.charts.size) this.request([...this.charts][0]);
+        }
+      };
+      next();
+    },
+  };
   const COLORS = ["#3b5bdb", "#e67700", "#2b8a3e", "#c92a2a", "#7048e8", "#0b7285", "#d6336c", "#5c940d"];
   const PLOT_CONFIG = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
 
@@ -38,13 +79,20 @@
       this.options = options || {};
       this.keys = new Map(); // metric key -> {index, lastStep}
       this.pending = new Map(); // trace index -> {x: [], y: []}
-      this.timer = null;
       this.band = spec.band || null;
       this.smoothing = this.options.smoothing || 0;
       this.raw = []; // per trace: the points as stored, before smoothing
       this.smoothState = [];
       this.lastStd = undefined;
       this.drawn = false;
+      // Drawn live unless known to be out of view (an observer's first report comes after a frame).
+      this.visible = true;
+      if ("IntersectionObserver" in global) {
+        new IntersectionObserver((entries) => {
+          this.visible = entries[entries.length - 1].isIntersecting;
+          if (this.visible && this.pending.size) drawQueue.request(this);
+        }, { rootMargin: VIEW_MARGIN }).observe(element);
+      }
     }
 
     wants(key) {
@@ -191,12 +239,10 @@
           this.queue(known.index, x, metrics[key]);
         }
       }
-      if (this.pending.size && this.timer === null) this.timer = setTimeout(() => this.flush(), FLUSH_MS);
+      if (this.pending.size && this.visible) drawQueue.request(this);
     }
 
     flush() {
-      if (this.timer !== null) clearTimeout(this.timer);
-      this.timer = null;
       if (!this.pending.size) return;
       const indices = [], xs = [], ys = [];
       for (const [index, points] of this.pending) {

@@ -133,6 +133,19 @@ def test_run_page_charts_grow_live_keep_zoom_and_fill_gaps(page, daphne, owner, 
     )
     assert page.evaluate("document.getElementById('chart-reward').layout.xaxis.range") == [5, 15]
     assert page.inner_text("#progress-step") == "40"
+    # A chart scrolled out of view keeps its new points buffered (it does not spend the page's time
+    # redrawing), and draws them once the user scrolls to it.
+    # (the viewport is 900 px high; charts within 200 px below it count as in view)
+    assert page.evaluate("document.getElementById('chart-grader-errors').getBoundingClientRect().top") > 1100
+    assert int(page.get_attribute("#chart-grader-errors", "data-points")) == 30
+    page.locator("#chart-grader-errors").scroll_into_view_if_needed()
+    # 10 more "excluded" points and the first "timeout" one (step 33)
+    page.wait_for_function(
+        "Number(document.getElementById('chart-grader-errors').dataset.points) === 41", timeout=15000
+    )
+    assert page.evaluate("document.getElementById('chart-grader-errors').data[0].x.slice(-3)") == [38, 39, 40]
+    assert page.evaluate("document.getElementById('chart-grader-errors').data[1].x") == [33]
+    page.evaluate("window.scrollTo(0, 0)")
     assert "ETA" in page.inner_text("#progress-eta")
     assert page.evaluate("document.getElementById('chart-grader-errors').data.map(t => t.name)") == [
         "excluded",

@@ -433,6 +433,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rollouts", type=int, default=50, help="rollouts per step")
     parser.add_argument("--baseline-seconds", type=float, default=15.0, help="of the 1 step/s baseline")
+    parser.add_argument(
+        "--viewport-height",
+        type=int,
+        default=900,
+        help="of the browser window; 3000 puts every chart in view, so all of them draw live",
+    )
     args = parser.parse_args()
     if not Path(CHROMIUM).exists():
         sys.exit("Debian's chromium is needed (apt-get install chromium)")
@@ -476,7 +482,7 @@ def main() -> None:
             browser = playwright.chromium.launch(
                 executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
             )
-            page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+            page = browser.new_context(viewport={"width": 1400, "height": args.viewport_height}).new_page()
             page.add_init_script(STAMP_FRAMES)
             page.goto(f"{base_url}/accounts/login/")
             page.fill("input[name=username]", "bench")

@@ -210,6 +210,11 @@ def main() -> None:
             )
             client = "standalone"
     bound = args.calls * args.latency_ms / 1000
+    if client == "app":
+        import experiments.outbound.client as outbound_client
+
+        # The venv's editable install decides which checkout is imported: say which one it was.
+        print(f"outbound client module: {outbound_client.__file__}")
     print(
         f"machine: {platform.processor() or 'cpu'}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
         f"{args.rollouts} rollouts x {args.calls} tool calls, {args.latency_ms:.0f} ms per call, "

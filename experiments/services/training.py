@@ -219,4 +219,18 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
 
         paused_by = Run.objects.filter(pk=run.pk).values_list("paused_by", flat=True).get() or {}
         return finish(RunStatus.PAUSED, pause_message(paused_by))
+    if reporter.pause_requested:
+        # The rule fired on the last step: nothing was left to pause before. Say so where the user
+        # reads, and do not leave a pause pending on a finished run.
+        paused_by = Run.objects.filter(pk=run.pk).values_list("paused_by", flat=True).get() or {}
+        try:
+            reporter.log(
+                "warning",
+                f"The reward-hacking watch's pause rule fired at the last step ({paused_by.get('detail', '')}); "
+                "training had finished, so the run ends succeeded. Review the flagged rollouts before "
+                "using the adapter.",
+            )
+        except run_services.LeaseLost:
+            return None
+        Run.objects.filter(pk=run.pk, lease_owner=worker_id).update(pause_requested=False)
     return finish(RunStatus.SUCCEEDED)

@@ -93,3 +93,39 @@ def test_the_pause_rule_pauses_a_real_run_keeps_its_checkpoint_and_resume_contin
 
     run_launch.cancel_run(run_id=run_id)
     assert Run.objects.get(pk=run_id).status == RunStatus.CANCELLED
+
+
+def test_a_pause_rule_firing_at_the_last_step_ends_the_run_succeeded_with_a_warning(
+    run_setup, tiny_model_dir, celery_worker_factory
+):
+    unique_run_ids()
+    worker = celery_worker_factory(queues="train,default", name="gpu")
+    response = api_for(run_setup["owner"]).post(
+        "/api/v1/runs/",
+        {
+            "name": "watched to the end",
+            "base_model": str(tiny_model_dir),
+            "train_dataset": run_setup["train"].pk,
+            "eval_dataset": run_setup["eval"].pk,
+            "tools": [run_setup["tool"].pk],
+            "grader": run_setup["grader"].pk,
+            "config": {**TINY_RUN_CONFIG, "steps": 1, "checkpoint_interval": 10},
+            "watch_config": PAUSE_ALWAYS,
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    run = wait_for(
+        lambda: Run.objects.filter(
+            pk=response.json()["id"], status__in=[RunStatus.PAUSED, RunStatus.FAILED, RunStatus.SUCCEEDED]
+        ).first(),
+        timeout_s=180,
+        what="the run to stop",
+        logs=[worker.log],
+    )
+    assert run.status == RunStatus.SUCCEEDED, (run.error, worker.log()[-3000:])
+    assert not run.pause_requested and run.paused_by["step"] == 1  # what fired is kept for the record
+    warning = RunEvent.objects.get(run=run, kind="log", payload__message__icontains="fired at the last step")
+    assert (
+        warning.payload["level"] == "warning" and "Review the flagged rollouts" in warning.payload["message"]
+    )

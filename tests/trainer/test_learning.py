@@ -36,7 +36,10 @@ def test_rl_raises_the_reward_on_the_toy_task_over_http(toy_tool_server, reporte
             "steps": 40,
             "prompts_per_step": 4,
             "group_size": 8,
-            "learning_rate": 2e-3,
+            # 2e-3 learned faster but then drifted into repeated, malformed tool calls on some seeds
+            # and CPUs (seed 1: reward 0.56 -> 0.00); at 1e-3 seeds 1-7 all went from about 0.5 to
+            # 0.82-0.95 over the last 10 steps.
+            "learning_rate": 1e-3,
             # The tiny model's first-token decision (call the tool or guess) moves far faster when
             # the output projection is adapted too.
             "lora_target_modules": [

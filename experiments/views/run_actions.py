@@ -87,6 +87,13 @@ def _owned_run(request, run_id: int):
     return get_object_or_404(selectors.runs_for(user=request.user), pk=run_id)
 
 
+def run_actions_partial(request, run_id: int):
+    """The run page's action bar alone: the page swaps it in when the run's status changes or a
+    checkpoint lands, so Cancel, Resume and the downloads follow the run without a reload."""
+    run = _owned_run(request, run_id)
+    return render(request, "experiments/_run_actions_fragment.html", {"run": run})
+
+
 def download_adapter(request, run_id: int):
     run = _owned_run(request, run_id)
     step = request.GET.get("step")
@@ -143,6 +150,7 @@ def download_rollouts_jsonl(request, run_id: int):
 
 urlpatterns = [
     path("new/", run_create, name="run-create"),
+    path("<int:run_id>/actions/", run_actions_partial, name="run-actions"),
     path("<int:run_id>/cancel/", run_cancel, name="run-cancel"),
     path("<int:run_id>/resume/", run_resume, name="run-resume"),
     path("<int:run_id>/download/adapter.zip", download_adapter, name="run-download-adapter"),

@@ -81,6 +81,7 @@ def run_detail(request, run_id: int):
         "lastSeq": run.last_seq,
         "seriesUrl": reverse("run-series", args=[run.pk]),
         "histogramUrl": reverse("run-histogram", args=[run.pk]),
+        "actionsUrl": reverse("run-actions", args=[run.pk]),
         "socketPath": f"/ws/runs/{run.pk}/",
         "samplesPerStep": samples_per_step(run.config or {}),
         "metricKeys": metric_keys(run.pk),

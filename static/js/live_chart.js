@@ -161,8 +161,13 @@
       this.smoothState = traces.map(() => ({ ema: 0, weight: 0 }));
       traces.forEach((trace, i) => { trace.y = this.smoothed(i); });
       const layout = this.layout();
-      if (!traces.some((trace) => trace.y.length)) layout.annotations = [this.emptyNote()];
       this.hasPoints = traces.some((trace) => trace.y.length);
+      if (!this.hasPoints) {
+        // An empty chart says so, without made-up axes (Plotly draws -1..6 for no data).
+        layout.annotations = [this.emptyNote()];
+        layout.xaxis.visible = false;
+        layout.yaxis.visible = false;
+      }
       Plotly.react(this.el, traces, layout, PLOT_CONFIG);
       this.drawn = true;
       this.el.dataset.points = String(this.pointCount());
@@ -254,7 +259,7 @@
       Plotly.extendTraces(this.el, { x: xs, y: ys }, indices);
       if (!this.hasPoints) {
         this.hasPoints = true;
-        Plotly.relayout(this.el, { annotations: [] });
+        Plotly.relayout(this.el, { annotations: [], "xaxis.visible": true, "yaxis.visible": true });
       }
       this.el.dataset.points = String(this.pointCount());
     }

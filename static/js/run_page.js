@@ -149,6 +149,34 @@
     },
   };
 
+  // The action bar (Cancel, Resume, downloads, checkpoints) is rendered by the server; fetch it
+  // again when the run's status changes or a checkpoint lands, keeping the checkpoint list open
+  // if the user opened it.
+  let actionsTimer = null;
+  function refreshActions() {
+    if (actionsTimer !== null) return;
+    actionsTimer = setTimeout(async () => {
+      actionsTimer = null;
+      const current = document.getElementById("run-actions");
+      if (!current) return;
+      try {
+        const response = await fetch(config.actionsUrl, { credentials: "same-origin" });
+        if (!response.ok) return;
+        const wasOpen = Boolean(current.querySelector("details[open]"));
+        const holder = document.createElement("div");
+        holder.innerHTML = (await response.text()).trim();
+        const fresh = holder.firstElementChild;
+        if (!fresh) return;
+        const details = fresh.querySelector("details");
+        if (details && wasOpen) details.open = true;
+        current.replaceWith(fresh);
+        if (window.htmx) window.htmx.process(fresh);
+      } catch (error) {
+        console.warn("could not refresh the run's actions", error);
+      }
+    }, 300);
+  }
+
   function onEvent(event) {
     if (event.seq <= lastSeq) return;
     lastSeq = event.seq;
@@ -175,10 +203,12 @@
       updateProgress(p.current_step, p.total_steps);
       if (TERMINAL.includes(p.status)) progress.eta.textContent = statusBadge.textContent;
       appendLog(event, `status → ${p.status}${p.error ? ": " + p.error : ""}`);
+      refreshActions();
     } else if (event.kind === "log") {
       appendLog(event, `[${p.level}] ${p.message}`);
     } else if (event.kind === "checkpoint") {
       appendLog(event, `checkpoint at step ${event.step}`);
+      refreshActions();
     }
   }
 
@@ -231,7 +261,6 @@
       const response = await fetch(`${config.histogramUrl}?${params}`, { credentials: "same-origin" });
       if (!response.ok) return;
       const data = await response.json();
-    for (const key of data.keys || []) knownKeys.add(key);
       const parts = [];
       const seen = new Set();
       for (const [part, name, color] of [[data.baseline, "baseline", "#adb5bd"], [data.latest, "latest", "#3b5bdb"], [data.chosen, "chosen", "#e67700"]]) {
@@ -249,6 +278,7 @@
         legend: { orientation: "h", y: 1.12 }, font: { family: "system-ui, sans-serif", size: 11 },
         annotations: traces.length ? [] : [{ text: "no rollouts yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: { color: "#98a2b3", size: 13 } }],
       };
+      if (!traces.length) { layout.xaxis.visible = false; layout.yaxis.visible = false; }
       Plotly.react(node, traces, layout, { responsive: true, displaylogo: false });
       node.dataset.steps = traces.map((t) => t.name).join("; ");
     }

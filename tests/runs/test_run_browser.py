@@ -244,6 +244,9 @@ def test_create_watch_inspect_and_cancel_runs_in_the_browser(
         second = Run.objects.get(pk=second_id)
         assert second.status == RunStatus.CANCELLED
         assert second.current_step < 500
+        # The action bar follows without a reload: nothing left to cancel, Resume offered.
+        page.locator("#resume-run").wait_for(timeout=15000)
+        assert page.locator("#cancel-run").count() == 0
         page.reload()
         assert status_badge(page) == "cancelled"
         assert page.locator("#cancel-run").count() == 0  # nothing left to cancel

@@ -61,8 +61,23 @@ def test_run_pages_are_private(client, run):
         f"/runs/{run.pk}/rollouts/{rollout.trace_id}/",
         f"/runs/{run.pk}/groups/train/1/0/",
         f"/runs/{run.pk}/histogram/",
+        f"/runs/{run.pk}/actions/",
     ):
         assert client.get(path).status_code == 404, path
+
+
+def test_the_action_bar_alone_follows_the_run_state(browser_client, run):
+    run.status = "running"
+    run.save()
+    running = browser_client.get(f"/runs/{run.pk}/actions/").content.decode()
+    assert running.strip().startswith('<section class="card run-actions" id="run-actions">')
+    assert 'id="cancel-run"' in running and 'id="resume-run"' not in running
+    run.status = "failed"
+    run.attempt = 1
+    run.save()
+    failed = browser_client.get(f"/runs/{run.pk}/actions/").content.decode()
+    assert 'id="cancel-run"' not in failed and 'id="resume-run"' in failed
+    assert "csrfmiddlewaretoken" in failed  # its forms post like the page's own
 
 
 def test_rollout_table_defaults_to_the_latest_step_and_pages(browser_client, run):

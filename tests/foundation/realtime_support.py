@@ -22,7 +22,9 @@ def run_socket(run_id: int, *, session: str | None, after: int | None = None) ->
     return WebsocketCommunicator(application, f"/ws/runs/{run_id}/{query}", headers=headers)
 
 
-async def receive_events(communicator: WebsocketCommunicator, *, count: int, timeout: float = 10.0) -> list[dict]:
+async def receive_events(
+    communicator: WebsocketCommunicator, *, count: int, timeout: float = 10.0
+) -> list[dict]:
     """Read frames until `count` events arrived; return them in the order received."""
     events: list[dict] = []
     while len(events) < count:

@@ -24,13 +24,17 @@ def bob():
 def bobs_objects(bob):
     return {
         "dataset": DatasetFactory(owner=bob, name="bob-data"),
-        "tool": ToolFactory(owner=bob, name="bob_tool", headers={"Authorization": "Bearer bob-secret-value-123"}),
+        "tool": ToolFactory(
+            owner=bob, name="bob_tool", headers={"Authorization": "Bearer bob-secret-value-123"}
+        ),
         "grader": GraderFactory(owner=bob, name="bob-grader"),
         "run": RunFactory(owner=bob, name="bob-run"),
     }
 
 
-@pytest.mark.parametrize("path", ["/", "/datasets/", "/tools/", "/graders/", "/runs/", "/compare/", "/runs/1/"])
+@pytest.mark.parametrize(
+    "path", ["/", "/datasets/", "/tools/", "/graders/", "/runs/", "/compare/", "/runs/1/"]
+)
 def test_pages_redirect_anonymous_users_to_login(client, path):
     response = client.get(path)
     assert response.status_code == 302
@@ -39,7 +43,9 @@ def test_pages_redirect_anonymous_users_to_login(client, path):
 
 def test_login_page_answers_and_login_shows_the_dashboard(client, alice):
     assert client.get("/accounts/login/").status_code == 200
-    response = client.post("/accounts/login/", {"username": "alice", "password": "correct horse battery staple"}, follow=True)
+    response = client.post(
+        "/accounts/login/", {"username": "alice", "password": "correct horse battery staple"}, follow=True
+    )
     assert response.status_code == 200
     assert b"Dashboard" in response.content
     assert response.context["user"].username == "alice"
@@ -54,7 +60,12 @@ def test_api_refuses_anonymous_requests(path):
 def test_pages_do_not_show_other_users_objects(client, alice, bobs_objects):
     client.force_login(alice)
     assert client.get(f"/runs/{bobs_objects['run'].pk}/").status_code == 404
-    for path, name in [("/runs/", "bob-run"), ("/datasets/", "bob-data"), ("/tools/", "bob_tool"), ("/graders/", "bob-grader")]:
+    for path, name in [
+        ("/runs/", "bob-run"),
+        ("/datasets/", "bob-data"),
+        ("/tools/", "bob_tool"),
+        ("/graders/", "bob-grader"),
+    ]:
         response = client.get(path)
         assert response.status_code == 200
         assert name.encode() not in response.content
@@ -78,7 +89,9 @@ def test_api_hides_and_protects_other_users_objects(alice, bobs_objects):
         assert listing["count"] == 0, kind
         assert api.get(f"/api/v1/{kind}/{bobs_objects[kind[:-1]].pk}/").status_code == 404, kind
     tool = bobs_objects["tool"]
-    assert api.patch(f"/api/v1/tools/{tool.pk}/", {"description": "hijacked"}, format="json").status_code == 404
+    assert (
+        api.patch(f"/api/v1/tools/{tool.pk}/", {"description": "hijacked"}, format="json").status_code == 404
+    )
     assert api.delete(f"/api/v1/tools/{tool.pk}/").status_code == 404
     tool.refresh_from_db()
     assert tool.description != "hijacked"
@@ -98,8 +111,14 @@ def test_tool_header_values_are_encrypted_at_rest_and_never_echoed(alice):
     secret = "Bearer sk-live-abcdefghijklmnop-9876"
     response = api.post(
         "/api/v1/tools/",
-        {"name": "search", "description": "Search", "parameters": {"type": "object", "properties": {}},
-         "url": "https://tools.example.com/search", "headers": {"Authorization": secret}, "signing_secret": "whsec-0123456789abcdef"},
+        {
+            "name": "search",
+            "description": "Search",
+            "parameters": {"type": "object", "properties": {}},
+            "url": "https://tools.example.com/search",
+            "headers": {"Authorization": secret},
+            "signing_secret": "whsec-0123456789abcdef",
+        },
         format="json",
     )
     assert response.status_code == 201, response.content
@@ -107,7 +126,9 @@ def test_tool_header_values_are_encrypted_at_rest_and_never_echoed(alice):
     assert response.json()["headers_masked"] == {"Authorization": "••••9876"}
     assert "whsec-0123456789abcdef" not in api.get(f"/api/v1/tools/{response.json()['id']}/").content.decode()
     with connection.cursor() as cursor:
-        cursor.execute("SELECT headers, signing_secret FROM experiments_tool WHERE id = %s", [response.json()["id"]])
+        cursor.execute(
+            "SELECT headers, signing_secret FROM experiments_tool WHERE id = %s", [response.json()["id"]]
+        )
         raw_headers, raw_secret = cursor.fetchone()
     assert secret not in raw_headers and "sk-live" not in raw_headers
     assert "whsec" not in raw_secret

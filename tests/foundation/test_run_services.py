@@ -52,7 +52,12 @@ def test_event_seq_is_per_run_and_strictly_increasing_and_metrics_are_idempotent
     run_services.record_metrics(run_id=other.pk, step=1, metrics={"reward": 0.1}, lease_owner="w")
     run_services.log_run(run_id=run.pk, level="info", message="hello")
     # A resumed run repeating step 1 stores and announces nothing new.
-    assert run_services.record_metrics(run_id=run.pk, step=1, metrics={"reward": 0.5, "kl": 0.0}, lease_owner="w") is None
+    assert (
+        run_services.record_metrics(
+            run_id=run.pk, step=1, metrics={"reward": 0.5, "kl": 0.0}, lease_owner="w"
+        )
+        is None
+    )
     run_services.record_metrics(run_id=run.pk, step=2, metrics={"reward": 0.7}, lease_owner="w")
     seqs = list(RunEvent.objects.filter(run=run).order_by("seq").values_list("seq", flat=True))
     assert seqs == [1, 2, 3, 4]  # status(running), step 1, log, step 2

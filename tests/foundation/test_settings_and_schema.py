@@ -18,7 +18,9 @@ def run_manage(*args: str, **env_overrides: str) -> subprocess.CompletedProcess:
     dropped = {"DEBUG", "SECRET_KEY", "FIELD_ENCRYPTION_KEYS", "DJANGO_ALLOW_ASYNC_UNSAFE"}
     env = {key: value for key, value in os.environ.items() if key not in dropped}
     env.update({"DJANGO_SETTINGS_MODULE": "rftweb.settings.production", **env_overrides})
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 PRODUCTION_ENV = {

@@ -28,7 +28,9 @@ def test_no_file_under_trainer_imports_django_or_the_app():
     files = sorted(TRAINER.rglob("*.py"))
     assert files, "trainer/ has no Python files"
     offenders = {
-        str(path.relative_to(TRAINER.parent)): sorted(imported_top_level_modules(path.read_text()) & FORBIDDEN)
+        str(path.relative_to(TRAINER.parent)): sorted(
+            imported_top_level_modules(path.read_text()) & FORBIDDEN
+        )
         for path in files
     }
     offenders = {path: modules for path, modules in offenders.items() if modules}
@@ -38,4 +40,6 @@ def test_no_file_under_trainer_imports_django_or_the_app():
 def test_the_isolation_check_detects_an_offending_import():
     assert imported_top_level_modules("from django.db import models\n") == {"django"}
     assert imported_top_level_modules("import experiments.models as m\n") == {"experiments"}
-    assert "rftweb" in imported_top_level_modules("import importlib\nimportlib.import_module('rftweb.settings')\n")
+    assert "rftweb" in imported_top_level_modules(
+        "import importlib\nimportlib.import_module('rftweb.settings')\n"
+    )

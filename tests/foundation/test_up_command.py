@@ -48,7 +48,11 @@ def test_up_serves_login_and_dashboard_and_ctrl_c_stops_every_process(tmp_path):
     with open(log_path, "wb") as log:
         up = subprocess.Popen(
             [sys.executable, "manage.py", "up", "--port", str(port), "--demo-port", str(demo_port)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + 120
@@ -71,7 +75,11 @@ def test_up_serves_login_and_dashboard_and_ctrl_c_stops_every_process(tmp_path):
             token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login_page.text).group(1)
             dashboard = browser.post(
                 "/accounts/login/",
-                data={"username": "admin", "password": "a-local-admin-password", "csrfmiddlewaretoken": token},
+                data={
+                    "username": "admin",
+                    "password": "a-local-admin-password",
+                    "csrfmiddlewaretoken": token,
+                },
                 headers={"Referer": f"{base}/accounts/login/"},
             )
             assert dashboard.status_code == 200

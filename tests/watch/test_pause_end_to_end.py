@@ -30,36 +30,45 @@ def unique_run_ids():
         )
 
 
-def test_the_pause_rule_pauses_a_real_run_keeps_its_checkpoint_and_resume_continues(
-    run_setup, tiny_model_dir, celery_worker_factory
-):
-    unique_run_ids()
-    worker = celery_worker_factory(queues="train,default", name="gpu")
+STOPPED = [RunStatus.PAUSED, RunStatus.FAILED, RunStatus.SUCCEEDED]
+
+
+def start_watched_run(run_setup, tiny_model_dir, *, name: str, steps: int) -> int:
+    """Create a run whose pause rule fires at its first watched step, through the API; its id."""
     response = api_for(run_setup["owner"]).post(
         "/api/v1/runs/",
         {
-            "name": "watched",
+            "name": name,
             "base_model": str(tiny_model_dir),
             "train_dataset": run_setup["train"].pk,
             "eval_dataset": run_setup["eval"].pk,
             "tools": [run_setup["tool"].pk],
             "grader": run_setup["grader"].pk,
-            "config": {**TINY_RUN_CONFIG, "steps": 4, "checkpoint_interval": 10},
+            "config": {**TINY_RUN_CONFIG, "steps": steps, "checkpoint_interval": 10},
             "watch_config": PAUSE_ALWAYS,
         },
         format="json",
     )
     assert response.status_code == 201, response.content
-    run_id = response.json()["id"]
+    return response.json()["id"]
 
-    run = wait_for(
-        lambda: Run.objects.filter(
-            pk=run_id, status__in=[RunStatus.PAUSED, RunStatus.FAILED, RunStatus.SUCCEEDED]
-        ).first(),
+
+def wait_until_stopped(run_id: int, worker, what: str = "the run to stop") -> Run:
+    return wait_for(
+        lambda: Run.objects.filter(pk=run_id, status__in=STOPPED).first(),
         timeout_s=180,
-        what="the run to stop",
+        what=what,
         logs=[worker.log],
     )
+
+
+def test_the_pause_rule_pauses_a_real_run_keeps_its_checkpoint_and_resume_continues(
+    run_setup, tiny_model_dir, celery_worker_factory
+):
+    unique_run_ids()
+    worker = celery_worker_factory(queues="train,default", name="gpu")
+    run_id = start_watched_run(run_setup, tiny_model_dir, name="watched", steps=4)
+    run = wait_until_stopped(run_id, worker)
     assert run.status == RunStatus.PAUSED, (run.error, worker.log()[-3000:])
     assert run.paused_by["rule"] == "any" and run.paused_by["step"] == 1
     assert "reward-hacking watch" in run.error and "pause threshold 0%" in run.error
@@ -76,14 +85,7 @@ def test_the_pause_rule_pauses_a_real_run_keeps_its_checkpoint_and_resume_contin
     assert report.results["rollouts"] == Trajectory.objects.filter(run_id=run_id, step=0).count() == 4
 
     run_launch.resume_run(run_id=run_id)
-    run = wait_for(
-        lambda: Run.objects.filter(
-            pk=run_id, status__in=[RunStatus.PAUSED, RunStatus.FAILED, RunStatus.SUCCEEDED]
-        ).first(),
-        timeout_s=180,
-        what="the resumed run to stop",
-        logs=[worker.log],
-    )
+    run = wait_until_stopped(run_id, worker, "the resumed run to stop")
     # It continued from the step-1 checkpoint; the rule only counts steps after the Resume, so it
     # fires again at step 2 (the threshold is 0), not at once.
     assert run.status == RunStatus.PAUSED, run.error
@@ -100,28 +102,8 @@ def test_a_pause_rule_firing_at_the_last_step_ends_the_run_succeeded_with_a_warn
 ):
     unique_run_ids()
     worker = celery_worker_factory(queues="train,default", name="gpu")
-    response = api_for(run_setup["owner"]).post(
-        "/api/v1/runs/",
-        {
-            "name": "watched to the end",
-            "base_model": str(tiny_model_dir),
-            "train_dataset": run_setup["train"].pk,
-            "eval_dataset": run_setup["eval"].pk,
-            "tools": [run_setup["tool"].pk],
-            "grader": run_setup["grader"].pk,
-            "config": {**TINY_RUN_CONFIG, "steps": 1, "checkpoint_interval": 10},
-            "watch_config": PAUSE_ALWAYS,
-        },
-        format="json",
-    )
-    assert response.status_code == 201, response.content
-    run = wait_for(
-        lambda: Run.objects.filter(
-            pk=response.json()["id"], status__in=[RunStatus.PAUSED, RunStatus.FAILED, RunStatus.SUCCEEDED]
-        ).first(),
-        timeout_s=180,
-        what="the run to stop",
-        logs=[worker.log],
+    run = wait_until_stopped(
+        start_watched_run(run_setup, tiny_model_dir, name="watched to the end", steps=1), worker
     )
     assert run.status == RunStatus.SUCCEEDED, (run.error, worker.log()[-3000:])
     assert not run.pause_requested and run.paused_by["step"] == 1  # what fired is kept for the record

@@ -120,8 +120,27 @@ def test_readiness_report_and_a_run_with_flags(watched, page, daphne, screenshot
     assert "v1" in versions.nth(1).inner_text() and "not ready" in versions.nth(1).inner_text()
     page.screenshot(path=str(screenshot_dir / "readiness-not-ready.png"), full_page=True)
 
+    # A report still waiting for a worker: the page follows it and shows the results by itself.
+    pending = ReadinessReport.objects.create(
+        owner=owner,
+        name="repo-tasks-eval · files-f1 v2 · k=4 (again)",
+        base_model=watched["strict"].base_model,
+        dataset=watched["strict"].dataset,
+        grader=watched["strict"].grader,
+        grader_version=2,
+        k=4,
+    )
+    page.goto(f"{daphne.url}/readiness/{pending.pk}/")
+    assert "Waiting for a worker" in page.inner_text("#report-pending")
+    ReadinessReport.objects.filter(pk=pending.pk).update(
+        status="succeeded", results=watched["partial"].results
+    )
+    page.wait_for_selector("#readiness-verdict", timeout=20000)
+    assert page.locator("#report-pending").count() == 0
+    assert page.inner_text("#stat-mean") == f"{watched['partial'].results['mean_reward']:.3f}"
+
     page.goto(f"{daphne.url}/readiness/")
-    assert page.locator("#readiness-reports tbody tr").count() == 4
+    assert page.locator("#readiness-reports tbody tr").count() == 5
     page.screenshot(path=str(screenshot_dir / "readiness-list.png"), full_page=True)
 
     page.goto(f"{daphne.url}/runs/{run.pk}/")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, Q, QuerySet, TextField
+from django.db.models import Count, Max, Min, Q, QuerySet, TextField
 from django.db.models.functions import Cast
 
 from ..models import Run, Trajectory
@@ -191,30 +191,18 @@ def rollout_detail(*, user, trace_id: str) -> Trajectory | None:
     return rollouts_for(user=user).select_related("run", "item").filter(trace_id=trace_id).first()
 
 
-def rollout_steps(*, run_id: int, split: str) -> list[int]:
-    """The steps that stored rollouts of `split`, newest first.
+def rollout_step_range(*, run_id: int, split: str) -> tuple[int, int] | None:
+    """The first and the latest step that stored rollouts of `split` (None when there are none).
 
-    On PostgreSQL a recursive skip scan over the (run, split, step) index: one probe per distinct
-    step instead of reading every rollout.
+    Two probes of the (run, split, step) index, however long the run: the pages ask for a step
+    with a number field bounded by these, not a list of every step (20,000 of them for a long run).
     """
-    if connection.vendor != "postgresql":
-        steps = Trajectory.objects.filter(run_id=run_id, split=split).values_list("step", flat=True)
-        return sorted(set(steps), reverse=True)
-    table = Trajectory._meta.db_table
-    sql = f"""
-    WITH RECURSIVE steps(step) AS (
-        (SELECT step FROM {table} WHERE run_id = %(run)s AND split = %(split)s ORDER BY step LIMIT 1)
-        UNION ALL
-        SELECT (SELECT t.step FROM {table} t
-                WHERE t.run_id = %(run)s AND t.split = %(split)s AND t.step > steps.step
-                ORDER BY t.step LIMIT 1)
-        FROM steps WHERE steps.step IS NOT NULL
+    bounds = Trajectory.objects.filter(run_id=run_id, split=split).aggregate(
+        first=Min("step"), latest=Max("step")
     )
-    SELECT step FROM steps WHERE step IS NOT NULL ORDER BY step DESC
-    """
-    with connection.cursor() as cursor:
-        cursor.execute(sql, {"run": run_id, "split": split})
-        return [row[0] for row in cursor.fetchall()]
+    if bounds["first"] is None:
+        return None
+    return bounds["first"], bounds["latest"]
 
 
 def rollout_splits(*, run_id: int) -> list[str]:
@@ -283,10 +271,10 @@ def tool_call_histograms(
 ) -> dict:
     """The chosen step's histogram next to the first (baseline) and the latest step of `split`.
 
-    `{"split", "steps": [...], "baseline": {"step", "counts"}, "latest": {...}, "chosen": {...}}`;
+    `{"split", "first_step", "latest_step", "baseline": {"step", "counts"}, "latest": {...}, "chosen": {...}}`;
     a part is None when the run has no rollouts of `split` (or the chosen step has none).
     """
-    steps = rollout_steps(run_id=run_id, split=split)
+    first, latest = rollout_step_range(run_id=run_id, split=split) or (None, None)
 
     def part(at: int | None) -> dict | None:
         if at is None:
@@ -296,10 +284,11 @@ def tool_call_histograms(
 
     return {
         "split": split,
-        "steps": steps,
-        "baseline": part(steps[-1] if steps else None),
-        "latest": part(steps[0] if steps else None),
-        "chosen": part(step if step is not None else (steps[0] if steps else None)),
+        "first_step": first,
+        "latest_step": latest,
+        "baseline": part(first),
+        "latest": part(latest),
+        "chosen": part(step if step is not None else latest),
     }
 
 

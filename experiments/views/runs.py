@@ -96,7 +96,9 @@ def run_detail(request, run_id: int):
         "page_config": page_config,
         "charts": CHARTS,
         "x_axes": page_config["xAxes"],
-        "rollout_steps": rollout_selectors.rollout_steps(run_id=run.pk, split=Trajectory.Split.TRAIN),
+        "rollout_step_range": rollout_selectors.rollout_step_range(
+            run_id=run.pk, split=Trajectory.Split.TRAIN
+        ),
     }
     return render(request, "experiments/run_page.html", context)
 
@@ -155,9 +157,11 @@ def run_rollouts(request, run_id: int):
     searching = bool(query.get("q"))  # a trace id search looks at every step and split
     if "split" not in query and splits and not searching:
         query["split"] = splits[0]
-    steps = rollout_selectors.rollout_steps(run_id=run.pk, split=query.get("split") or Trajectory.Split.TRAIN)
-    if "step" not in query and steps and not searching:
-        query["step"] = str(steps[0])  # the latest step
+    step_range = rollout_selectors.rollout_step_range(
+        run_id=run.pk, split=query.get("split") or Trajectory.Split.TRAIN
+    )
+    if "step" not in query and step_range and not searching:
+        query["step"] = str(step_range[1])  # the latest step
     form = RolloutFilterForm(query)
     page = None
     error = None
@@ -187,7 +191,7 @@ def run_rollouts(request, run_id: int):
         "form": form,
         "page": page,
         "error": error,
-        "steps": steps,
+        "step_range": step_range,
         "splits": splits,
         "tools": rollout_selectors.tool_names(run=run),
         "next_query": next_query,

@@ -4,9 +4,9 @@
   "use strict";
   const form = document.getElementById("rollout-filters");
   if (!form) return;
-  for (const select of form.querySelectorAll("select")) {
-    select.addEventListener("change", () => {
-      if (select.name === "split") form.elements.step.disabled = true;
+  for (const field of form.querySelectorAll("select, input[name=step]")) {
+    field.addEventListener("change", () => {
+      if (field.name === "split") form.elements.step.disabled = true;
       form.requestSubmit();
     });
   }

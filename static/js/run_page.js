@@ -241,7 +241,7 @@
   // ---- tool-call histogram -------------------------------------------------------------------
   const histogram = (function () {
     const node = document.getElementById("tool-call-histogram");
-    const select = document.getElementById("histogram-step");
+    const stepInput = document.getElementById("histogram-step"); // empty: the latest step
     let refreshTimer = null;
 
     // Every trace gets every count from 0 to the largest seen, so grouped bars line up.
@@ -257,7 +257,7 @@
 
     async function load() {
       const params = new URLSearchParams({ split: "train" });
-      if (select.value) params.set("step", select.value);
+      if (stepInput.value) params.set("step", stepInput.value);
       const response = await fetch(`${config.histogramUrl}?${params}`, { credentials: "same-origin" });
       if (!response.ok) return;
       const data = await response.json();
@@ -279,19 +279,22 @@
         annotations: traces.length ? [] : [{ text: "no rollouts yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: { color: "#98a2b3", size: 13 } }],
       };
       if (!traces.length) { layout.xaxis.visible = false; layout.yaxis.visible = false; }
+      if (stepInput.value && !data.chosen && traces.length) {
+        layout.annotations.push({ text: `no train rollouts at step ${stepInput.value}`, showarrow: false, xref: "paper", yref: "paper", x: 1, y: 1, xanchor: "right", font: { color: "#b54708", size: 12 } });
+      }
       Plotly.react(node, traces, layout, { responsive: true, displaylogo: false });
       node.dataset.steps = traces.map((t) => t.name).join("; ");
     }
 
     function stepArrived(step, splits) {
-      if (splits.includes("train") && ![...select.options].some((o) => o.value === String(step))) {
-        const option = new Option(String(step), String(step));
-        select.insertBefore(option, select.options[1] || null);
+      if (splits.includes("train")) {
+        if (!stepInput.min) stepInput.min = String(step);
+        if (!(Number(stepInput.max) >= step)) stepInput.max = String(step);
       }
       if (refreshTimer === null) refreshTimer = setTimeout(() => { refreshTimer = null; load(); }, 3000);
     }
 
-    select.addEventListener("change", load);
+    stepInput.addEventListener("change", load);
     return { load, stepArrived };
   })();
 

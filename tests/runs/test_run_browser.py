@@ -202,7 +202,11 @@ def test_create_watch_inspect_and_cancel_runs_in_the_browser(
         assert used_tool.exists(), "the warm-started model made no well-formed peek call in 6 steps"
         page.click("text=Browse rollouts")
         page.wait_for_selector("#rollout-filters")
-        page.select_option("#rollout-filters select[name=step]", "")
+        step = page.locator("#rollout-filters input[name=step]")
+        assert step.input_value() == str(Run.objects.get(pk=run_id).current_step)  # the latest step
+        step.fill("")  # all steps
+        with page.expect_navigation():
+            step.press("Enter")
         page.fill("#rollout-filters input[name=tool]", TOY_TOOL_NAME)
         page.click("#rollout-filters button[type=submit]")
         page.wait_for_url(f"**tool={TOY_TOOL_NAME}**")

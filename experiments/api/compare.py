@@ -46,6 +46,7 @@ class CompareRunSerializer(serializers.Serializer):
 class ConfigRowSerializer(serializers.Serializer):
     field = serializers.CharField()
     group = serializers.CharField()
+    help = serializers.CharField(help_text="The setting's one-line help (empty for identity rows).")
     values = serializers.ListField(child=serializers.CharField(), help_text="Shown value per run, in order.")
     raw = serializers.ListField(
         child=serializers.JSONField(), help_text="Stored value per run (defaults filled in)."

@@ -27,7 +27,8 @@ from django.db import connection
 from django.db.models import Max, Min
 from django.utils import timezone
 
-from ..forms.runs import HYPERPARAMETERS, trainer_defaults
+from trainer.config import GROUPS, defaults, settings
+
 from ..models import Run, Trajectory
 from .trajectories import rollout_turns, tool_call_summary
 
@@ -122,7 +123,7 @@ def compare_selection(*, user, run_ids: Sequence[int], baseline_id: int | None =
 def _samples_per_step(run: Run) -> int:
     from .metrics import samples_per_step
 
-    return samples_per_step({**trainer_defaults(), **(run.config or {})})
+    return samples_per_step(run.config or {})
 
 
 # ---- config diff ------------------------------------------------------------------------------
@@ -173,37 +174,43 @@ def config_diff(*, runs: Sequence[Run], differences_only: bool = True) -> dict:
     """One column per run, one row per config field (trainer defaults filled in) and per identity
     (base model, datasets, tools, grader with its version).
 
-    `{"runs": [ids], "rows": [{"field", "group", "values": [str per run], "raw": [...],
+    `{"runs": [ids], "rows": [{"field", "group", "help", "values": [str per run], "raw": [...],
     "is_default": [bool per run], "differs": bool}], "total": n, "differing": m}`; with
     `differences_only` only rows whose values are not all equal.
     """
     # The trainer's `model` is the run's base model, already an identity row.
-    defaults = {name: value for name, value in trainer_defaults().items() if name != "model"}
+    plain_defaults = defaults()  # `extra` (built by a factory) is shown only where a run sets it
+    config_settings = [s for s in settings() if s.name in plain_defaults and s.name != "model"]
+    default_of = {setting.name: setting.default for setting in config_settings}
     rows: list[dict] = []
     for name, group, values in _identity_rows(runs):
         rows.append(
             {
                 "field": name,
                 "group": group,
+                "help": "",
                 "raw": values,
                 "values": [_display(v) for v in values],
                 "is_default": [False] * len(values),
             }
         )
-    ordered = [name for name in HYPERPARAMETERS if name in defaults]
-    ordered += sorted(name for name in defaults if name not in HYPERPARAMETERS)
-    extra = sorted({key for run in runs for key in (run.config or {}) if key not in defaults})
-    for name in ordered + extra:
-        group = HYPERPARAMETERS.get(name, ("Other", ""))[0]
+    # The config's own sections and order; keys the trainer does not know (older runs) come last.
+    known = sorted(config_settings, key=lambda setting: GROUPS.index(setting.group))
+    unknown = sorted({key for run in runs for key in (run.config or {}) if key not in default_of})
+    described = [(s.name, s.group, s.help) for s in known]
+    for name, group, help_text in described + [
+        (key, "Other", "Not a setting of this trainer.") for key in unknown
+    ]:
         values, is_default = [], []
         for run in runs:
             config = run.config or {}
-            values.append(config.get(name, defaults.get(name)))
-            is_default.append(name not in config or config[name] == defaults.get(name))
+            values.append(config.get(name, default_of.get(name)))
+            is_default.append(name not in config or config[name] == default_of.get(name))
         rows.append(
             {
                 "field": name,
                 "group": group,
+                "help": help_text,
                 "raw": values,
                 "values": [_display(v) for v in values],
                 "is_default": is_default,
@@ -350,7 +357,7 @@ SUMMARY_METRICS: tuple[tuple[str, str, bool], ...] = (
 
 def _threshold(run: Run) -> float:
     try:
-        return float((run.config or {}).get("eval_pass_threshold", trainer_defaults()["eval_pass_threshold"]))
+        return float((run.config or {}).get("eval_pass_threshold", defaults()["eval_pass_threshold"]))
     except (TypeError, ValueError):
         return 1.0
 

@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.urls import reverse
 
-from experiments.forms.runs import trainer_defaults
 from experiments.models import MetricPoint
 from experiments.selectors import compare as c
 from tests.factories import RunFactory
+from trainer.config import defaults as trainer_defaults
 
 from .conftest import FINALS
 

@@ -16,7 +16,7 @@ from trainer.config import GROUPS, ConfigError, Setting, TrainerConfig, settings
 from ..models import Grader, Run, Tool
 from ..models.dataset import Dataset, DatasetStatus
 from ..services.training import BUNDLED_MODEL
-from ..services.watch import ROLLOUT_RULES
+from ..watch.rules import ROLLOUT_RULES
 
 
 def form_settings() -> tuple[Setting, ...]:
@@ -77,7 +77,7 @@ class RunForm(forms.Form):
         help_text="Left empty: every registered tool the datasets' items name.",
     )
     grader = forms.ModelChoiceField(queryset=Grader.objects.none())
-    # The reward-hacking watch's pause rule (services/watch.py); flags are recorded either way.
+    # The reward-hacking watch's pause rule (experiments/watch/rules.py); flags are recorded either way.
     watch_pause_enabled = forms.BooleanField(
         required=False, label="Pause the run for review when rollouts look like reward hacking"
     )

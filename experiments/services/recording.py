@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from ..models import Checkpoint, MetricPoint, Run, RunEvent, Trajectory
 from ..models.run import RunStatus
+from ..watch.flags import StepWatch
 from . import readiness, rollups, watch
 from .runs import LeaseLost, NewEvent, _append_events
 
@@ -174,7 +175,7 @@ def record_step(
     return event
 
 
-def _announce_watch(*, run: Run, step: int, watched: watch.StepWatch) -> None:
+def _announce_watch(*, run: Run, step: int, watched: StepWatch) -> None:
     """Log newly fired trends and, when the pause rule fired, ask the worker to pause (it stops after
     this step and keeps its checkpoint; see training.py)."""
     lines = [

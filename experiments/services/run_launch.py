@@ -12,8 +12,8 @@ from django.utils import timezone
 
 from ..models import Dataset, DatasetItem, Grader, Run, RunStatus, Tool
 from ..models.dataset import DatasetStatus
+from ..watch.rules import validate_watch_config
 from . import runs as run_services
-from . import watch
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def create_run(
     except RunValidationError as exc:
         errors.update(exc.errors)
     try:
-        watch_config = watch.validate_watch_config(dict(watch_config or {}))
+        watch_config = validate_watch_config(dict(watch_config or {}))
     except ValueError as exc:
         errors.setdefault("watch_config", []).append(str(exc))
     if errors:

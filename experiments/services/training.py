@@ -215,7 +215,7 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
     if result.stopped and keeper.cancel_requested:
         return finish(RunStatus.CANCELLED, "Cancelled by the user; the last checkpoint is kept.")
     if result.stopped and reporter.pause_requested:
-        from .watch import pause_message
+        from ..watch.flags import pause_message
 
         paused_by = Run.objects.filter(pk=run.pk).values_list("paused_by", flat=True).get() or {}
         return finish(RunStatus.PAUSED, pause_message(paused_by))

@@ -10,7 +10,7 @@ from trainer.config import Setting, settings
 
 from .. import selectors
 from ..models import Dataset, Grader, Run, Tool
-from ..services import run_launch
+from ..services import artifacts, run_launch
 from ..services.runs import RunStateError
 from .common import OwnedReadOnlyViewSet
 
@@ -98,7 +98,12 @@ class RunCreateSerializer(serializers.Serializer):
     )
     train_dataset = OwnedPrimaryKeyField(queryset=Dataset.objects.all())
     eval_dataset = OwnedPrimaryKeyField(queryset=Dataset.objects.all(), required=False, allow_null=True)
-    tools = OwnedPrimaryKeyField(queryset=Tool.objects.all(), many=True, required=False)
+    tools = OwnedPrimaryKeyField(
+        queryset=Tool.objects.all(),
+        many=True,
+        required=False,
+        help_text="Tool ids; omitted or empty: every one of your tools that the datasets' items name.",
+    )
     grader = OwnedPrimaryKeyField(queryset=Grader.objects.all())
     config = TrainerConfigField(
         required=False,
@@ -114,6 +119,10 @@ class RunCreateSerializer(serializers.Serializer):
         help_text='Reward-hacking watch settings, e.g. {"pause": {"enabled": true, "rule": "any", '
         '"threshold": 0.5, "window": 3}}; omitted keys take the defaults.',
     )
+
+
+class MergedBuildSerializer(serializers.Serializer):
+    detail = serializers.CharField()
 
 
 class RunEventSerializer(serializers.Serializer):
@@ -191,6 +200,21 @@ class RunViewSet(mixins.CreateModelMixin, OwnedReadOnlyViewSet):
     def resume(self, request, pk=None):
         """Resume a failed, cancelled or paused run from its last checkpoint (a new attempt)."""
         return self._lifecycle(run_launch.resume_run)
+
+    @extend_schema(request=None, responses={202: MergedBuildSerializer, 409: MergedBuildSerializer})
+    @action(detail=True, methods=["post"], url_path="merged")
+    def build_merged(self, request, pk=None):
+        """Build the merged model (base + the final or latest adapter) in a worker, as the run page's
+        "Build merged model" does; 409 while the run has no adapter yet."""
+        run = self.get_object()
+        try:
+            artifacts.request_merged_model(run=run)
+        except artifacts.ArtifactMissing as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(
+            {"detail": "Building the merged model in a worker; the run's log says when it is ready."},
+            status=status.HTTP_202_ACCEPTED,
+        )
 
     @extend_schema(
         parameters=[OpenApiParameter("after", int, description="Only events with seq greater than this.")],

@@ -54,6 +54,16 @@ def tool_names_referenced(dataset: Dataset) -> set[str]:
     return names
 
 
+def default_tools(*, owner, datasets: Sequence[Dataset | None]) -> list[Tool]:
+    """The owner's registered tools that the datasets' items name (a run's tools when none are chosen)."""
+    referenced: set[str] = set()
+    for dataset in filter(None, datasets):
+        referenced |= tool_names_referenced(dataset)
+    if not referenced:
+        return []
+    return list(Tool.objects.filter(owner=owner, name__in=referenced).order_by("name"))
+
+
 @transaction.atomic
 def create_run(
     *,
@@ -69,9 +79,14 @@ def create_run(
     start: bool = True,
     watch_config: Mapping[str, Any] | None = None,
 ) -> Run:
-    """Validate everything a run needs, store it as queued, and enqueue it on commit."""
+    """Validate everything a run needs, store it as queued, and enqueue it on commit.
+
+    No tools given means every one of the owner's tools that the datasets' items name (the run form
+    and the API alike)."""
     from django.conf import settings
 
+    if not tools:
+        tools = default_tools(owner=owner, datasets=[train_dataset, eval_dataset])
     errors: dict[str, list[str]] = {}
     if not name.strip():
         errors.setdefault("name", []).append("A run needs a name.")

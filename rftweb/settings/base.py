@@ -10,6 +10,8 @@ from pathlib import Path
 
 import environ
 
+from rftweb import queues
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 env = environ.Env()
 
@@ -176,11 +178,11 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_DEFAULT_QUEUE = queues.DEFAULT
 CELERY_TASK_ROUTES = {
-    "experiments.tasks.train_run": {"queue": "train"},
-    "experiments.tasks.build_merged_model": {"queue": "train"},
-    "experiments.tasks.compute_readiness": {"queue": "train"},
+    "experiments.tasks.train_run": {"queue": queues.TRAIN},
+    "experiments.tasks.build_merged_model": {"queue": queues.TRAIN},
+    "experiments.tasks.compute_readiness": {"queue": queues.TRAIN},
 }
 # Longer than the longest run: an unacknowledged training task is redelivered only after this.
 CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -19,7 +19,7 @@ from ..models import Checkpoint, MetricPoint, Run, RunEvent, Trajectory
 from ..models.run import RunStatus
 from ..watch.flags import StepWatch
 from . import readiness, rollups, watch
-from .runs import LeaseLost, NewEvent, _append_events
+from .runs import LeaseLost, NewEvent, append_events
 
 if TYPE_CHECKING:  # the web process never imports the trainer (torch) at run time
     from trainer.interfaces import TrajectoryRecord
@@ -140,7 +140,7 @@ def record_step(
     stored_rollouts = _store_rollouts(rows)
     if not fresh and not stored_rollouts:
         return None
-    (event,) = _append_events(
+    (event,) = append_events(
         run=run,
         events=[
             NewEvent(
@@ -207,7 +207,7 @@ def _announce_watch(*, run: Run, step: int, watched: StepWatch) -> None:
             )
         )
     if lines:
-        _append_events(run=run, events=lines)
+        append_events(run=run, events=lines)
 
 
 @transaction.atomic
@@ -220,7 +220,7 @@ def record_checkpoint(
         step=step,
         defaults={"path": path, "metrics": {key: float(value) for key, value in metrics.items()}},
     )
-    _append_events(
+    append_events(
         run=run,
         events=[NewEvent(kind=RunEvent.Kind.CHECKPOINT, step=step, payload={"path": path, "new": created})],
     )
@@ -237,7 +237,7 @@ def discard_steps_after(*, run_id: int, lease_owner: str, step: int) -> int:
     rollouts, _ = Trajectory.objects.filter(run=run, step__gt=step).delete()
     Run.objects.filter(pk=run.pk).update(current_step=max(step, 0))
     if dropped or rollouts:
-        _append_events(
+        append_events(
             run=run,
             events=[
                 NewEvent(

@@ -14,7 +14,7 @@ from typing import Any
 
 from experiments.demo_servers.data import PRODUCTS, REPOSITORY
 from experiments.graders.formula import FormulaError, parse_formula
-from experiments.outbound.signing import SIGNATURE_HEADER, verify_signature
+from trainer.outbound.signing import SIGNATURE_HEADER, verify_signature
 
 logger = logging.getLogger(__name__)
 

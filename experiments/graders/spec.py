@@ -29,8 +29,8 @@ from experiments.graders.types import (
     StringCheckGrader,
     TextSimilarityGrader,
 )
-from experiments.outbound.client import OutboundError, validate_outbound_url
-from experiments.outbound.policy import OutboundPolicy
+from trainer.outbound.client import OutboundError, validate_outbound_url
+from trainer.outbound.policy import OutboundPolicy
 
 GRADER_TYPES = ("string_check", "text_similarity", "set_match", "score_model", "python", "endpoint", "multi")
 MAX_NESTING = 3

@@ -17,9 +17,9 @@ from experiments.graders.formula import Formula, FormulaError
 from experiments.graders.sandbox import SandboxLimits, run_python_grader
 from experiments.graders.similarity import similarity
 from experiments.graders.templates import render, resolve
-from experiments.outbound.client import OutboundClient, OutboundError, OutboundResponse, redact
-from experiments.outbound.policy import OutboundPolicy
-from experiments.outbound.tools import ROLLOUT_ID_HEADER
+from trainer.outbound.client import OutboundClient, OutboundError, OutboundResponse, redact
+from trainer.outbound.policy import OutboundPolicy
+from trainer.outbound.tools import ROLLOUT_ID_HEADER
 
 STRING_OPERATIONS = ("eq", "ne", "like", "ilike")
 SET_METRICS = ("f1", "precision", "recall")

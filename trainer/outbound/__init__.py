@@ -1,15 +1,15 @@
 """All outbound HTTP of rftweb: the SSRF policy, the client that enforces it, signing, tool calls."""
 
-from experiments.outbound.client import (
+from trainer.outbound.client import (
     BlockedAddressError,
     OutboundClient,
     OutboundError,
     OutboundResponse,
     run_sync,
 )
-from experiments.outbound.policy import OutboundPolicy, policy_from_settings
-from experiments.outbound.signing import sign_body, verify_signature
-from experiments.outbound.tools import HttpToolExecutor, ToolEndpoint, try_tool_call
+from trainer.outbound.policy import OutboundPolicy
+from trainer.outbound.signing import sign_body, verify_signature
+from trainer.outbound.tools import HttpToolExecutor, ToolEndpoint, try_tool_call
 
 __all__ = [
     "BlockedAddressError",
@@ -19,7 +19,6 @@ __all__ = [
     "OutboundPolicy",
     "OutboundResponse",
     "ToolEndpoint",
-    "policy_from_settings",
     "run_sync",
     "sign_body",
     "try_tool_call",

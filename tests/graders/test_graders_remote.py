@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from experiments.graders import GraderContext, build_grader, make_sample, run_grader
 from tests.http_test_server import Reply
+from trainer.graders import GraderContext, build_grader, make_sample, run_grader
 from trainer.outbound.policy import OutboundPolicy
 from trainer.outbound.signing import verify_signature
 

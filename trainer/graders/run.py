@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from experiments.graders.spec import GraderContext, build_grader
+from trainer.graders.spec import GraderContext, build_grader
 from trainer.interfaces import GradeResult
 from trainer.outbound.client import run_sync
 

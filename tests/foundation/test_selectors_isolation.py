@@ -62,7 +62,7 @@ def forbidden_paths(start_modules: list[str], sources: dict[str, tuple[str, bool
         while queue:
             current = queue.pop()
             source, is_package = sources[current]
-            for name in imported_modules(source, module=current, is_package=is_package):
+            for name in sorted(imported_modules(source, module=current, is_package=is_package)):
                 if name.startswith(FORBIDDEN):
                     found.setdefault(start, [*chains[current], name])
                     continue

@@ -6,7 +6,7 @@
 The bound is 3 sequential tool calls per rollout = 0.3 s (all rollouts' calls of a turn run
 concurrently); sequential execution would take 256 x 3 x 0.1 = 77 s. Prints the wall time and its ratio
 to the bound (goal <= 3x). Tool calls go through the app's real HttpToolExecutor
-(experiments.outbound.tools); `--client standalone` uses trainer.standalone's executor instead, and
+(trainer.outbound.tools); `--client standalone` uses trainer.standalone's executor instead, and
 `--client none` replaces HTTP with a 100 ms sleep to isolate the rollout engine's own overhead.
 `--server process` runs the tool server in a child process instead of 256 threads of this one.
 """
@@ -39,7 +39,7 @@ TOOLS = [
 
 
 CLIENT_NAMES = {
-    "app": "experiments.outbound.tools.HttpToolExecutor",
+    "app": "trainer.outbound.tools.HttpToolExecutor",
     "standalone": "trainer.standalone.SimpleHttpToolExecutor",
     "none": "no HTTP (asyncio.sleep per call)",
 }
@@ -109,8 +109,8 @@ def make_executor(kind: str, url: str, latency_s: float):
     if kind == "none":
         return SleepExecutor(latency_s)
     if kind == "app":
-        from experiments.outbound.policy import OutboundPolicy
-        from experiments.outbound.tools import HttpToolExecutor, ToolEndpoint
+        from trainer.outbound.policy import OutboundPolicy
+        from trainer.outbound.tools import HttpToolExecutor, ToolEndpoint
 
         return HttpToolExecutor(
             endpoints={"lookup": ToolEndpoint(url=url, timeout_s=30.0)},
@@ -203,7 +203,7 @@ def main() -> None:
     client = args.client
     if client == "app":
         try:
-            import experiments.outbound.tools  # noqa: F401
+            import trainer.outbound.tools  # noqa: F401
         except ImportError as error:
             print(
                 f"the app's HttpToolExecutor is not importable ({error}); using trainer.standalone's executor"
@@ -211,7 +211,7 @@ def main() -> None:
             client = "standalone"
     bound = args.calls * args.latency_ms / 1000
     if client == "app":
-        import experiments.outbound.client as outbound_client
+        import trainer.outbound.client as outbound_client
 
         # The venv's editable install decides which checkout is imported: say which one it was.
         print(f"outbound client module: {outbound_client.__file__}")

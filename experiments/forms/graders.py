@@ -11,9 +11,10 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
+from trainer.graders.similarity import METRICS
+from trainer.graders.types import SET_METRICS, STRING_OPERATIONS
+
 from ..fields import mask_secret
-from ..graders.similarity import METRICS
-from ..graders.types import SET_METRICS, STRING_OPERATIONS
 from .tools import HeaderRow, JSONTextField, json_textarea, pretty_json
 
 TEMPLATE_ATTRS = {"class": "mono", "spellcheck": "false", "autocomplete": "off"}

@@ -20,10 +20,10 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from trainer.graders import GraderContext, GraderSpecError, build_grader, make_sample, run_grader
 from trainer.interfaces import GradeResult
 
 from ..fields import mask_secret
-from ..graders import GraderContext, GraderSpecError, build_grader, make_sample, run_grader
 from ..models import Grader
 from ..outbound import policy_from_settings
 

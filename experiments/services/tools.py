@@ -17,9 +17,11 @@ import jsonschema
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from trainer.outbound import ToolEndpoint, try_tool_call
+from trainer.outbound.tools import TryToolCallResult
+
 from ..models import Tool
-from ..outbound import ToolEndpoint, policy_from_settings, try_tool_call
-from ..outbound.tools import TryToolCallResult
+from ..outbound import policy_from_settings
 
 # RFC 9110 token characters: what a header name may contain.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")

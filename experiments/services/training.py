@@ -110,8 +110,9 @@ def build_tool_executor(run: Run):
 
 def build_tool_executor_for(tools):
     """The HTTP tool executor (through the SSRF-safe outbound module) for these registered tools."""
-    from ..outbound.policy import policy_from_settings
-    from ..outbound.tools import HttpToolExecutor, ToolEndpoint
+    from trainer.outbound.tools import HttpToolExecutor, ToolEndpoint
+
+    from ..outbound import policy_from_settings
 
     endpoints = {
         tool.name: ToolEndpoint(

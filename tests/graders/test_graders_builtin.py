@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from experiments.graders import GraderContext, GraderSpecError, build_grader, make_sample, run_grader
+from trainer.graders import GraderContext, GraderSpecError, build_grader, make_sample, run_grader
 from trainer.interfaces import Grader
 
 # The grader JSON examples of PRODUCT.md, pasted as they are (the multi example's "{...}" filled in).

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.graders import GraderContext, SandboxLimits, build_grader, make_sample, sandbox_status
+from trainer.graders import GraderContext, SandboxLimits, build_grader, make_sample, sandbox_status
 
 pytestmark = pytest.mark.skipif(not sandbox_status().available, reason=sandbox_status().reason)
 

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from experiments.graders import GraderContext, build_grader, make_sample, run_grader
-from experiments.outbound.policy import OutboundPolicy
-from experiments.outbound.signing import verify_signature
 from tests.http_test_server import Reply
+from trainer.graders import GraderContext, build_grader, make_sample, run_grader
+from trainer.outbound.policy import OutboundPolicy
+from trainer.outbound.signing import verify_signature
 
 DEV = GraderContext(policy=OutboundPolicy(allow_loopback=True), retry_backoff_s=0.01, max_retries=2)
 TRAJECTORY = [

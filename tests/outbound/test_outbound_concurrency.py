@@ -14,11 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from experiments.outbound.client import OutboundClient
-from experiments.outbound.policy import OutboundPolicy
-from experiments.outbound.tools import HttpToolExecutor, ToolEndpoint
 from tests.http_test_server import Reply, ScriptedServer
 from trainer.interfaces import ToolCall
+from trainer.outbound.client import OutboundClient
+from trainer.outbound.policy import OutboundPolicy
+from trainer.outbound.tools import HttpToolExecutor, ToolEndpoint
 
 DEV = OutboundPolicy(allow_loopback=True)
 CALLS = 256

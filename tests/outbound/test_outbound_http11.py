@@ -1,4 +1,4 @@
-"""The outbound client's own HTTP/1.1 layer (experiments.outbound.http11) against real local servers.
+"""The outbound client's own HTTP/1.1 layer (trainer.outbound.http11) against real local servers.
 
 `RawServer` is an asyncio TCP server on 127.0.0.1 that reads each request (head and Content-Length
 body) and answers with exactly the bytes a test scripts, so framing, malformed responses and
@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from experiments.outbound.client import (
+from trainer.outbound.client import (
     InvalidResponseError,
     OutboundClient,
     OutboundConnectionError,
@@ -31,8 +31,8 @@ from experiments.outbound.client import (
     RedirectRefusedError,
     ResponseTooLargeError,
 )
-from experiments.outbound.http11 import CHUNKED, LENGTH, MAX_HEAD_BYTES, NO_BODY, UNTIL_CLOSE, parse_head
-from experiments.outbound.policy import OutboundPolicy
+from trainer.outbound.http11 import CHUNKED, LENGTH, MAX_HEAD_BYTES, NO_BODY, UNTIL_CLOSE, parse_head
+from trainer.outbound.policy import OutboundPolicy
 
 DEV = OutboundPolicy(allow_loopback=True)
 
@@ -666,7 +666,7 @@ def _leaf(ca_cert, ca_key, hostname: str, tmp_path) -> tuple[str, str]:
 def tls(tmp_path, monkeypatch):
     """A CA, a server context for `tools.test` and a client context trusting only that CA; the name
     resolves to 127.0.0.1 (only the resolver is patched)."""
-    from experiments.outbound import client as outbound_client
+    from trainer.outbound import client as outbound_client
 
     async def resolve(host, port):
         return ["127.0.0.1"]
@@ -716,7 +716,7 @@ async def test_https_uses_the_host_name_for_sni_certificate_and_host_header(tls)
 
 
 def test_ipv6_literals_are_bracketed_in_the_host_header():
-    from experiments.outbound.client import _target
+    from trainer.outbound.client import _target
 
     target = _target("http://[::1]:8080/p")
     assert (target.host, target.port, target.host_header) == ("::1", 8080, "[::1]:8080")

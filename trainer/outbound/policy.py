@@ -191,16 +191,3 @@ class OutboundPolicy:
 
     def is_address_allowed(self, address: str | IPAddress, *, host: str = "") -> bool:
         return self.address_refusal(address, host=host) is None
-
-
-def policy_from_settings() -> OutboundPolicy:
-    """The policy configured in Django settings (RFT_OUTBOUND_ALLOW_LOOPBACK, RFT_OUTBOUND_ALLOWLIST)."""
-    from django.conf import settings  # lazy: this package works without Django
-
-    allowlist = getattr(settings, "RFT_OUTBOUND_ALLOWLIST", ()) or ()
-    if isinstance(allowlist, str):
-        allowlist = [part for part in allowlist.replace(",", " ").split() if part]
-    return OutboundPolicy(
-        allow_loopback=bool(getattr(settings, "RFT_OUTBOUND_ALLOW_LOOPBACK", False)),
-        allowlist=tuple(allowlist),
-    )

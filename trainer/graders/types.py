@@ -11,15 +11,15 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from experiments.graders.base import Evaluation, Grader, GradingInput
-from experiments.graders.errors import GraderError
-from experiments.graders.formula import Formula, FormulaError
-from experiments.graders.sandbox import SandboxLimits, run_python_grader
-from experiments.graders.similarity import similarity
-from experiments.graders.templates import render, resolve
-from experiments.outbound.client import OutboundClient, OutboundError, OutboundResponse, redact
-from experiments.outbound.policy import OutboundPolicy
-from experiments.outbound.tools import ROLLOUT_ID_HEADER
+from trainer.graders.base import Evaluation, Grader, GradingInput
+from trainer.graders.errors import GraderError
+from trainer.graders.formula import Formula, FormulaError
+from trainer.graders.sandbox import SandboxLimits, run_python_grader
+from trainer.graders.similarity import similarity
+from trainer.graders.templates import render, resolve
+from trainer.outbound.client import OutboundClient, OutboundError, OutboundResponse, redact
+from trainer.outbound.policy import OutboundPolicy
+from trainer.outbound.tools import ROLLOUT_ID_HEADER
 
 STRING_OPERATIONS = ("eq", "ne", "like", "ilike")
 SET_METRICS = ("f1", "precision", "recall")

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from experiments.graders.errors import GraderError
-from experiments.graders.templates import TemplateContext
+from trainer.graders.errors import GraderError
+from trainer.graders.templates import TemplateContext
 from trainer.interfaces import GradeResult
 
 logger = logging.getLogger(__name__)

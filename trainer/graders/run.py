@@ -6,9 +6,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from experiments.graders.spec import GraderContext, build_grader
-from experiments.outbound.client import run_sync
+from trainer.graders.spec import GraderContext, build_grader
 from trainer.interfaces import GradeResult
+from trainer.outbound.client import run_sync
 
 
 def make_sample(

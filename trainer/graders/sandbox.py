@@ -32,7 +32,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from experiments.graders.errors import GraderError
+from trainer.graders.errors import GraderError
 
 logger = logging.getLogger(__name__)
 

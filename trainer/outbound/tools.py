@@ -20,7 +20,8 @@ from typing import Any
 
 import orjson
 
-from experiments.outbound.client import (
+from trainer.interfaces import ToolCall, ToolResult
+from trainer.outbound.client import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT_S,
     OutboundClient,
@@ -33,9 +34,8 @@ from experiments.outbound.client import (
     redact,
     run_sync,
 )
-from experiments.outbound.policy import OutboundPolicy
-from experiments.outbound.signing import SIGNATURE_HEADER, sign_body
-from trainer.interfaces import ToolCall, ToolResult
+from trainer.outbound.policy import OutboundPolicy
+from trainer.outbound.signing import SIGNATURE_HEADER, sign_body
 
 logger = logging.getLogger(__name__)
 

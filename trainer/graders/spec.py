@@ -12,13 +12,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from experiments.graders.base import Grader
-from experiments.graders.errors import GraderSpecError
-from experiments.graders.formula import FUNCTIONS, FormulaError, parse_formula
-from experiments.graders.sandbox import SandboxLimits, sandbox_status
-from experiments.graders.similarity import METRICS
-from experiments.graders.templates import validate_template
-from experiments.graders.types import (
+from trainer.graders.base import Grader
+from trainer.graders.errors import GraderSpecError
+from trainer.graders.formula import FUNCTIONS, FormulaError, parse_formula
+from trainer.graders.sandbox import SandboxLimits, sandbox_status
+from trainer.graders.similarity import METRICS
+from trainer.graders.templates import validate_template
+from trainer.graders.types import (
     SET_METRICS,
     STRING_OPERATIONS,
     EndpointGrader,
@@ -29,8 +29,8 @@ from experiments.graders.types import (
     StringCheckGrader,
     TextSimilarityGrader,
 )
-from experiments.outbound.client import OutboundError, validate_outbound_url
-from experiments.outbound.policy import OutboundPolicy
+from trainer.outbound.client import OutboundError, validate_outbound_url
+from trainer.outbound.policy import OutboundPolicy
 
 GRADER_TYPES = ("string_check", "text_similarity", "set_match", "score_model", "python", "endpoint", "multi")
 MAX_NESTING = 3

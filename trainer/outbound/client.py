@@ -11,7 +11,7 @@ Also here: no redirects followed (a 3xx is an error: the target would escape the
 the URL the user registered), no proxies from the environment, no cookie jar, a wall-clock deadline
 per attempt, a response size cap enforced while the body streams in, and retries with exponential
 backoff for 5xx, timeouts and connection errors. HTTP/1.1 itself (parsing, framing, the keep-alive
-connection pool) is `experiments.outbound.http11`.
+connection pool) is `trainer.outbound.http11`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import Any, TypeVar
 
 import httpx
 
-from experiments.outbound import http11
-from experiments.outbound.policy import OutboundPolicy
-from experiments.outbound.signing import SIGNATURE_HEADER, sign_body
+from trainer.outbound import http11
+from trainer.outbound.policy import OutboundPolicy
+from trainer.outbound.signing import SIGNATURE_HEADER, sign_body
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ def _describe_os_error(exc: OSError) -> str:
 class OutboundClient:
     """An async, pooled, policy-enforcing HTTP/1.1 client.
 
-    Requests go over `experiments.outbound.http11` connections: one bounded pool per event loop with
+    Requests go over `trainer.outbound.http11` connections: one bounded pool per event loop with
     at most `max_connections` connections over all origins, finished keep-alive connections reused
     per origin (closed after 5 s idle). A request on a reused connection that the server had already
     closed is sent again on a fresh connection, transparently. There is no cookie jar (one tool server

@@ -1,6 +1,6 @@
 """A small HTTP/1.1 client protocol and keep-alive connection pool over asyncio (no policy here).
 
-`experiments.outbound.client` is the only user: it resolves and vets addresses, builds the request head
+`trainer.outbound.client` is the only user: it resolves and vets addresses, builds the request head
 and maps the exceptions below onto its `OutboundError` types. This module only speaks HTTP/1.1:
 
 * `Connection` is an `asyncio.Protocol` that carries one request at a time. The response head is

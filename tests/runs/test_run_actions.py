@@ -20,6 +20,7 @@ from tests.factories import (
     ToolFactory,
     UserFactory,
 )
+from tests.run_forms import form_data
 
 pytestmark = pytest.mark.django_db
 
@@ -48,16 +49,6 @@ def setup():
         "tools": tools,
         "grader": GraderFactory(owner=owner),
     }
-
-
-def form_data(form: RunForm, **values) -> dict:
-    data = {}
-    for name, field in form.fields.items():
-        initial = form.get_initial_for_field(field, name)
-        if initial is not None and not isinstance(initial, bool):
-            data[name] = initial
-    data.update(values)
-    return {key: value for key, value in data.items() if value is not None}
 
 
 def test_a_launch_without_tools_takes_the_tools_the_datasets_name_in_the_form_and_the_api_alike(

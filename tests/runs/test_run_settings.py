@@ -10,6 +10,7 @@ from django.test import Client
 from experiments.forms.runs import RunForm
 from experiments.models import Run
 from tests.factories import DatasetFactory, DatasetItemFactory, GraderFactory, UserFactory
+from tests.run_forms import form_data
 from trainer.config import GROUPS, settings
 
 pytestmark = pytest.mark.django_db
@@ -48,16 +49,6 @@ def test_the_form_groups_settings_as_the_config_does_in_its_order():
     for group, names in by_group.items():
         assert names == [s.name for s in shown_settings() if s.group == group]
     assert by_group["Rollouts"][:2] == ["prompts_per_step", "group_size"]
-
-
-def form_data(form: RunForm, **values) -> dict:
-    data = {}
-    for name, field in form.fields.items():
-        initial = form.get_initial_for_field(field, name)
-        if initial is not None and not isinstance(initial, bool):
-            data[name] = initial
-    data.update(values)
-    return {key: value for key, value in data.items() if value is not None}
 
 
 def test_the_trainers_bounds_are_reported_on_the_field_and_only_changes_are_stored(

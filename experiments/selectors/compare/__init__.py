@@ -10,7 +10,7 @@ One module per part of the page: `selection` (which runs, their colours), `confi
 """
 
 from .config_diff import config_diff
-from .curves import compare_metric_keys, ema_debiased, overlaid_series
+from .curves import compare_metric_keys, overlaid_series
 from .evals import SUMMARY_METRICS, EvalRollout, eval_stats, eval_steps, eval_summary, pass_at_k
 from .exports import items_csv_rows, summary_csv_rows
 from .items import DEFAULT_TOLERANCE, ITEM_STATUSES, classify, item_comparison, item_rollouts
@@ -38,7 +38,6 @@ __all__ = [
     "compare_metric_keys",
     "compare_selection",
     "config_diff",
-    "ema_debiased",
     "eval_stats",
     "eval_steps",
     "eval_summary",

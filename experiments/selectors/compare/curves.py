@@ -4,7 +4,6 @@ until it records again) and the metric keys any of them has."""
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,25 +12,6 @@ from django.db import connection
 
 from ...models import Run
 from ..metrics import MAX_POINTS_LIMIT, MIN_POINTS, X_AXES, SeriesRequestError, metric_keys, metric_series
-
-
-def ema_debiased(values: Sequence[float | None], alpha: float) -> list[float | None]:
-    """EMA with debias, as the experiment trackers draw it: ema_t = a·ema_(t-1) + (1-a)·x_t, shown as
-    ema_t / (1 - a^t), t counting the finite points so far. Non-finite points pass through
-    unchanged and do not advance the average (the same as `static/js/live_chart.js`)."""
-    if alpha <= 0:
-        return list(values)
-    ema = 0.0
-    weight = 0.0
-    out: list[float | None] = []
-    for value in values:
-        if value is None or not math.isfinite(value):
-            out.append(value)
-            continue
-        ema = alpha * ema + (1 - alpha) * value
-        weight = alpha * weight + (1 - alpha)  # = 1 - a^t
-        out.append(ema / weight)
-    return out
 
 
 def compare_metric_keys(*, run_ids: Sequence[int]) -> list[str]:
@@ -82,10 +62,9 @@ def overlaid_series(
     max_points: int = 2000,
     step_min: int | None = None,
     step_max: int | None = None,
-    smoothing: float = 0.0,
 ) -> dict:
-    """`metric_series` (min/max/last-preserving downsampling) for several runs, with the debiased
-    EMA added as `y_smooth` when `smoothing` > 0.
+    """`metric_series` (min/max/last-preserving downsampling) for several runs. Smoothing is the
+    charts' own (`RftSmoothing` in static/js/live_chart.js): the points are returned as stored.
 
     Each run's answer is cached under the run's `last_seq`: a run that records a step gets a new
     `last_seq` and so a fresh answer, while finished runs (most of a comparison, viewed again on
@@ -96,7 +75,8 @@ def overlaid_series(
         raise SeriesRequestError(f"x_axis must be one of {', '.join(X_AXES)}.")
     max_points = max(MIN_POINTS, min(int(max_points), MAX_POINTS_LIMIT))
     keys = list(dict.fromkeys(keys))
-    request = (tuple(keys), x_axis, max_points, step_min, step_max)
+    window = {"x_axis": x_axis, "max_points": max_points, "step_min": step_min, "step_max": step_max}
+    request = (tuple(keys), *window.values())
     last_seqs = dict(Run.objects.filter(pk__in=run_ids).values_list("pk", "last_seq"))
     found: dict[int, dict] = {}
     cache_keys = {run_id: _series_cache_key(run_id, last_seqs[run_id], request) for run_id in last_seqs}
@@ -106,23 +86,11 @@ def overlaid_series(
             found[run_id] = cached[cache_key]
     to_read = [run_id for run_id in run_ids if run_id in last_seqs and run_id not in found]
     if to_read:
-        fresh = _read_series(
-            run_ids=to_read,
-            keys=keys,
-            max_points=max_points,
-            x_axis=x_axis,
-            step_min=step_min,
-            step_max=step_max,
-        )
+        fresh = _read_series(run_ids=to_read, keys=keys, **window)
         found.update(fresh)
         cache.set_many({cache_keys[run_id]: data for run_id, data in fresh.items()}, SERIES_CACHE_SECONDS)
-    result = {
+    return {
         "x_axis": x_axis,
         "max_points": max_points,
         "runs": {run_id: found[run_id] for run_id in run_ids if run_id in found},
     }
-    if smoothing > 0:
-        for run in result["runs"].values():
-            for series in run["series"].values():
-                series["y_smooth"] = ema_debiased(series["y"], smoothing)
-    return result

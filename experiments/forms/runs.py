@@ -128,8 +128,11 @@ class RunForm(forms.Form):
             try:
                 TrainerConfig.from_dict({**config, "model": "placeholder-model"})
             except ConfigError as exc:
-                name = str(exc).split(":", 1)[0]
-                self.add_error(name if name in self.fields else None, str(exc))
+                name, _, reason = str(exc).partition(": ")
+                if name in self.fields:
+                    self.add_error(name, reason[:1].upper() + reason[1:] + ".")
+                else:
+                    self.add_error(None, str(exc))
                 if name not in config:
                     break
                 del config[name]

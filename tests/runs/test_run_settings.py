@@ -65,8 +65,8 @@ def test_the_trainers_bounds_are_reported_on_the_field_and_only_changes_are_stor
     refused = client.post("/runs/new/", form_data(RunForm(user=owner), **base, group_size="1", steps="0"))
     assert refused.status_code == 200
     errors = refused.context["form"].errors
-    assert "group_size: must be >= 2" in errors["group_size"][0]
-    assert "steps: must be >= 1" in errors["steps"][0]
+    assert errors["group_size"] == ["Must be >= 2 (GRPO compares rollouts within a group), got 1."]
+    assert errors["steps"] == ["Must be >= 1, got 0."]
     assert not Run.objects.exists()
 
     with django_capture_on_commit_callbacks(execute=False):

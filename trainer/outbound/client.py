@@ -38,7 +38,9 @@ import httpcore2
 import httpx2
 
 from trainer.outbound.policy import OutboundPolicy
+from trainer.outbound.pool import ConnectionPool
 from trainer.outbound.signing import SIGNATURE_HEADER, sign_body
+from trainer.outbound.streams import open_tcp_stream
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +223,7 @@ class _Target:
     url: httpcore2.URL
     host_header: bytes
     destination: str  # scheme://host:port, for messages
+    key: str  # the connection pool's origin key
 
 
 @functools.lru_cache(maxsize=1024)
@@ -250,6 +253,7 @@ def _target(url: str) -> _Target:
         ),
         host_header=host_header.encode("ascii"),
         destination=describe_destination(url),
+        key=f"{scheme}://{host}:{port}",
     )
 
 
@@ -317,8 +321,6 @@ class VettedNetworkBackend(httpcore2.AsyncNetworkBackend):
         self.policy = policy
         self.connect_timeout_s = connect_timeout_s
         self.happy_eyeballs_delay_s = happy_eyeballs_delay_s
-        # Given an address literal, anyio connects without a lookup.
-        self._sockets = httpcore2.AnyIOBackend()
 
     async def vetted_addresses(self, host: str, port: int) -> list[str]:
         """Every address `host` resolves to, all allowed by the policy (else BlockedAddressError)."""
@@ -357,18 +359,14 @@ class VettedNetworkBackend(httpcore2.AsyncNetworkBackend):
         addresses = await self.vetted_addresses(host, port)
         per_address = self.connect_timeout_s if timeout is None else min(timeout, self.connect_timeout_s)
         if len(addresses) == 1:
-            return await self._sockets.connect_tcp(
-                addresses[0], port, timeout=per_address, socket_options=socket_options
-            )
+            return await open_tcp_stream(addresses[0], port, timeout=per_address)
         winner: httpcore2.AsyncNetworkStream | None = None
         errors: list[tuple[str, Exception]] = []
 
         async def attempt(address: str, finished: anyio.Event, scope: anyio.CancelScope) -> None:
             nonlocal winner
             try:
-                stream = await self._sockets.connect_tcp(
-                    address, port, timeout=per_address, socket_options=socket_options
-                )
+                stream = await open_tcp_stream(address, port, timeout=per_address)
             except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
                 errors.append((address, exc))
                 finished.set()
@@ -398,10 +396,6 @@ class VettedNetworkBackend(httpcore2.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
-
-
-class _ResendableFailure(Exception):
-    """The server closed a kept-alive connection as the request went out: send it again, once."""
 
 
 _BYTEARRAY_REPR = re.compile(r"bytearray\((b'.*?'|b\".*?\")\)")
@@ -449,8 +443,7 @@ class OutboundClient:
         self.backend = VettedNetworkBackend(
             policy, connect_timeout_s=connect_timeout_s, happy_eyeballs_delay_s=happy_eyeballs_delay_s
         )
-        self._pool: httpcore2.AsyncConnectionPool | None = None
-        self._pool_loop: asyncio.AbstractEventLoop | None = None
+        self._pool: ConnectionPool | None = None
         self._ssl_context = ssl_context
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -459,28 +452,32 @@ class OutboundClient:
             self._ssl_context = httpx2.create_ssl_context(trust_env=False)
         return self._ssl_context
 
-    def _connection_pool(self) -> httpcore2.AsyncConnectionPool:
-        loop = asyncio.get_running_loop()
-        if self._pool is None or self._pool_loop is not loop:
+    def _new_connection(self, origin: httpcore2.Origin) -> httpcore2.AsyncHTTPConnection:
+        return httpcore2.AsyncHTTPConnection(
+            origin,
+            ssl_context=self._tls_context() if origin.scheme == b"https" else None,
+            keepalive_expiry=self.keepalive_expiry_s,
+            http1=True,
+            http2=False,
+            network_backend=self.backend,
+        )
+
+    def _connection_pool(self) -> ConnectionPool:
+        pool = self._pool
+        if pool is None or pool.loop is not asyncio.get_running_loop():
             # A pool from a finished loop cannot be reused (its sockets belong to that loop).
-            self._pool = httpcore2.AsyncConnectionPool(
-                ssl_context=self._tls_context(),
+            pool = self._pool = ConnectionPool(
+                connect=self._new_connection,
                 max_connections=self.max_connections,
-                max_keepalive_connections=self.max_keepalive_connections,
-                keepalive_expiry=self.keepalive_expiry_s,
-                http1=True,
-                http2=False,
-                network_backend=self.backend,
+                max_idle=self.max_keepalive_connections,
             )
-            self._pool_loop = loop
-        return self._pool
+        return pool
 
     def connection_counts(self) -> tuple[int, int]:
         """(open connections, idle ones among them) of this loop's pool."""
         if self._pool is None:
             return 0, 0
-        connections = [c for c in self._pool.connections if not c.is_closed()]
-        return len(connections), sum(1 for c in connections if c.is_idle())
+        return self._pool.opened, self._pool.idle_count
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
@@ -578,22 +575,9 @@ class OutboundClient:
             # One wall-clock deadline for the whole attempt (pool wait, connect, TLS, request,
             # response), so that a server trickling one byte at a time cannot hold a rollout forever.
             async with asyncio.timeout(timeout_s):
-                try:
-                    return await self._exchange(
-                        pool, method, target, fields, content, max_response_bytes, attempt_started
-                    )
-                except _ResendableFailure:
-                    logger.debug("outbound %s: kept-alive connection was closed, reconnecting", destination)
-                    return await self._exchange(
-                        pool,
-                        method,
-                        target,
-                        fields,
-                        content,
-                        max_response_bytes,
-                        attempt_started,
-                        resend=False,
-                    )
+                return await self._exchange(
+                    pool, method, target, fields, content, max_response_bytes, attempt_started
+                )
         except TimeoutError as exc:
             raise OutboundTimeoutError(f"{destination} did not answer within {timeout_s:g} s") from exc
         except httpcore2.LocalProtocolError as exc:
@@ -619,43 +603,50 @@ class OutboundClient:
 
     async def _exchange(
         self,
-        pool: httpcore2.AsyncConnectionPool,
+        pool: ConnectionPool,
         method: str,
         target: _Target,
         fields: list[tuple[bytes, bytes]],
         content: bytes,
         max_response_bytes: int,
         attempt_started: float,
-        *,
-        resend: bool = True,
     ) -> OutboundResponse:
         destination = target.destination
-        connected = False
+        request = httpcore2.Request(method.encode("ascii"), target.url, headers=fields, content=content)
+        while True:
+            connection, reused = await pool.acquire(target.key, request.url.origin)
+            reusable = False
+            try:
+                try:
+                    response = await connection.handle_async_request(request)
+                except httpcore2.ConnectionNotAvailable:
+                    continue  # an idle connection the server had closed: httpcore2 noticed, take another
+                except (httpcore2.RemoteProtocolError, httpcore2.ReadError, httpcore2.WriteError) as exc:
+                    if reused and (
+                        not isinstance(exc, httpcore2.RemoteProtocolError) or _DISCONNECTED in str(exc)
+                    ):
+                        # Not a byte of an answer on a reused connection: the server closed it while
+                        # it sat idle and our request crossed its FIN/RST. Send it again on another
+                        # connection (each such failure discards one, so this ends with a fresh one).
+                        logger.debug("outbound %s: kept-alive connection was closed, resending", destination)
+                        continue
+                    raise
+                result = await self._read_response(
+                    response, method, destination, max_response_bytes, attempt_started
+                )
+                reusable = True
+                return result
+            finally:
+                await pool.release(target.key, connection, reusable=reusable)
 
-        async def trace(event: str, info: dict[str, Any]) -> None:
-            nonlocal connected
-            if event == "connection.connect_tcp.complete":
-                connected = True
-
-        request = httpcore2.Request(
-            method.encode("ascii"),
-            target.url,
-            headers=fields,
-            content=content,
-            extensions={"trace": trace} if resend else {},
-        )
-        try:
-            response = await pool.handle_async_request(request)
-        except (httpcore2.RemoteProtocolError, httpcore2.ReadError, httpcore2.WriteError) as exc:
-            if (
-                resend
-                and not connected
-                and (not isinstance(exc, httpcore2.RemoteProtocolError) or _DISCONNECTED in str(exc))
-            ):
-                # Not a byte of an answer on a reused connection: the server closed it while it sat
-                # idle and our request crossed its FIN/RST.
-                raise _ResendableFailure from exc
-            raise
+    async def _read_response(
+        self,
+        response: httpcore2.Response,
+        method: str,
+        destination: str,
+        max_response_bytes: int,
+        attempt_started: float,
+    ) -> OutboundResponse:
         try:
             status = response.status
             response_headers: dict[str, str] = {}

@@ -16,16 +16,27 @@ class GraderSerializer(serializers.ModelSerializer):
     spec = serializers.JSONField(
         help_text=(
             "Grader JSON in the widely used shape (string_check, text_similarity, set_match, score_model, "
-            "python, endpoint, multi). API keys, header values and signing secrets are write-only: they "
+            "label_model, python, endpoint, multi). API keys, header values and signing secrets are write-only: they "
             "are stored encrypted and read back masked (••••1234); sending a masked or empty value keeps "
             "the stored one."
         )
     )
 
+    needs = serializers.SerializerMethodField(
+        help_text=(
+            'What the server lacks for this grader to score, e.g. "needs a judge endpoint: ..." for a '
+            "score_model or label_model without a judge; empty when it can score. Runs using a grader "
+            "with needs are refused."
+        )
+    )
+
     class Meta:
         model = Grader
-        fields = ["id", "name", "type", "spec", "version", "created_at", "updated_at"]
-        read_only_fields = ["id", "name", "type", "version", "created_at", "updated_at"]
+        fields = ["id", "name", "type", "spec", "needs", "version", "created_at", "updated_at"]
+        read_only_fields = ["id", "name", "type", "needs", "version", "created_at", "updated_at"]
+
+    def get_needs(self, instance: Grader) -> list[str]:
+        return grader_services.grader_needs(instance)
 
     def to_representation(self, instance: Grader) -> dict:
         data = super().to_representation(instance)

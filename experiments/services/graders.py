@@ -20,7 +20,15 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from trainer.graders import GraderContext, GraderSpecError, build_grader, make_sample, run_grader
+from trainer.graders import (
+    GraderContext,
+    GraderSpecError,
+    build_grader,
+    make_sample,
+    run_grader,
+    unmet_requirements,
+)
+from trainer.graders.spec import derived_multi_name
 from trainer.interfaces import GradeResult
 
 from ..fields import mask_secret
@@ -28,7 +36,12 @@ from ..models import Grader
 from ..outbound import policy_from_settings
 
 MASK_PREFIX = "••••"
-_SECRET_STRINGS = {"score_model": ("api_key",), "endpoint": ("signing_secret",)}
+_SECRET_STRINGS = {
+    "score_model": ("api_key",),
+    "label_model": ("api_key",),
+    "text_similarity": ("api_key",),
+    "endpoint": ("signing_secret",),
+}
 
 
 class GraderInUseError(Exception):
@@ -58,6 +71,9 @@ def grader_context(*, max_retries: int = 2) -> GraderContext:
         policy=policy_from_settings(),
         judge_base_url=settings.RFT_JUDGE_BASE_URL,
         judge_api_key=settings.RFT_JUDGE_API_KEY,
+        embeddings_base_url=settings.RFT_EMBEDDINGS_BASE_URL,
+        embeddings_api_key=settings.RFT_EMBEDDINGS_API_KEY,
+        embeddings_model=settings.RFT_EMBEDDINGS_MODEL,
         max_retries=max_retries,
     )
 
@@ -176,6 +192,17 @@ def build_grader_for(grader: Grader):
     return build_grader(grading_spec(grader), context=grader_context())
 
 
+def grader_needs(grader: Grader) -> list[str]:
+    """What this server lacks for the grader to score (e.g. "needs a judge endpoint: ..."), by
+    sub-grader path; empty when it can score. A grader saved before the server changed (a judge
+    removed, a spec no longer valid) reports that too instead of failing the page."""
+    try:
+        built = build_grader_for(grader)
+    except GraderSpecError as error:
+        return [f"the saved spec is no longer valid: {message}" for message in error.errors]
+    return unmet_requirements(built)
+
+
 # --- validation and writes ---------------------------------------------------------------------------------
 
 
@@ -218,8 +245,21 @@ def _save(grader: Grader) -> Grader:
     return grader
 
 
+def _derive_name(*, owner, spec: dict) -> None:
+    """Give a grader pasted without a name (a multi grader, as in the graders guide) the name the
+    grader builder derives, numbered when the user already has one by that name."""
+    if spec.get("name") is not None or spec.get("type") != "multi":
+        return
+    base = derived_multi_name(spec)
+    name, number = base, 2
+    while _name_taken(owner=owner, name=name, exclude_pk=None):
+        name, number = f"{base} ({number})", number + 1
+    spec["name"] = name
+
+
 def create_grader(*, owner, spec: Any) -> Grader:
     checked = check_spec(spec)
+    _derive_name(owner=owner, spec=checked.spec)
     grader = Grader(
         owner=owner,
         name=checked.spec["name"].strip(),
@@ -234,6 +274,8 @@ def update_grader(*, grader: Grader, spec: Any) -> Grader:
     """Replace the spec (masked or empty secret values keep the stored ones); bumps `version` when
     the spec or a secret changed."""
     checked = check_spec(spec, stored_secrets=grader.secrets or {})
+    if checked.spec.get("name") is None:
+        checked.spec["name"] = grader.name
     changed = checked.spec != grader.spec or checked.secrets != (grader.secrets or {})
     grader.name = checked.spec["name"].strip()
     grader.type = checked.spec["type"]

@@ -4,7 +4,7 @@ from trainer.graders.base import Grader
 from trainer.graders.errors import GraderError, GraderSpecError
 from trainer.graders.run import make_sample, run_grader
 from trainer.graders.sandbox import SandboxLimits, sandbox_status
-from trainer.graders.spec import GRADER_TYPES, GraderContext, build_grader
+from trainer.graders.spec import GRADER_TYPES, GraderContext, build_grader, unmet_requirements
 
 __all__ = [
     "GRADER_TYPES",
@@ -17,4 +17,5 @@ __all__ = [
     "make_sample",
     "run_grader",
     "sandbox_status",
+    "unmet_requirements",
 ]

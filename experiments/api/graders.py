@@ -69,10 +69,6 @@ class GraderSerializer(serializers.ModelSerializer):
         )
 
 
-class GraderValidateSerializer(serializers.Serializer):
-    spec = serializers.JSONField(help_text="Grader JSON to check (nothing is saved).")
-
-
 class GraderValidateResultSerializer(serializers.Serializer):
     valid = serializers.BooleanField()
     type = serializers.CharField(allow_null=True)
@@ -81,6 +77,27 @@ class GraderValidateResultSerializer(serializers.Serializer):
         child=serializers.ListField(child=serializers.CharField()),
         help_text='Messages by field path, e.g. {"graders.a.reference": ["required"]}; "spec" for the whole.',
     )
+
+
+def validate_spec_payload(spec) -> dict:
+    """rftweb's own validate answer: {valid, type, name, errors by field path}."""
+    try:
+        checked = grader_services.check_spec(spec)
+    except grader_services.GraderValidationError as error:
+        payload = {
+            "valid": False,
+            "type": None,
+            "name": None,
+            "errors": {path or "spec": msgs for path, msgs in error.by_path.items()},
+        }
+    else:
+        payload = {
+            "valid": True,
+            "type": checked.spec["type"],
+            "name": checked.spec.get("name") or grader_services.derived_multi_name(checked.spec),
+            "errors": {},
+        }
+    return GraderValidateResultSerializer(payload).data
 
 
 class GraderRunSerializer(serializers.Serializer):
@@ -130,31 +147,6 @@ class GraderViewSet(OwnedModelViewSet):
             grader_services.delete_grader(grader=instance)
         except grader_services.GraderInUseError as exc:
             raise Conflict(str(exc)) from exc
-
-    @extend_schema(request=GraderValidateSerializer, responses=GraderValidateResultSerializer)
-    @action(detail=False, methods=["post"])
-    def validate(self, request):
-        """Check pasted grader JSON; errors point at the field (e.g. `graders.a.operation`)."""
-        serializer = GraderValidateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        spec = serializer.validated_data["spec"]
-        try:
-            checked = grader_services.check_spec(spec)
-        except grader_services.GraderValidationError as error:
-            payload = {
-                "valid": False,
-                "type": None,
-                "name": None,
-                "errors": {path or "spec": msgs for path, msgs in error.by_path.items()},
-            }
-        else:
-            payload = {
-                "valid": True,
-                "type": checked.spec["type"],
-                "name": checked.spec["name"],
-                "errors": {},
-            }
-        return Response(GraderValidateResultSerializer(payload).data)
 
     @extend_schema(request=GraderRunSerializer, responses=GraderRunResultSerializer)
     @action(detail=True, methods=["post"])

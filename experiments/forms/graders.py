@@ -11,6 +11,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
+from trainer.graders.sandbox import sandbox_packages
 from trainer.graders.similarity import EMBEDDING_METRICS, METRICS
 from trainer.graders.types import SET_METRICS, STRING_OPERATIONS
 
@@ -292,6 +293,18 @@ class PythonForm(GraderTypeForm):
         ),
         widget=forms.Textarea(attrs={"rows": 10, "class": "mono", "spellcheck": "false"}),
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        packages = sandbox_packages()
+        installed = [f"{p.module} {p.version}" for p in packages if p.version]
+        missing = [p.name for p in packages if not p.version]
+        help_text = (
+            "Importable in the sandbox: " + (", ".join(installed) or "the standard library only") + "."
+        )
+        if missing:
+            help_text += f" Not installed here: {', '.join(missing)} (pip install 'rftweb[graders]')."
+        self.fields["source"].help_text = help_text
 
     def to_spec(self, name: str) -> dict[str, Any]:
         return self.finish({"type": "python", "name": name, "source": self.cleaned_data["source"]})

@@ -14,6 +14,7 @@ from ..models import Dataset, DatasetItem, Grader, Run, RunStatus, Tool
 from ..models.dataset import DatasetStatus
 from ..watch.rules import validate_watch_config
 from . import runs as run_services
+from .graders import grader_needs
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,9 @@ def create_run(
         )
     if grader.owner_id != owner.pk and not owner.is_staff:
         errors.setdefault("grader", []).append("Not one of your graders.")
+    else:
+        for need in grader_needs(grader):
+            errors.setdefault("grader", []).append(f"The grader {grader.name} cannot score here: {need}.")
     foreign_tools = [tool.name for tool in tools if tool.owner_id != owner.pk and not owner.is_staff]
     if foreign_tools:
         errors.setdefault("tools", []).append(f"Not your tools: {', '.join(foreign_tools)}.")

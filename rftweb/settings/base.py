@@ -164,6 +164,11 @@ RFT_OUTBOUND_ALLOWLIST = env.list("RFT_OUTBOUND_ALLOWLIST", default=[])
 # chat-completions endpoint) and its key (a secret: give it through the environment only).
 RFT_JUDGE_BASE_URL = env.str("RFT_JUDGE_BASE_URL", default="") or None
 RFT_JUDGE_API_KEY = env.str("RFT_JUDGE_API_KEY", default="") or None
+# The default OpenAI-compatible embeddings endpoint for `text_similarity` graders with
+# `evaluation_metric: cosine` that name no `base_url`, its key (environment only) and model.
+RFT_EMBEDDINGS_BASE_URL = env.str("RFT_EMBEDDINGS_BASE_URL", default="") or None
+RFT_EMBEDDINGS_API_KEY = env.str("RFT_EMBEDDINGS_API_KEY", default="") or None
+RFT_EMBEDDINGS_MODEL = env.str("RFT_EMBEDDINGS_MODEL", default="text-embedding-3-large")
 
 # Runs: a worker renews its lease every RFT_HEARTBEAT_SECONDS; a run whose lease is older than
 # RFT_LEASE_TIMEOUT_SECONDS is declared lost.

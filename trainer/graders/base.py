@@ -31,6 +31,16 @@ class GradingInput:
     item: Mapping[str, Any]
     trace_id: str
     templates: TemplateContext
+    # Tokens the judge/embedding models reported for this grading ({"prompt_tokens": n, ...}).
+    token_usage: dict[str, int] = field(default_factory=dict)
+
+    def add_usage(self, usage: Any) -> None:
+        if not isinstance(usage, Mapping):
+            return
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            value = usage.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                self.token_usage[key] = self.token_usage.get(key, 0) + value
 
 
 @dataclass
@@ -38,6 +48,7 @@ class Evaluation:
     score: float | None
     sub_scores: dict[str, float] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)
+    passed: dict[str, bool] = field(default_factory=dict)
 
 
 class Grader:
@@ -47,6 +58,17 @@ class Grader:
 
     def __init__(self, *, name: str) -> None:
         self.name = name
+        # Set by build_grader from the spec's `pass_threshold`: a score at or above it passes.
+        self.pass_threshold: float | None = None
+
+    @property
+    def score_range(self) -> tuple[float, float] | None:
+        """The scores this grader can give (None: not bounded by the type, e.g. user code)."""
+        return (0.0, 1.0)
+
+    def unmet_requirements(self, *, label: str | None = None) -> list[str]:
+        """Why this grader cannot score here (e.g. no judge endpoint configured); empty when it can."""
+        return []
 
     async def score(self, grading: GradingInput) -> float:
         """The score; raises GraderError when there is none."""
@@ -61,7 +83,8 @@ class Grader:
             return Evaluation(
                 score=None, errors=[{"grader": label, "type": exc.error_type, "message": exc.message}]
             )
-        return Evaluation(score=value, sub_scores={label: value})
+        passed = {label: value >= self.pass_threshold} if self.pass_threshold is not None else {}
+        return Evaluation(score=value, sub_scores={label: value}, passed=passed)
 
     async def grade(
         self, sample: Mapping[str, Any], item: Mapping[str, Any], *, trace_id: str
@@ -80,6 +103,8 @@ class Grader:
             sub_scores=evaluation.sub_scores,
             errors=evaluation.errors,
             latency_ms=(time.perf_counter() - started) * 1000,
+            passed=evaluation.passed,
+            token_usage=grading.token_usage,
         )
 
     async def aclose(self) -> None:

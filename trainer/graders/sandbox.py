@@ -217,6 +217,50 @@ def sandbox_command(*, limits: SandboxLimits) -> list[str]:
     return [*command, _interpreter(), "-I", "-B", "-c", _RUNNER, json.dumps(rlimits)]
 
 
+# What the hosted python grader preinstalls: (distribution, import name). `pip install rftweb[graders]`
+# (and `make up`) installs them; graders import them from the server's environment, read-only.
+HOSTED_PACKAGES = (
+    ("numpy", "numpy"),
+    ("scipy", "scipy"),
+    ("sympy", "sympy"),
+    ("pandas", "pandas"),
+    ("rapidfuzz", "rapidfuzz"),
+    ("scikit-learn", "sklearn"),
+    ("rouge-score", "rouge_score"),
+    ("deepdiff", "deepdiff"),
+    ("jsonschema", "jsonschema"),
+    ("pydantic", "pydantic"),
+    ("pyyaml", "yaml"),
+    ("nltk", "nltk"),
+    ("sqlparse", "sqlparse"),
+)
+
+
+@dataclass(frozen=True)
+class SandboxPackage:
+    name: str  # the distribution, as pip knows it
+    module: str  # what a grader imports
+    version: str | None  # None: not installed
+
+
+@cache
+def sandbox_packages() -> tuple[SandboxPackage, ...]:
+    """The hosted list with what is installed here (the sandbox runs this interpreter's environment)."""
+    import importlib.metadata
+    import importlib.util
+
+    found = []
+    for name, module in HOSTED_PACKAGES:
+        version = None
+        if importlib.util.find_spec(module) is not None:
+            try:
+                version = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                version = "installed"
+        found.append(SandboxPackage(name=name, module=module, version=version))
+    return tuple(found)
+
+
 @cache
 def sandbox_status() -> SandboxStatus:
     """Whether python graders can run here (checked once per process by starting a sandbox)."""

@@ -32,6 +32,8 @@ METRICS = (
     "rouge_l",
     "f1",
 )
+# Scored through an embeddings endpoint (see types.EmbeddingsClient), not computed locally.
+EMBEDDING_METRICS = ("cosine",)
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 

@@ -16,23 +16,35 @@ from trainer.graders.base import Grader
 from trainer.graders.errors import GraderSpecError
 from trainer.graders.formula import FUNCTIONS, FormulaError, parse_formula
 from trainer.graders.sandbox import SandboxLimits, sandbox_status
-from trainer.graders.similarity import METRICS
+from trainer.graders.similarity import EMBEDDING_METRICS, METRICS
 from trainer.graders.templates import validate_template
 from trainer.graders.types import (
     SET_METRICS,
     STRING_OPERATIONS,
+    EmbeddingsClient,
     EndpointGrader,
+    LabelModelGrader,
     MultiGrader,
     PythonGrader,
     ScoreModelGrader,
     SetMatchGrader,
     StringCheckGrader,
     TextSimilarityGrader,
+    message_texts,
 )
 from trainer.outbound.client import OutboundError, validate_outbound_url
 from trainer.outbound.policy import OutboundPolicy
 
-GRADER_TYPES = ("string_check", "text_similarity", "set_match", "score_model", "python", "endpoint", "multi")
+GRADER_TYPES = (
+    "string_check",
+    "text_similarity",
+    "set_match",
+    "score_model",
+    "label_model",
+    "python",
+    "endpoint",
+    "multi",
+)
 MAX_NESTING = 3
 MAX_NAME_CHARS = 100
 MAX_SOURCE_CHARS = 100_000
@@ -40,10 +52,21 @@ _SUB_GRADER_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _COMMON_FIELDS = {"type", "name", "pass_threshold"}
 _FIELDS: dict[str, set[str]] = {
     "string_check": {"input", "reference", "operation"},
-    "text_similarity": {"input", "reference", "evaluation_metric"},
+    # base_url/api_key/model: the embeddings endpoint of a cosine grader (else the server's default).
+    "text_similarity": {"input", "reference", "evaluation_metric", "base_url", "api_key", "model"},
     "set_match": {"input", "reference", "metric", "pattern", "case_sensitive"},
     "python": {"source", "image_tag"},
     "score_model": {"model", "input", "range", "sampling_params", "base_url", "api_key", "timeout_s"},
+    "label_model": {
+        "model",
+        "input",
+        "labels",
+        "passing_labels",
+        "sampling_params",
+        "base_url",
+        "api_key",
+        "timeout_s",
+    },
     "endpoint": {"url", "headers", "signing_secret", "timeout_s"},
     "multi": {"graders", "calculate_output", "range"},
 }
@@ -56,6 +79,9 @@ class GraderContext:
     policy: OutboundPolicy = field(default_factory=OutboundPolicy)
     judge_base_url: str | None = None
     judge_api_key: str | None = field(default=None, repr=False)
+    embeddings_base_url: str | None = None
+    embeddings_api_key: str | None = field(default=None, repr=False)
+    embeddings_model: str = "text-embedding-3-large"
     sandbox_limits: SandboxLimits = field(default_factory=SandboxLimits)
     http_timeout_s: float = 30.0
     max_retries: int = 2
@@ -175,12 +201,52 @@ def _build_string_check(spec, name, prefix, errors, context, depth):
     )
 
 
+def _endpoint_url(spec, prefix, errors, *, default: str | None) -> str | None:
+    """`base_url` of the spec, else the server's default; None (not an error) when neither is set:
+    the grader is kept as pasted and reports what it needs (`unmet_requirements`)."""
+    value = spec.get("base_url", default)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        errors.add(_join(prefix, "base_url"), "must be a string")
+        return None
+    return _url(spec, "base_url", prefix, errors, value=value)
+
+
+def _api_key(spec, prefix, errors, *, default: str | None) -> str | None:
+    api_key = spec["api_key"] if "api_key" in spec else default
+    if api_key is not None and not isinstance(api_key, str):
+        errors.add(_join(prefix, "api_key"), "must be a string")
+        return None
+    return api_key or None
+
+
 def _build_text_similarity(spec, name, prefix, errors, context, depth):
+    input_template = _template(spec, "input", prefix, errors) or ""
+    reference = _template(spec, "reference", prefix, errors) or ""
+    metric = _choice(spec, "evaluation_metric", prefix, errors, METRICS + EMBEDDING_METRICS) or "fuzzy_match"
+    embeddings = None
+    if metric in EMBEDDING_METRICS:
+        model = _string(spec, "model", prefix, errors, required=False) or context.embeddings_model
+        embeddings = EmbeddingsClient(
+            base_url=_endpoint_url(spec, prefix, errors, default=context.embeddings_base_url),
+            api_key=_api_key(spec, prefix, errors, default=context.embeddings_api_key),
+            model=model,
+            timeout_s=context.http_timeout_s,
+            policy=context.policy,
+            max_retries=context.max_retries,
+            retry_backoff_s=context.retry_backoff_s,
+        )
+    else:
+        for key in ("base_url", "api_key", "model"):
+            if key in spec:
+                errors.add(_join(prefix, key), "only for evaluation_metric cosine (the embeddings endpoint)")
     return TextSimilarityGrader(
         name=name,
-        input=_template(spec, "input", prefix, errors) or "",
-        reference=_template(spec, "reference", prefix, errors) or "",
-        evaluation_metric=_choice(spec, "evaluation_metric", prefix, errors, METRICS) or "fuzzy_match",
+        input=input_template,
+        reference=reference,
+        evaluation_metric=metric,
+        embeddings=embeddings,
     )
 
 
@@ -232,64 +298,84 @@ def _check_python_source(source: str, path: str, errors: _Errors) -> None:
         errors.add(path, "must define grade(sample, item) -> float")
 
 
-def _build_score_model(spec, name, prefix, errors, context, depth):
-    model = _string(spec, "model", prefix, errors)
+def _judge_messages(spec, prefix, errors) -> list[dict[str, Any]]:
     messages = spec.get("input")
     checked: list[dict[str, Any]] = []
     if not isinstance(messages, list) or not messages:
         errors.add(_join(prefix, "input"), "required: a non-empty list of {role, content} messages")
-    else:
-        for index, message in enumerate(messages):
-            path = _join(prefix, f"input[{index}]")
-            if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
-                errors.add(path, "must be an object with a role and a content")
-                continue
-            content = message.get("content")
-            texts = [content] if isinstance(content, str) else None
-            if isinstance(content, list):
-                texts = [part.get("text") for part in content if isinstance(part, Mapping)]
-                if len(texts) != len(content) or not all(isinstance(text, str) for text in texts):
-                    texts = None
-            if texts is None:
-                errors.add(_join(path, "content"), "must be text or a list of {type, text} parts")
-                continue
-            for text in texts:
-                for problem in validate_template(text):
-                    errors.add(_join(path, "content"), problem)
-            checked.append(dict(message))
+        return checked
+    for index, message in enumerate(messages):
+        path = _join(prefix, f"input[{index}]")
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
+            errors.add(path, "must be an object with a role and a content")
+            continue
+        texts = message_texts(message.get("content"))
+        if texts is None:
+            errors.add(_join(path, "content"), "must be text, a {type, text} part or a list of them")
+            continue
+        for text in texts:
+            for problem in validate_template(text):
+                errors.add(_join(path, "content"), problem)
+        checked.append(dict(message))
+    return checked
+
+
+# Spellings of chat-completions parameters in grader JSON that the endpoint knows by another name.
+_SAMPLING_PARAM_NAMES = {"max_completions_tokens": "max_completion_tokens"}
+
+
+def _sampling_params(spec, prefix, errors) -> dict[str, Any]:
     sampling_params = spec.get("sampling_params") or {}
     if not isinstance(sampling_params, Mapping):
         errors.add(_join(prefix, "sampling_params"), "must be an object")
-        sampling_params = {}
-    base_url_value = spec.get("base_url", context.judge_base_url)
-    if base_url_value is None:
-        errors.add(
-            _join(prefix, "base_url"), "required: no default judge endpoint is configured on this server"
-        )
-        base_url = None
-    elif not isinstance(base_url_value, str):
-        errors.add(_join(prefix, "base_url"), "must be a string")
-        base_url = None
-    else:
-        base_url = _url(spec, "base_url", prefix, errors, value=base_url_value)
-    api_key = spec["api_key"] if "api_key" in spec else context.judge_api_key
-    if api_key is not None and not isinstance(api_key, str):
-        errors.add(_join(prefix, "api_key"), "must be a string")
-        api_key = None
-    return ScoreModelGrader(
-        name=name,
-        model=model or "",
-        input=checked,
-        range=_range(spec, "range", prefix, errors, default=(0.0, 1.0)) or (0.0, 1.0),
-        sampling_params=sampling_params,
-        base_url=base_url or "http://invalid",
-        api_key=api_key,
-        timeout_s=_positive_number(
+        return {}
+    return {_SAMPLING_PARAM_NAMES.get(key, key): value for key, value in sampling_params.items()}
+
+
+def _judge_fields(spec, name, prefix, errors, context) -> dict[str, Any]:
+    return {
+        "name": name,
+        "model": _string(spec, "model", prefix, errors) or "",
+        "input": _judge_messages(spec, prefix, errors),
+        "sampling_params": _sampling_params(spec, prefix, errors),
+        "base_url": _endpoint_url(spec, prefix, errors, default=context.judge_base_url),
+        "api_key": _api_key(spec, prefix, errors, default=context.judge_api_key),
+        "timeout_s": _positive_number(
             spec, "timeout_s", prefix, errors, default=context.http_timeout_s, maximum=600
         ),
-        policy=context.policy,
-        max_retries=context.max_retries,
-        retry_backoff_s=context.retry_backoff_s,
+        "policy": context.policy,
+        "max_retries": context.max_retries,
+        "retry_backoff_s": context.retry_backoff_s,
+    }
+
+
+def _build_score_model(spec, name, prefix, errors, context, depth):
+    return ScoreModelGrader(
+        range=_range(spec, "range", prefix, errors, default=(0.0, 1.0)) or (0.0, 1.0),
+        **_judge_fields(spec, name, prefix, errors, context),
+    )
+
+
+def _labels(spec, key, prefix, errors) -> list[str]:
+    value = spec.get(key)
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(label, str) and label.strip() for label in value)
+    ):
+        errors.add(_join(prefix, key), "required: a non-empty list of label strings")
+        return []
+    return list(value)
+
+
+def _build_label_model(spec, name, prefix, errors, context, depth):
+    labels = _labels(spec, "labels", prefix, errors)
+    passing = _labels(spec, "passing_labels", prefix, errors)
+    unknown = [label for label in passing if labels and label not in labels]
+    if unknown:
+        errors.add(_join(prefix, "passing_labels"), f"not among the labels: {', '.join(unknown)}")
+    return LabelModelGrader(
+        labels=labels, passing_labels=passing, **_judge_fields(spec, name, prefix, errors, context)
     )
 
 
@@ -348,6 +434,7 @@ _BUILDERS: dict[str, Callable[..., Grader]] = {
     "set_match": _build_set_match,
     "python": _build_python,
     "score_model": _build_score_model,
+    "label_model": _build_label_model,
     "endpoint": _build_endpoint,
     "multi": _build_multi,
 }
@@ -365,6 +452,8 @@ def _build(
         errors.add(_join(prefix, "type"), f"{shown} (one of {', '.join(GRADER_TYPES)})")
         return None
     name = spec.get("name", default_name)
+    if name is None and grader_type == "multi":
+        name = derived_multi_name(spec)
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_CHARS:
         errors.add(
             _join(prefix, "name"), f"required: a non-empty string of at most {MAX_NAME_CHARS} characters"
@@ -375,7 +464,23 @@ def _build(
     threshold = spec.get("pass_threshold")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
         errors.add(_join(prefix, "pass_threshold"), "must be a number")
-    return _BUILDERS[grader_type](spec, name, prefix, errors, context, depth)
+        threshold = None
+    grader = _BUILDERS[grader_type](spec, name, prefix, errors, context, depth)
+    grader.pass_threshold = float(threshold) if threshold is not None else None
+    return grader
+
+
+def derived_multi_name(spec: Mapping[str, Any]) -> str:
+    """A name for a multi grader pasted without one (the graders guide's own example has none):
+    "multi: " and its sub-graders' keys, e.g. "multi: name, email"."""
+    keys = list(spec.get("graders") or {}) if isinstance(spec.get("graders"), Mapping) else []
+    name = "multi: " + ", ".join(str(key) for key in keys) if keys else "multi"
+    return name if len(name) <= MAX_NAME_CHARS else name[: MAX_NAME_CHARS - 1] + "…"
+
+
+def unmet_requirements(grader: Grader) -> list[str]:
+    """Why a built grader cannot score on this server ("a.b: needs a judge endpoint: ..."); [] if it can."""
+    return grader.unmet_requirements()
 
 
 def build_grader(spec: Any, *, context: GraderContext | None = None) -> Grader:

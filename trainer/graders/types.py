@@ -22,6 +22,14 @@ from trainer.outbound.policy import OutboundPolicy
 from trainer.outbound.tools import ROLLOUT_ID_HEADER
 
 STRING_OPERATIONS = ("eq", "ne", "like", "ilike")
+NEEDS_JUDGE = (
+    "needs a judge endpoint: the server has no default judge (RFT_JUDGE_BASE_URL) and the grader "
+    "names no base_url"
+)
+NEEDS_EMBEDDINGS = (
+    "needs an embeddings endpoint: the server has no default (RFT_EMBEDDINGS_BASE_URL) and the grader "
+    "names no base_url"
+)
 SET_METRICS = ("f1", "precision", "recall")
 MAX_ERROR_EXCERPT = 300
 
@@ -50,14 +58,40 @@ class StringCheckGrader(Grader):
 class TextSimilarityGrader(Grader):
     grader_type = "text_similarity"
 
-    def __init__(self, *, name: str, input: str, reference: str, evaluation_metric: str) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        input: str,
+        reference: str,
+        evaluation_metric: str,
+        embeddings: EmbeddingsClient | None = None,
+    ) -> None:
         super().__init__(name=name)
         self.input, self.reference, self.metric = input, reference, evaluation_metric
+        self.embeddings = embeddings
+
+    @property
+    def score_range(self) -> tuple[float, float]:
+        return (-1.0, 1.0) if self.metric == "cosine" else (0.0, 1.0)
+
+    def unmet_requirements(self, *, label: str | None = None) -> list[str]:
+        if self.metric == "cosine" and (self.embeddings is None or not self.embeddings.base_url):
+            return [f"{label or self.name}: {NEEDS_EMBEDDINGS}"]
+        return []
 
     async def score(self, grading: GradingInput) -> float:
         candidate = render(self.input, grading.templates)
         reference = render(self.reference, grading.templates)
+        if self.metric == "cosine":
+            if self.embeddings is None or not self.embeddings.base_url:
+                raise GraderError("needs_endpoint", NEEDS_EMBEDDINGS)
+            return await self.embeddings.cosine(candidate, reference, grading=grading)
         return similarity(self.metric, candidate=candidate, reference=reference)
+
+    async def aclose(self) -> None:
+        if self.embeddings is not None:
+            await self.embeddings.aclose()
 
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
@@ -133,6 +167,7 @@ def set_score(*, named: set[str], expected: set[str], metric: str) -> float:
 
 class PythonGrader(Grader):
     grader_type = "python"
+    score_range = None  # whatever the user's code returns
 
     def __init__(
         self, *, name: str, source: str, limits: SandboxLimits, max_concurrency: int | None = None
@@ -167,13 +202,10 @@ class PythonGrader(Grader):
         )
 
 
-class _HttpGrader(Grader):
-    """A grader that calls out through the policy-enforcing client (pooled, created on first use)."""
+class OutboundCaller:
+    """POSTs JSON through the policy-enforcing client (pooled, created on first use, per loop owner)."""
 
-    def __init__(
-        self, *, name: str, policy: OutboundPolicy, max_retries: int, retry_backoff_s: float
-    ) -> None:
-        super().__init__(name=name)
+    def __init__(self, *, policy: OutboundPolicy, max_retries: int, retry_backoff_s: float) -> None:
         self.policy = policy
         self.max_retries = max_retries
         self.retry_backoff_s = retry_backoff_s
@@ -189,7 +221,7 @@ class _HttpGrader(Grader):
             await self._client.aclose()
             self._client = None
 
-    async def _post_json(
+    async def post_json(
         self,
         url: str,
         *,
@@ -213,6 +245,75 @@ class _HttpGrader(Grader):
         except OutboundError as exc:
             raise GraderError(exc.error_type, redact(exc.message, secrets)) from exc
         return _json_body(response, secrets=secrets)
+
+
+class _HttpGrader(Grader):
+    """A grader that calls out through the policy-enforcing client."""
+
+    def __init__(
+        self, *, name: str, policy: OutboundPolicy, max_retries: int, retry_backoff_s: float
+    ) -> None:
+        super().__init__(name=name)
+        self.policy = policy
+        self.caller = OutboundCaller(policy=policy, max_retries=max_retries, retry_backoff_s=retry_backoff_s)
+
+    async def aclose(self) -> None:
+        await self.caller.aclose()
+
+    async def _post_json(self, url: str, **kwargs: Any) -> Any:
+        return await self.caller.post_json(url, **kwargs)
+
+
+class EmbeddingsClient:
+    """Cosine similarity of two texts through an OpenAI-compatible `/embeddings` endpoint."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None,
+        api_key: str | None,
+        model: str,
+        timeout_s: float,
+        policy: OutboundPolicy,
+        max_retries: int,
+        retry_backoff_s: float,
+    ) -> None:
+        self.base_url = base_url.rstrip("/") if base_url else None
+        self.api_key, self.model, self.timeout_s = api_key, model, timeout_s
+        self.caller = OutboundCaller(policy=policy, max_retries=max_retries, retry_backoff_s=retry_backoff_s)
+
+    def __repr__(self) -> str:
+        return f"EmbeddingsClient(base_url={self.base_url!r}, model={self.model!r})"
+
+    async def cosine(self, candidate: str, reference: str, *, grading: GradingInput) -> float:
+        if not candidate.strip() or not reference.strip():
+            # Embedding APIs refuse empty input; an empty answer shares nothing with the reference.
+            return 0.0 if candidate.strip() or reference.strip() else 1.0
+        answer = await self.caller.post_json(
+            f"{self.base_url}/embeddings",
+            payload={"model": self.model, "input": [candidate, reference]},
+            headers={"Authorization": f"Bearer {self.api_key}"} if self.api_key else {},
+            secrets=[self.api_key] if self.api_key else [],
+            timeout_s=self.timeout_s,
+        )
+        try:
+            rows = sorted(answer["data"], key=lambda row: row.get("index", 0))
+            first, second = (list(map(float, row["embedding"])) for row in rows[:2])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise GraderError(
+                "invalid_response", "the embeddings endpoint's answer has no data[].embedding pair"
+            ) from exc
+        if isinstance(answer, dict):
+            grading.add_usage(answer.get("usage"))
+        if len(first) != len(second) or not first:
+            raise GraderError("invalid_response", "the two embeddings differ in length or are empty")
+        norm = math.sqrt(sum(a * a for a in first)) * math.sqrt(sum(b * b for b in second))
+        if norm == 0:
+            raise GraderError("invalid_response", "the embeddings endpoint returned a zero vector")
+        return max(-1.0, min(1.0, sum(a * b for a, b in zip(first, second, strict=True)) / norm))
+
+    async def aclose(self) -> None:
+        await self.caller.aclose()
 
 
 def _json_body(response: OutboundResponse, *, secrets: list[str]) -> Any:
@@ -243,6 +344,7 @@ class EndpointGrader(_HttpGrader):
     """POST {"sample", "item", "trace_id"} -> {"score": <float>}; the sample holds the whole trajectory."""
 
     grader_type = "endpoint"
+    score_range = None  # whatever the user's server answers
 
     def __init__(
         self,
@@ -311,10 +413,21 @@ def parse_judge_score(text: str) -> float:
     raise GraderError("invalid_response", f"the judge's answer contains no score: {stripped[:200]!r}")
 
 
-class ScoreModelGrader(_HttpGrader):
-    """Asks an OpenAI-compatible chat-completions endpoint for a score, parsed and clipped to `range`."""
+def message_texts(content: Any) -> list[str] | None:
+    """The texts of a message's content: a string, one {type, text} part, or a list of parts."""
+    if isinstance(content, str):
+        return [content]
+    parts = [content] if isinstance(content, Mapping) else content
+    if not isinstance(parts, list):
+        return None
+    texts = [part.get("text") for part in parts if isinstance(part, Mapping)]
+    if len(texts) != len(parts) or not all(isinstance(text, str) for text in texts):
+        return None
+    return texts
 
-    grader_type = "score_model"
+
+class _ModelGrader(_HttpGrader):
+    """Asks an OpenAI-compatible chat-completions endpoint (the judge) about the sample."""
 
     def __init__(
         self,
@@ -322,9 +435,8 @@ class ScoreModelGrader(_HttpGrader):
         name: str,
         model: str,
         input: list[dict[str, Any]],
-        range: tuple[float, float],
         sampling_params: Mapping[str, Any],
-        base_url: str,
+        base_url: str | None,
         api_key: str | None,
         timeout_s: float,
         policy: OutboundPolicy,
@@ -332,35 +444,45 @@ class ScoreModelGrader(_HttpGrader):
         retry_backoff_s: float,
     ) -> None:
         super().__init__(name=name, policy=policy, max_retries=max_retries, retry_backoff_s=retry_backoff_s)
-        self.model, self.input, self.range = model, input, range
+        self.model, self.input = model, input
         self.sampling_params = dict(sampling_params)
-        self.base_url, self.api_key, self.timeout_s = base_url.rstrip("/"), api_key, timeout_s
+        self.base_url = base_url.rstrip("/") if base_url else None
+        self.api_key, self.timeout_s = api_key, timeout_s
 
     def __repr__(self) -> str:
-        return f"ScoreModelGrader(name={self.name!r}, model={self.model!r})"
+        return f"{type(self).__name__}(name={self.name!r}, model={self.model!r})"
+
+    def unmet_requirements(self, *, label: str | None = None) -> list[str]:
+        return [] if self.base_url else [f"{label or self.name}: {NEEDS_JUDGE}"]
 
     def _messages(self, grading: GradingInput) -> list[dict[str, str]]:
         messages = []
         for message in self.input:
-            content = message.get("content", "")
-            if isinstance(content, list):  # content parts: keep their text
-                text = "\n".join(render(str(part.get("text", "")), grading.templates) for part in content)
-            else:
-                text = render(str(content), grading.templates)
+            texts = message_texts(message.get("content", "")) or []
+            text = "\n".join(render(part, grading.templates) for part in texts)
             role = "system" if message.get("role") == "developer" else str(message.get("role", "user"))
             messages.append({"role": role, "content": text})
         return messages
 
-    async def score(self, grading: GradingInput) -> float:
+    async def _ask(self, grading: GradingInput, **extra: Any) -> str:
+        if not self.base_url:
+            raise GraderError("needs_endpoint", NEEDS_JUDGE)
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         secrets = [self.api_key] if self.api_key else []
         answer = await self._post_json(
             f"{self.base_url}/chat/completions",
-            payload={**self.sampling_params, "model": self.model, "messages": self._messages(grading)},
+            payload={
+                **self.sampling_params,
+                **extra,
+                "model": self.model,
+                "messages": self._messages(grading),
+            },
             headers=headers,
             secrets=secrets,
             timeout_s=self.timeout_s,
         )
+        if isinstance(answer, dict):
+            grading.add_usage(answer.get("usage"))
         try:
             content = answer["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError) as exc:
@@ -369,8 +491,83 @@ class ScoreModelGrader(_HttpGrader):
             ) from exc
         if not isinstance(content, str):
             raise GraderError("invalid_response", "the judge's message content is not text")
+        return content
+
+
+class ScoreModelGrader(_ModelGrader):
+    """The judge answers a score, parsed and clipped to `range`."""
+
+    grader_type = "score_model"
+
+    def __init__(self, *, range: tuple[float, float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.range = range
+
+    @property
+    def score_range(self) -> tuple[float, float]:
+        return self.range
+
+    async def score(self, grading: GradingInput) -> float:
+        content = await self._ask(grading)
         low, high = self.range
         return min(high, max(low, _finite(parse_judge_score(content), what="the judge's score")))
+
+
+class LabelModelGrader(_ModelGrader):
+    """The judge picks one of `labels`; 1.0 when it is one of `passing_labels`, else 0.0."""
+
+    grader_type = "label_model"
+
+    def __init__(self, *, labels: list[str], passing_labels: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.labels, self.passing_labels = list(labels), list(passing_labels)
+
+    async def score(self, grading: GradingInput) -> float:
+        # Structured output keeps the answer to one label where the judge supports it; the parse
+        # below also reads a plain-text answer from judges that ignore response_format.
+        schema = {
+            "type": "object",
+            "properties": {"label": {"type": "string", "enum": self.labels}},
+            "required": ["label"],
+            "additionalProperties": False,
+        }
+        content = await self._ask(
+            grading,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "label", "strict": True, "schema": schema},
+            },
+        )
+        return float(parse_judge_label(content, self.labels) in self.passing_labels)
+
+
+def parse_judge_label(text: str, labels: list[str]) -> str:
+    """The label a judge answered: JSON {"label": ...}, the bare label, or the one label it names."""
+    stripped = text.strip()
+    fenced = re.sub(r"^```(?:json)?\s*|\s*```$", "", stripped)
+    try:
+        parsed = json.loads(fenced)
+    except ValueError:
+        parsed = None
+    candidate = parsed.get("label") if isinstance(parsed, dict) else parsed
+    by_fold = {label.casefold(): label for label in labels}
+    if isinstance(candidate, str) and candidate.strip().casefold() in by_fold:
+        return by_fold[candidate.strip().casefold()]
+    bare = stripped.strip("`'\".* ").casefold()
+    if bare in by_fold:
+        return by_fold[bare]
+    named = [
+        label
+        for label in labels
+        if re.search(r"(?<![\w-])" + re.escape(label.casefold()) + r"(?![\w-])", stripped.casefold())
+    ]
+    if len(named) == 1:
+        return named[0]
+    raise GraderError(
+        "invalid_response",
+        f"the judge's answer names {'no' if not named else 'more than one'} of the labels "
+        f"{labels}: {stripped[:200]!r}",
+    )
 
 
 class MultiGrader(Grader):
@@ -391,6 +588,18 @@ class MultiGrader(Grader):
         self.formula = formula
         self.range = range
 
+    @property
+    def score_range(self) -> tuple[float, float] | None:
+        return self.range
+
+    def unmet_requirements(self, *, label: str | None = None) -> list[str]:
+        prefix = f"{label}." if label else ""
+        return [
+            reason
+            for key, grader in self.graders.items()
+            for reason in grader.unmet_requirements(label=f"{prefix}{key}")
+        ]
+
     async def evaluate(self, grading: GradingInput, *, label: str, nested: bool = False) -> Evaluation:
         keys = list(self.graders)
         # Top level: sub-scores are named by their keys; nested: by their path ("a.x").
@@ -400,26 +609,30 @@ class MultiGrader(Grader):
         )
         sub_scores: dict[str, float] = {}
         errors: list[dict[str, str]] = []
+        passed: dict[str, bool] = {}
         values: dict[str, float] = {}
         for key, evaluation in zip(keys, evaluations, strict=True):
             sub_scores.update(evaluation.sub_scores)
             errors.extend(evaluation.errors)
+            passed.update(evaluation.passed)
             if evaluation.score is not None:
                 values[key] = evaluation.score
                 sub_scores[f"{prefix}{key}"] = evaluation.score
         missing = sorted(self.formula.names - values.keys())
         if missing:
-            return Evaluation(score=None, sub_scores=sub_scores, errors=errors)
+            return Evaluation(score=None, sub_scores=sub_scores, errors=errors, passed=passed)
         try:
             total = self.formula.evaluate(values)
         except FormulaError as exc:
             errors.append({"grader": label, "type": "formula", "message": str(exc)})
-            return Evaluation(score=None, sub_scores=sub_scores, errors=errors)
+            return Evaluation(score=None, sub_scores=sub_scores, errors=errors, passed=passed)
         if self.range is not None:
             total = min(self.range[1], max(self.range[0], total))
         if nested:
             sub_scores[label] = total
-        return Evaluation(score=total, sub_scores=sub_scores, errors=errors)
+        if self.pass_threshold is not None:
+            passed[label] = total >= self.pass_threshold
+        return Evaluation(score=total, sub_scores=sub_scores, errors=errors, passed=passed)
 
     async def aclose(self) -> None:
         for grader in self.graders.values():

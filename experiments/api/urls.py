@@ -1,8 +1,8 @@
 from django.urls import path
-from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
 from . import compare, metrics
+from .auth import ObtainTokenView
 from .datasets import DatasetViewSet
 from .graders import GraderViewSet
 from .readiness import GraderAuditViewSet, ReadinessReportViewSet
@@ -20,7 +20,7 @@ router.register("readiness", ReadinessReportViewSet, basename="api-readiness")
 router.register("audits", GraderAuditViewSet, basename="api-audit")
 
 urlpatterns = [
-    path("auth/token/", obtain_auth_token, name="api-token"),
+    path("auth/token/", ObtainTokenView.as_view(), name="api-token"),
     *compare.urlpatterns,
     *metrics.urlpatterns,  # before the router: /runs/{id}/metrics/ and /runs/{id}/series/
     *router.urls,

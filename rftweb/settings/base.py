@@ -48,6 +48,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "experiments.middleware.LoginRequiredEverywhereMiddleware",
+    "experiments.middleware.RateLimitedMiddleware",
     # Last: it answers the lockout (429 + Retry-After) for the login page and the token endpoint.
     "axes.middleware.AxesMiddleware",
 ]
@@ -253,6 +254,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "experiments.api.exceptions.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "rftweb API",

@@ -42,9 +42,9 @@ _FIELDS: dict[str, set[str]] = {
     "string_check": {"input", "reference", "operation"},
     "text_similarity": {"input", "reference", "evaluation_metric"},
     "set_match": {"input", "reference", "metric", "pattern", "case_sensitive"},
-    "python": {"source", "image_tag"},
+    "python": {"source", "image_tag", "range"},
     "score_model": {"model", "input", "range", "sampling_params", "base_url", "api_key", "timeout_s"},
-    "endpoint": {"url", "headers", "signing_secret", "timeout_s"},
+    "endpoint": {"url", "headers", "signing_secret", "timeout_s", "range"},
     "multi": {"graders", "calculate_output", "range"},
 }
 
@@ -216,7 +216,12 @@ def _build_python(spec, name, prefix, errors, context, depth):
     status = sandbox_status()
     if not status.available:
         errors.add(_join(prefix, "type"), status.reason)
-    return PythonGrader(name=name, source=source or "", limits=context.sandbox_limits)
+    return PythonGrader(
+        name=name,
+        source=source or "",
+        limits=context.sandbox_limits,
+        range=_range(spec, "range", prefix, errors, default=(0.0, 1.0)) or (0.0, 1.0),
+    )
 
 
 def _check_python_source(source: str, path: str, errors: _Errors) -> None:
@@ -306,6 +311,7 @@ def _build_endpoint(spec, name, prefix, errors, context, depth):
         policy=context.policy,
         max_retries=context.max_retries,
         retry_backoff_s=context.retry_backoff_s,
+        range=_range(spec, "range", prefix, errors, default=(0.0, 1.0)) or (0.0, 1.0),
     )
 
 

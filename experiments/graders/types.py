@@ -135,10 +135,16 @@ class PythonGrader(Grader):
     grader_type = "python"
 
     def __init__(
-        self, *, name: str, source: str, limits: SandboxLimits, max_concurrency: int | None = None
+        self,
+        *,
+        name: str,
+        source: str,
+        limits: SandboxLimits,
+        max_concurrency: int | None = None,
+        range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         super().__init__(name=name)
-        self.source, self.limits = source, limits
+        self.source, self.limits, self.range = source, limits, range
         # Each sandbox is a process; a whole GRPO batch at once would starve the CPU and time out.
         self.max_concurrency = max_concurrency or max(2, 2 * (os.cpu_count() or 1))
         self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
@@ -150,6 +156,9 @@ class PythonGrader(Grader):
         if loop not in self._semaphores:
             self._semaphores[loop] = asyncio.Semaphore(self.max_concurrency)
         return self._semaphores[loop]
+
+    def score_range(self) -> tuple[float, float]:
+        return self.range
 
     async def score(self, grading: GradingInput) -> float:
         async with self._semaphore():
@@ -255,6 +264,7 @@ class EndpointGrader(_HttpGrader):
         policy: OutboundPolicy,
         max_retries: int,
         retry_backoff_s: float,
+        range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         super().__init__(name=name, policy=policy, max_retries=max_retries, retry_backoff_s=retry_backoff_s)
         self.url, self.headers, self.signing_secret, self.timeout_s = (
@@ -263,6 +273,10 @@ class EndpointGrader(_HttpGrader):
             signing_secret,
             timeout_s,
         )
+        self.range = range
+
+    def score_range(self) -> tuple[float, float]:
+        return self.range
 
     def __repr__(self) -> str:
         return f"EndpointGrader(name={self.name!r})"
@@ -312,7 +326,7 @@ def parse_judge_score(text: str) -> float:
 
 
 class ScoreModelGrader(_HttpGrader):
-    """Asks an OpenAI-compatible chat-completions endpoint for a score, parsed and clipped to `range`."""
+    """Asks an OpenAI-compatible chat-completions endpoint for a score, parsed and checked against `range`."""
 
     grader_type = "score_model"
 
@@ -369,8 +383,12 @@ class ScoreModelGrader(_HttpGrader):
             ) from exc
         if not isinstance(content, str):
             raise GraderError("invalid_response", "the judge's message content is not text")
-        low, high = self.range
-        return min(high, max(low, _finite(parse_judge_score(content), what="the judge's score")))
+        # Checked against self.range where every grader's score is (base.checked_score): a judge
+        # answering outside its range is a grader error, not clipped into a reward.
+        return _finite(parse_judge_score(content), what="the judge's score")
+
+    def score_range(self) -> tuple[float, float]:
+        return self.range
 
 
 class MultiGrader(Grader):
@@ -415,6 +433,10 @@ class MultiGrader(Grader):
         except FormulaError as exc:
             errors.append({"grader": label, "type": "formula", "message": str(exc)})
             return Evaluation(score=None, sub_scores=sub_scores, errors=errors)
+        if not math.isfinite(total):
+            errors.append({"grader": label, "type": "invalid_score", "message": f"the formula gave {total!r}"})
+            return Evaluation(score=None, sub_scores=sub_scores, errors=errors)
+        # A multi grader's `range` clamps its formula's result (its sub-graders' scores are checked).
         if self.range is not None:
             total = min(self.range[1], max(self.range[0], total))
         if nested:

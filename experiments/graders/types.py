@@ -434,7 +434,9 @@ class MultiGrader(Grader):
             errors.append({"grader": label, "type": "formula", "message": str(exc)})
             return Evaluation(score=None, sub_scores=sub_scores, errors=errors)
         if not math.isfinite(total):
-            errors.append({"grader": label, "type": "invalid_score", "message": f"the formula gave {total!r}"})
+            errors.append(
+                {"grader": label, "type": "invalid_score", "message": f"the formula gave {total!r}"}
+            )
             return Evaluation(score=None, sub_scores=sub_scores, errors=errors)
         # A multi grader's `range` clamps its formula's result (its sub-graders' scores are checked).
         if self.range is not None:

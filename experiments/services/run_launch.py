@@ -7,12 +7,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
 from ..models import Dataset, DatasetItem, Grader, Run, RunStatus, Tool
 from ..models.dataset import DatasetStatus
 from ..watch.rules import validate_watch_config
+from . import rate_limits
 from . import runs as run_services
 from .graders import grader_needs
 
@@ -82,8 +85,10 @@ def create_run(
 ) -> Run:
     """Validate everything a run needs, store it as queued, and enqueue it on commit.
 
+
     No tools given means every one of the owner's tools that the datasets' items name (the run form
-    and the API alike)."""
+    and the API alike). Refused (RunValidationError) when the owner already has
+    RFT_MAX_ACTIVE_RUNS_PER_USER runs queued or running; rate-limited per user (rate_limits.RateLimited)."""
     from django.conf import settings
 
     if not tools:
@@ -133,6 +138,10 @@ def create_run(
         errors.setdefault("watch_config", []).append(str(exc))
     if errors:
         raise RunValidationError(errors)
+    active = _active_run_count(owner)
+    if active >= settings.RFT_MAX_ACTIVE_RUNS_PER_USER:
+        raise RunValidationError({"non_field_errors": [run_cap_message(active)]})
+    rate_limits.check_rate(user=owner, action="run_launch")
     run = Run.objects.create(
         owner=owner,
         name=name.strip(),
@@ -151,6 +160,21 @@ def create_run(
     if start:
         enqueue_run(run_id=run.pk)
     return run
+
+
+def _active_run_count(owner) -> int:
+    """The owner's queued + running runs, counted with the owner's row locked: two launches at once
+    cannot both pass the cap (callers are in a transaction)."""
+    get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+    return Run.objects.filter(owner=owner, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).count()
+
+
+def run_cap_message(active: int) -> str:
+    cap = settings.RFT_MAX_ACTIVE_RUNS_PER_USER
+    return (
+        f"You already have {active} runs queued or running, the most one user may have "
+        f"({cap}, RFT_MAX_ACTIVE_RUNS_PER_USER). Wait for one to finish, or cancel one, then launch again."
+    )
 
 
 def enqueue_run(*, run_id: int) -> None:
@@ -199,6 +223,10 @@ def resume_run(*, run_id: int) -> Run:
             raise run_services.RunStateError(
                 f"This run has used all {run.max_attempts} attempts; clone it to start again."
             )
+        active = _active_run_count(run.owner)
+        if active >= settings.RFT_MAX_ACTIVE_RUNS_PER_USER:
+            raise run_services.RunStateError(run_cap_message(active))
+        rate_limits.check_rate(user=run.owner, action="run_launch")
         run = run_services.transition_run(run_id=run_id, status=RunStatus.QUEUED)
         enqueue_run(run_id=run_id)
         return run

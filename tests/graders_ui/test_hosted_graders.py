@@ -478,8 +478,8 @@ def test_each_type_declares_its_score_range():
     context = GraderContext(
         judge_base_url="https://judge.example.com/v1", embeddings_base_url="https://e.example.com/v1"
     )
-    assert build_grader(LABEL_MODEL, context=context).score_range == (0.0, 1.0)
-    assert build_grader(COSINE, context=context).score_range == (-1.0, 1.0)
-    assert build_grader({**SCORE_MODEL, "range": [1, 7]}, context=context).score_range == (1.0, 7.0)
-    assert build_grader({**COSINE, "evaluation_metric": "bleu"}).score_range == (0.0, 1.0)
+    assert build_grader(LABEL_MODEL, context=context).score_range() == (0.0, 1.0)
+    assert build_grader(COSINE, context=context).score_range() == (-1.0, 1.0)
+    assert build_grader({**SCORE_MODEL, "range": [1, 7]}, context=context).score_range() == (1.0, 7.0)
+    assert build_grader({**COSINE, "evaluation_metric": "bleu"}).score_range() == (0.0, 1.0)
     assert isinstance(build_grader(MULTI_WITHOUT_NAME), GraderBase)

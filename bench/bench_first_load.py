@@ -159,8 +159,12 @@ def main() -> None:
                             measure(browser, base + paths[page], sessions[name])
                         )
             browser.close()
-        print(f"bench_first_load: {platform.node()}, {os.cpu_count()} CPUs, Chromium headless, 1280x800, cold cache")
-        print(f"load average (1 min) during the rounds: {min(loads):.2f}-{max(loads):.2f}; now {os.getloadavg()}")
+        print(
+            f"bench_first_load: {platform.node()}, {os.cpu_count()} CPUs, Chromium headless, 1280x800, cold cache"
+        )
+        print(
+            f"load average (1 min) during the rounds: {min(loads):.2f}-{max(loads):.2f}; now {os.getloadavg()}"
+        )
         print(f"baseline: {args.baseline}; {args.rounds} rounds, medians (min-max)")
         print(f"{'page':<10} {'server':<14} {'load ms':>20} {'charts drawn ms':>22} {'bytes':>10}")
         for page in PAGES:

@@ -30,7 +30,9 @@ def run_actions_state(run: Run) -> RunActionsState:
     checkpoint = resume_point(run.pk)
     attempts_left = run.attempt < run.max_attempts
     step = checkpoint.step if checkpoint is not None else None
-    can_cancel = run.status in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.PAUSED) and not run.cancel_requested
+    can_cancel = (
+        run.status in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.PAUSED) and not run.cancel_requested
+    )
     if run.status == RunStatus.PAUSED:
         # A paused run continues where it stopped (the trainer keeps the step's checkpoint).
         return RunActionsState(can_cancel, attempts_left, "Resume training", step, False)

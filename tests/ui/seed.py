@@ -15,8 +15,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from experiments.models import GraderAudit, ReadinessReport, Run, RunStatus, Trajectory
-from experiments.services import audit as audit_services
 from experiments.selectors import run_state
+from experiments.services import audit as audit_services
 from experiments.services import datasets as dataset_services
 from experiments.services import run_launch
 from experiments.services.readiness import readiness_statistics
@@ -34,7 +34,10 @@ def _capital_items(count: int) -> list[dict]:
         {
             "messages": [
                 {"role": "system", "content": "You answer with a capital city. Use the lookup tool."},
-                {"role": "user", "content": f"What is the capital of country number {i}? " + "Be brief. " * 8},
+                {
+                    "role": "user",
+                    "content": f"What is the capital of country number {i}? " + "Be brief. " * 8,
+                },
             ],
             "answer": f"City {i}",
         }
@@ -117,7 +120,10 @@ def seed_site(username: str = "ada") -> tuple[object, dict[str, str]]:
     cancelled = cancelled_during_baseline(finished)
 
     report = _readiness_report(
-        owner, run=finished, k=4, rewards_per_item=[[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 0.5, 1], [0, 0.5, 0, 0]]
+        owner,
+        run=finished,
+        k=4,
+        rewards_per_item=[[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 0.5, 1], [0, 0.5, 0, 0]],
     )
     single = _readiness_report(owner, run=finished, k=1, rewards_per_item=[[0], [0], [0], [0]])
 

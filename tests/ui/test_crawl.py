@@ -64,7 +64,9 @@ def test_every_page_fits_and_is_clean_at_phone_and_desktop_width(site, daphne, b
         page.on("pageerror", lambda error, sink=console_errors: sink.append(str(error)))
         page.on(
             "response",
-            lambda response, sink=failed: response.status >= 400 and sink.append(f"{response.status} {response.url}"),
+            lambda response, sink=failed: (
+                response.status >= 400 and sink.append(f"{response.status} {response.url}")
+            ),
         )
         for name, path in pages.items():
             console_errors.clear()
@@ -75,7 +77,9 @@ def test_every_page_fits_and_is_clean_at_phone_and_desktop_width(site, daphne, b
             where = f"{name} @ {width_name}"
             size = _overflow(page)
             if size["scrollWidth"] > size["clientWidth"]:
-                problems.append(f"{where}: {size['scrollWidth']} px wide in {size['clientWidth']} px: {size['widest']}")
+                problems.append(
+                    f"{where}: {size['scrollWidth']} px wide in {size['clientWidth']} px: {size['widest']}"
+                )
             if console_errors:
                 problems.append(f"{where}: console errors {console_errors}")
             if failed:

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from ..models import Dataset, DatasetItem, Grader, Run, RunStatus, Tool
 from ..models.dataset import DatasetStatus
+from ..selectors import run_state
 from ..watch.rules import validate_watch_config
 from . import rate_limits
 from . import runs as run_services
@@ -185,7 +186,7 @@ def enqueue_run(*, run_id: int) -> None:
 
 def cancel_run(*, run_id: int) -> Run:
     """A queued run is cancelled at once; a running one is asked to stop (the trainer checks between
-    rollouts) and ends as cancelled with its last checkpoint kept."""
+    rollouts) and ends as cancelled; its notice says whether a checkpoint is kept to resume from."""
     with transaction.atomic():
         run = Run.objects.select_for_update().get(pk=run_id)
         if run.status == RunStatus.QUEUED:
@@ -196,7 +197,7 @@ def cancel_run(*, run_id: int) -> Run:
             return run_services.transition_run(
                 run_id=run_id,
                 status=RunStatus.CANCELLED,
-                error="Cancelled while paused for review; the last checkpoint is kept.",
+                error=run_state.cancelled_message(run_id, while_paused=True),
             )
         if run.status != RunStatus.RUNNING:
             raise run_services.RunStateError(f"A {run.get_status_display().lower()} run cannot be cancelled.")

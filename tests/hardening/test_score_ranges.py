@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from experiments.graders import GraderContext, build_grader, make_sample, run_grader, sandbox_status
-from experiments.outbound.policy import OutboundPolicy
 from tests.http_test_server import Reply, ScriptedServer
+from trainer.graders import GraderContext, build_grader, make_sample, run_grader, sandbox_status
+from trainer.outbound.policy import OutboundPolicy
 
 LOOPBACK = GraderContext(policy=OutboundPolicy(allow_loopback=True), max_retries=0)
 SANDBOX = pytest.mark.skipif(not sandbox_status().available, reason=sandbox_status().reason)
@@ -102,7 +102,7 @@ def test_an_endpoint_grader_may_declare_its_range(server):
 
 
 def test_a_bad_declared_range_is_refused_with_the_spec():
-    from experiments.graders import GraderSpecError
+    from trainer.graders import GraderSpecError
 
     with pytest.raises(GraderSpecError) as refused:
         build_grader({"type": "endpoint", "name": "e", "url": "http://example.com/", "range": [1, 0]})

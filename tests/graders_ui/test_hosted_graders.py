@@ -11,11 +11,11 @@ import json
 import math
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from experiments.models import DatasetItem, Grader
 from experiments.models.dataset import DatasetStatus
+from experiments.services.api_tokens import create_token
 from experiments.services.run_launch import RunValidationError, create_run
 from tests.factories import DatasetFactory
 from tests.http_test_server import Reply, ScriptedServer
@@ -178,7 +178,7 @@ def alice(django_user_model):
 def token_api(alice):
     """An API client authenticated by token only (no session), as a script would be."""
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=alice).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {create_token(user=alice, name='test').key}")
     return client
 
 

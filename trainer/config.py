@@ -16,6 +16,7 @@ REWARD_SCALINGS = ("group", "batch", "none")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CHAT_TEMPLATES = ("auto", "model", "chatml_tools")
+SHARDINGS = ("none", "fsdp")
 
 
 class ConfigError(ValueError):
@@ -35,6 +36,28 @@ class TrainerConfig:
     device: str = "auto"
     # "auto": the model's own template if it renders tools, else our tool-aware ChatML template.
     chat_template: str = "auto"
+    devices: int | str = field(
+        default=1,
+        metadata={
+            "help": (
+                "Processes (one per GPU) that train this run together: a number, or auto for every GPU "
+                "the worker sees. Prompt groups are split between them."
+            ),
+            "group": "model",
+        },
+    )
+    sharding: str = field(
+        default="none",
+        metadata={
+            "help": (
+                "none: every device holds the whole model and the LoRA gradients are summed (data "
+                "parallel). fsdp: the base weights are sharded over the devices (FSDP2), for bases "
+                "that do not fit on one."
+            ),
+            "group": "model",
+            "choices": SHARDINGS,
+        },
+    )
 
     # --- LoRA ----------------------------------------------------------------------------------
     lora_r: int = 16
@@ -118,6 +141,11 @@ class TrainerConfig:
         _one_of("loss_type", self.loss_type, LOSS_TYPES)
         _one_of("reward_scaling", self.reward_scaling, REWARD_SCALINGS)
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _one_of("sharding", self.sharding, SHARDINGS)
+        if self.devices != "auto" and (
+            isinstance(self.devices, bool) or not isinstance(self.devices, int) or self.devices < 1
+        ):
+            raise ConfigError(f"devices: a number >= 1 or 'auto', got {self.devices!r}")
         for name in (
             "lora_r",
             "lora_alpha",
@@ -219,6 +247,14 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
         raise ConfigError(f"{name}: must be a string or a list of strings, got {value!r}")
+    if base == "int | str":  # `devices`: a count or "auto"
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+            raise ConfigError(f"{name}: must be a number or 'auto', got {value!r}")
+        return int(value)
     if base == "dict[str, Any]":
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: must be an object, got {value!r}")

@@ -235,6 +235,13 @@ def open_world(config: TrainerConfig) -> tuple[World, TrainerConfig]:
 
 
 # --- starting the ranks --------------------------------------------------------------------------
+#
+# Ranks are started as `python -m trainer.distributed <job dir>` commands through elastic_launch
+# (an argv list, no shell), not as multiprocessing children: a Celery prefork worker's pool process
+# is daemonic, and Python forbids daemonic processes to have multiprocessing children. The job
+# directory carries the pickled call in and each rank's pickled return value out.
+
+_JOB_FILE = "job.pkl"
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -250,11 +257,31 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _rank_main(entrypoint: Callable[..., Any], parent_pid: int, args: tuple[Any, ...]) -> Any:
+def _rank_main(job_dir: str) -> None:
+    """What `python -m trainer.distributed JOB_DIR` runs in each rank."""
+    import importlib
+    import pickle
+    import sys
+
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    _die_with_parent(parent_pid)
-    return record(entrypoint)(*args)
+    job = pickle.loads((Path(job_dir) / _JOB_FILE).read_bytes())
+    _die_with_parent(job["parent_pid"])
+    for entry in reversed(job["sys_path"]):  # the launcher's imports resolve the same way here
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    module_name, _, function_name = job["entrypoint"].partition(":")
+    function = getattr(importlib.import_module(module_name), function_name)
+
+    @record
+    def main() -> None:
+        value = function(*job["args"])
+        target = Path(job_dir) / f"result-rank{os.environ.get('RANK', '0')}.pkl"
+        staging = target.with_suffix(".tmp")
+        staging.write_bytes(pickle.dumps(value))
+        os.replace(staging, target)
+
+    main()
 
 
 def launch(
@@ -265,15 +292,32 @@ def launch(
     log_dir: str | os.PathLike[str],
     run_id: str | None = None,
 ) -> dict[int, Any]:
-    """Runs `entrypoint(*args)` in `nprocs` new processes (ranks 0..n-1) on this host; returns
-    {rank: return value}. `entrypoint` must be importable (a module-level function): ranks are
-    spawned, not forked. Raises RankFailed naming the first rank that failed.
+    """Runs `entrypoint(*args)` in `nprocs` new processes (ranks 0..n-1) on this host and returns
+    {rank: return value}. `entrypoint` must be a module-level function (ranks import it by name);
+    `args` and the return values must pickle. Raises RankFailed naming the first rank that failed;
+    the launcher has stopped the other ranks by then.
     """
+    import pickle
+    import shutil
+    import sys
+
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    job_dir = Path(log_dir) / "job"
+    shutil.rmtree(job_dir, ignore_errors=True)
+    job_dir.mkdir(parents=True)
+    (job_dir / _JOB_FILE).write_bytes(
+        pickle.dumps(
+            {
+                "entrypoint": f"{entrypoint.__module__}:{entrypoint.__qualname__}",
+                "args": tuple(args),
+                "parent_pid": os.getpid(),
+                "sys_path": [entry or os.getcwd() for entry in sys.path],
+            }
+        )
+    )
     launch_config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -283,21 +327,21 @@ def launch(
         rdzv_endpoint="127.0.0.1:0",  # a free port on this host; see docs/multi-host.md for several
         max_restarts=0,  # a failed rank ends the attempt; the run resumes from its checkpoint
         monitor_interval=0.5,
-        start_method="spawn",
-        logs_specs=DefaultLogsSpecs(log_dir=str(log_dir)),
+        logs_specs=DefaultLogsSpecs(log_dir=str(Path(log_dir) / "elastic")),
     )
     try:
-        return elastic_launch(launch_config, _rank_main)(entrypoint, os.getpid(), tuple(args))
+        elastic_launch(launch_config, sys.executable)("-m", "trainer.distributed", str(job_dir))
     except ChildFailedError as error:
         rank, failure = error.get_first_failure()
         if failure.exitcode is not None and failure.exitcode < 0:
             detail = f"was killed by {failure.signal_name()}"
         else:
-            message = failure.message if isinstance(failure.message, str) else str(failure.message)
-            if isinstance(failure.message, dict):
-                message = str(failure.message.get("message", failure.message))
-            detail = f"exited with code {failure.exitcode}: {message.strip()[-4000:]}"
+            message = failure.message
+            if isinstance(message, dict):
+                message = message.get("message", message)
+            detail = f"exited with code {failure.exitcode}: {str(message).strip()[-4000:]}"
         raise RankFailed(rank=rank, pid=failure.pid, exitcode=failure.exitcode, detail=detail) from error
+    return {rank: pickle.loads((job_dir / f"result-rank{rank}.pkl").read_bytes()) for rank in range(nprocs)}
 
 
 # --- FSDP --------------------------------------------------------------------------------------
@@ -350,3 +394,9 @@ class full_weights_for_generation:
         for module in self.modules:
             module.reshard()
             module.set_reshard_after_forward(True, recurse=False)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _rank_main(sys.argv[1])

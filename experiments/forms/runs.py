@@ -70,13 +70,24 @@ HYPERPARAMETERS: dict[str, tuple[str, str]] = {
     "export_merged": ("Checkpoints", "Also write the merged model (base + adapter) at the end."),
     "dtype": ("Hardware", "auto: bfloat16 on a GPU that supports it, float32 otherwise."),
     "device": ("Hardware", "auto: CUDA when available, else CPU; or any torch device string."),
+    # Help text from the trainer's field metadata (one source; see trainer/config.py).
+    "devices": ("Hardware", ""),
+    "sharding": ("Hardware", ""),
 }
 CHOICES = {
     "lr_schedule": ("constant", "linear", "cosine"),
     "loss_type": ("grpo", "dr_grpo", "dapo"),
     "reward_scaling": ("group", "batch", "none"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "sharding": ("none", "fsdp"),
 }
+
+
+def _config_help(name: str) -> str:
+    from trainer.config import TrainerConfig
+
+    field = next(f for f in dataclasses.fields(TrainerConfig) if f.name == name)
+    return field.metadata.get("help", "")
 
 
 def trainer_defaults() -> dict[str, Any]:
@@ -91,6 +102,7 @@ def trainer_defaults() -> dict[str, Any]:
 
 def _field_for(name: str, default: Any, help_text: str) -> forms.Field:
     label = name.replace("_", " ").capitalize()
+    help_text = help_text or _config_help(name)
     shown_default = "empty" if default is None else default
     help_text = f"{help_text} Default: {shown_default}."
     if name in CHOICES:
@@ -102,6 +114,8 @@ def _field_for(name: str, default: Any, help_text: str) -> forms.Field:
         )
     if isinstance(default, bool):
         return forms.BooleanField(required=False, initial=default, label=label, help_text=help_text)
+    if name == "devices":  # a count or "auto"
+        return forms.CharField(initial=str(default), label=label, help_text=help_text, max_length=8)
     if name in {"steps", "tool_call_budget"}:
         return forms.IntegerField(
             required=False,
@@ -190,6 +204,14 @@ class RunForm(forms.Form):
         ):
             self.add_error("base_model_custom", "Enter a hub id or a local path.")
         return cleaned
+
+    def clean_devices(self) -> int | str:
+        value = (self.cleaned_data.get("devices") or "").strip().lower()
+        if value == "auto":
+            return "auto"
+        if not value.isdigit() or int(value) < 1:
+            raise forms.ValidationError("A number of devices (1, 2, …) or auto.")
+        return int(value)
 
     @property
     def base_model(self) -> str:

@@ -305,13 +305,16 @@ def launch(
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    module = entrypoint.__module__
+    if module == "__main__":  # a script's function: ranks import the script by its name
+        module = Path(sys.modules["__main__"].__file__).stem
     job_dir = Path(log_dir) / "job"
     shutil.rmtree(job_dir, ignore_errors=True)
     job_dir.mkdir(parents=True)
     (job_dir / _JOB_FILE).write_bytes(
         pickle.dumps(
             {
-                "entrypoint": f"{entrypoint.__module__}:{entrypoint.__qualname__}",
+                "entrypoint": f"{module}:{entrypoint.__qualname__}",
                 "args": tuple(args),
                 "parent_pid": os.getpid(),
                 "sys_path": [entry or os.getcwd() for entry in sys.path],

@@ -268,8 +268,11 @@ class _Run:
             # Rank 0's time in collectives this step, waiting for slower ranks included.
             metrics["timing/communication_s"] = per_rank[0]["communication_s"] + world.take_communication_s()
             for rank, timings in enumerate(per_rank):
-                for key in ("rollout_s", "update_s", "communication_s"):
+                for key in ("rollout_s", "update_s"):
                     metrics[f"timing/rank{rank}/{key}"] = timings[key]
+                # Not under timing/rank: the run page's per-rank chart draws rollout and update.
+                metrics[f"timing/communication_s/rank{rank}"] = timings["communication_s"]
+                metrics[f"tokens_per_s/rank{rank}"] = timings["tokens_per_s"]
         return metrics, rollouts
 
     def _start_group(

@@ -75,7 +75,8 @@ class TrainerConfig:
     adam_beta2: float = 0.99
     max_grad_norm: float = 1.0  # gradient clipping; 0 disables it
     micro_batch_size: int = 8  # rollouts per forward/backward pass (bounds memory)
-    gradient_checkpointing: bool = False
+    # None (auto): on for bases of LARGE_BASE_PARAMETERS or more, where activations dominate memory.
+    gradient_checkpointing: bool | None = None
 
     # --- GRPO ----------------------------------------------------------------------------------
     prompts_per_step: int = 4  # dataset items per step (GRPO groups)

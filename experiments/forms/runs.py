@@ -52,7 +52,10 @@ HYPERPARAMETERS: dict[str, tuple[str, str]] = {
     "max_grad_norm": ("Optimisation", "Gradient clipping norm; 0 disables it."),
     "weight_decay": ("Optimisation", "AdamW weight decay."),
     "micro_batch_size": ("Optimisation", "Rollouts per forward/backward pass; lower it if memory runs out."),
-    "gradient_checkpointing": ("Optimisation", "Trade compute for memory on long rollouts."),
+    "gradient_checkpointing": (
+        "Optimisation",
+        "Trade compute for memory on long rollouts. Auto: on for bases of 1B parameters or more.",
+    ),
     "seed": ("Optimisation", "Seeds sampling and item order: the same seed reproduces a run."),
     "lora_r": ("LoRA", "Rank of the adapter matrices."),
     "lora_alpha": ("LoRA", "Scaling of the adapter (alpha / r)."),
@@ -103,12 +106,22 @@ def trainer_defaults() -> dict[str, Any]:
 def _field_for(name: str, default: Any, help_text: str) -> forms.Field:
     label = name.replace("_", " ").capitalize()
     help_text = help_text or _config_help(name)
-    shown_default = "empty" if default is None else default
+    shown_default = ("auto" if name == "gradient_checkpointing" else "empty") if default is None else default
     help_text = f"{help_text} Default: {shown_default}."
     if name in CHOICES:
         return forms.ChoiceField(
             choices=[(value, value) for value in CHOICES[name]],
             initial=default,
+            label=label,
+            help_text=help_text,
+        )
+    if name == "gradient_checkpointing":  # auto (None) / on / off
+        return forms.TypedChoiceField(
+            choices=[("", "auto"), ("true", "on"), ("false", "off")],
+            coerce=lambda value: value == "true",
+            empty_value=None,
+            required=False,
+            initial="" if default is None else str(default).lower(),
             label=label,
             help_text=help_text,
         )
@@ -255,6 +268,8 @@ class RunForm(forms.Form):
         else:
             initial.update(base_model_choice="custom", base_model_custom=run.base_model)
         initial.update({key: value for key, value in run.config.items() if key in HYPERPARAMETERS})
+        if isinstance(initial.get("gradient_checkpointing"), bool):  # the auto/on/off choice's values
+            initial["gradient_checkpointing"] = str(initial["gradient_checkpointing"]).lower()
         pause = (run.watch_config or {}).get("pause") or {}
         if pause.get("enabled"):
             initial.update(

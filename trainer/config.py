@@ -26,6 +26,7 @@ REWARD_SCALINGS = ("group", "batch", "none")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CHAT_TEMPLATES = ("auto", "model", "chatml_tools")
+SHARDINGS = ("none", "fsdp")
 
 # The sections of the configuration, in the order the run form and the comparison show them.
 GROUPS = (
@@ -236,9 +237,14 @@ class TrainerConfig:
             "group": "Optimisation",
         },
     )
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata={"help": "Trade compute for memory on long rollouts.", "group": "Optimisation"},
+    # None (auto): on for bases of LARGE_BASE_PARAMETERS or more, where activations dominate memory.
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Trade compute for memory on long rollouts. Empty (auto): on for bases of 1B parameters "
+            "or more.",
+            "group": "Optimisation",
+        },
     )
     seed: int = field(
         default=0,
@@ -346,6 +352,28 @@ class TrainerConfig:
             "group": "Hardware",
         },
     )
+    devices: int | str = field(
+        default=1,
+        metadata={
+            "help": (
+                "Processes (one per GPU) that train this run together: a number, or auto for every GPU "
+                "the worker sees. Prompt groups are split between them."
+            ),
+            "group": "Hardware",
+        },
+    )
+    sharding: str = field(
+        default="none",
+        metadata={
+            "help": (
+                "none: every device holds the whole model and the LoRA gradients are summed (data "
+                "parallel). fsdp: the base weights are sharded over the devices (FSDP2), for bases "
+                "that do not fit on one."
+            ),
+            "group": "Hardware",
+            "choices": SHARDINGS,
+        },
+    )
 
     # --- Other ---------------------------------------------------------------------------------
     # Unknown keys are rejected by from_dict; this is the one place free-form extras may go.
@@ -386,6 +414,10 @@ class TrainerConfig:
         for setting in settings():
             if setting.choices is not None:
                 _one_of(setting.name, getattr(self, setting.name), setting.choices)
+        if self.devices != "auto" and (
+            isinstance(self.devices, bool) or not isinstance(self.devices, int) or self.devices < 1
+        ):
+            raise ConfigError(f"devices: a number >= 1 or 'auto', got {self.devices!r}")
         for name in (
             "lora_r",
             "lora_alpha",
@@ -538,6 +570,14 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
         raise ConfigError(f"{name}: must be a string or a list of strings, got {value!r}")
+    if base == "int | str":  # `devices`: a count or "auto"
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+            raise ConfigError(f"{name}: must be a number or 'auto', got {value!r}")
+        return int(value)
     if base == "dict[str, Any]":
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: must be an object, got {value!r}")

@@ -52,6 +52,7 @@ def rollout_metrics(rollouts: Sequence[Rollout], *, prefix: str = "") -> dict[st
                 sub_scores.setdefault(name, []).append(float(value))
     for name, values in sorted(sub_scores.items()):
         metrics[f"{prefix}rewards/{name}/mean"] = _mean(values)
+        metrics[f"{prefix}rewards/{name}/std"] = _std(values)
     # Graders with a pass_threshold: the share of graded rollouts whose score reached it.
     passes: dict[str, list[float]] = {}
     for rollout in rollouts:
@@ -62,6 +63,8 @@ def rollout_metrics(rollouts: Sequence[Rollout], *, prefix: str = "") -> dict[st
         metrics[f"{prefix}rewards/{name}/pass_rate"] = _mean(values)
     lengths = [float(r.generated_tokens) for r in rollouts]
     metrics[f"{prefix}completions/mean_length"] = _mean(lengths)
+    metrics[f"{prefix}completions/min_length"] = min(lengths, default=0.0)
+    metrics[f"{prefix}completions/max_length"] = max(lengths, default=0.0)
     metrics[f"{prefix}completions/clipped_ratio"] = _mean(
         [1.0 if r.finish_reason == "max_tokens" else 0.0 for r in rollouts]
     )

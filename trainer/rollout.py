@@ -268,7 +268,7 @@ class RolloutEngine:
         session = self.backend.open_session(
             sampling=sampling, slots=slots, max_sequence_tokens=per_slot, on_step=check_stop
         )
-        generators = _rollout_generators(generator, len(rollouts))
+        generators = _rollout_generators(generator, rollouts)
         ended: list[float] = []
         tasks.extend(
             asyncio.create_task(self._rollout_and_grade(rollout, session, rollout_generator, grade, ended))
@@ -512,16 +512,32 @@ def _tool_message(result: ToolResult) -> dict[str, Any]:
     }
 
 
-def _rollout_generators(generator: Any, count: int) -> list[Any]:
-    """One sampling stream per rollout, drawn from the step's generator: a rollout's samples depend on
-    the seed and its index only, not on which rollouts happened to share its forward passes."""
+def _rollout_generators(generator: Any, rollouts: Sequence[Rollout]) -> list[Any]:
+    """One sampling stream per rollout, seeded from the step's seed and the rollout's place in the
+    step (group, sample): what a rollout samples depends on neither the rollouts that shared its
+    forward passes nor the rank it runs on, so a run split over devices samples what one process does."""
     import torch
 
-    device = generator.device if generator is not None else torch.device("cpu")
     if generator is None:
-        return [None] * count
-    seeds = torch.randint(0, 2**62, (count,), generator=generator, device=device).tolist()
-    return [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+        return [None] * len(rollouts)
+    base = generator.initial_seed()
+    return [
+        torch.Generator(device=generator.device).manual_seed(
+            _mix_seed(base, rollout.group_index, rollout.sample_index)
+        )
+        for rollout in rollouts
+    ]
+
+
+def _mix_seed(*parts: int) -> int:
+    # splitmix64 over the parts: nearby seeds (step n, n + 1; groups 0, 1) give unrelated streams.
+    state = 0
+    for part in parts:
+        state = (state + int(part) + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        state = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        state = ((state ^ (state >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        state ^= state >> 31
+    return state & 0x7FFFFFFFFFFFFFFF
 
 
 def _last_assistant_index(messages: Sequence[Mapping[str, Any]]) -> int:

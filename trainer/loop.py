@@ -121,10 +121,10 @@ class _Run:
         model: Any,
         tokenizer: Any,
         loop: asyncio.AbstractEventLoop,
-        world: World,
+        world: World | None = None,
     ) -> None:
         self.config = config
-        self.world = world
+        self.world = world = world if world is not None else World()
         self.train_items = train_items
         self.eval_items = eval_items
         self.tools = tools

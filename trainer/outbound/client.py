@@ -155,8 +155,25 @@ def display_url(url: str) -> str:
     return f"{describe_destination(url)}{parsed.path}"
 
 
+MAX_URL_LENGTH = 2000
+# The characters of an (IDNA-encoded) host name; "_" as DNS allows it (docker service names).
+_HOST_NAME = re.compile(r"[A-Za-z0-9._-]{1,253}")
+
+
 def validate_outbound_url(url: str) -> httpx2.URL:
-    """The parsed URL if it is an absolute http(s) URL with a host and no credentials."""
+    """The one URL rule of every outbound URL (tools, endpoint graders, judges, run files): checked
+    the same way when a URL is registered and when it is called.
+
+    An absolute http:// or https:// URL of at most MAX_URL_LENGTH characters, with a host name or
+    IP literal, a port in 1..65535 and no credentials. Returns the parsed URL; raises
+    InvalidURLError with a message that names the problem (and never echoes the URL: it may hold a
+    secret)."""
+    if not isinstance(url, str) or not url:
+        raise InvalidURLError("not a valid URL")
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidURLError(f"the URL is longer than {MAX_URL_LENGTH} characters")
+    if url != url.strip():
+        raise InvalidURLError("the URL starts or ends with a space")
     try:
         parsed = httpx2.URL(url)
     except Exception as exc:
@@ -167,6 +184,14 @@ def validate_outbound_url(url: str) -> httpx2.URL:
         raise InvalidURLError("the URL has no host")
     if parsed.userinfo:
         raise InvalidURLError("credentials in the URL are not allowed; use a header instead")
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise InvalidURLError("the port must be between 1 and 65535")
+    host = parsed.raw_host.decode("ascii", errors="replace")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if _HOST_NAME.fullmatch(host) is None:
+            raise InvalidURLError("the host is not a valid host name or IP address") from None
     return parsed
 
 

@@ -169,3 +169,21 @@ def test_a_single_label_host_is_accepted_everywhere(client, alice):
     assert Grader.objects.filter(spec__url=GOOD_URL).count() == 3
     assert Grader.objects.filter(spec__base_url=GOOD_URL).count() == 2
     assert tool_endpoint({"name": "t", "url": GOOD_URL}, where="tools[0]").url == GOOD_URL
+
+
+def test_outbound_urls_in_settings_obey_the_rule(settings):
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    from experiments.checks import check_outbound_url_settings
+
+    settings.RFT_JUDGE_BASE_URL = "https://judge.internal:8443/v1"
+    assert check_outbound_url_settings() == []
+    settings.RFT_JUDGE_BASE_URL = "ftp://judge.example.com/v1"
+    [error] = check_outbound_url_settings()
+    assert error.id == "experiments.E001"
+    assert error.msg == (
+        "RFT_JUDGE_BASE_URL is not a usable outbound URL: only http:// and https:// URLs can be called."
+    )
+    with pytest.raises(SystemCheckError, match="RFT_JUDGE_BASE_URL"):
+        call_command("check")

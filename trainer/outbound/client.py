@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import http.cookiejar
 import ipaddress
 import logging
 import random
@@ -743,3 +744,47 @@ class SentRequest:
     url: str
     headers: dict[str, str] = field(default_factory=dict)
     body: Any = None
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that keeps nothing: one server's Set-Cookie never follows later requests."""
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return
+
+
+def policy_http_client(
+    policy: OutboundPolicy,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    max_connections: int = 20,
+    ssl_context: ssl.SSLContext | None = None,
+    **client_options: Any,
+) -> httpx2.AsyncClient:
+    """An `httpx2.AsyncClient` on the same network backend as `OutboundClient`, for protocols that
+    need httpx2 itself (the `mcp` SDK's streamable HTTP transport takes one): every connection is
+    resolved once, vetted by `policy` and made to a vetted address; no proxy from the environment,
+    no cookie jar, no redirects followed (a redirect would be vetted again at connect time anyway).
+    Its connection pool is httpcore2's own: fine for a few long-lived sessions, not for the
+    hundreds of concurrent tool calls `OutboundClient` serves."""
+    transport = httpx2.AsyncHTTPTransport(verify=ssl_context or True, trust_env=False)
+    # httpx2's transport takes no network backend: give it a pool that has ours.
+    transport._pool = httpcore2.AsyncConnectionPool(
+        ssl_context=ssl_context or httpx2.create_ssl_context(trust_env=False),
+        max_connections=max_connections,
+        http1=True,
+        http2=False,
+        network_backend=VettedNetworkBackend(policy, connect_timeout_s=connect_timeout_s),
+    )
+    return httpx2.AsyncClient(
+        transport=transport,
+        trust_env=False,
+        follow_redirects=False,
+        cookies=_NoCookies(),
+        timeout=timeout_s,
+        **client_options,
+    )

@@ -119,13 +119,10 @@ def download_merged(request, run_id: int):
 def build_merged(request, run_id: int):
     run = _owned_run(request, run_id)
     try:
-        artifacts.adapter_directory(run=run)
+        artifacts.request_merged_build(run=run)
     except artifacts.ArtifactMissing as exc:
         messages.error(request, str(exc))
     else:
-        from ..tasks import build_merged_model
-
-        build_merged_model.delay(run.pk)
         messages.info(
             request, "Building the merged model in a worker; the download appears here when it is ready."
         )

@@ -1,7 +1,6 @@
-"""What `python -m trainer <config>` needs besides the library: an HTTP tool executor, two simple
-graders and a JSONL reporter. No Django and nothing from `experiments`: the trainer stands alone.
-
-The web app uses its own executor (with the SSRF policy) and graders; these are for scripts.
+"""What `python -m trainer <config>` needs besides the library: an HTTP tool executor and a JSONL
+reporter. No Django and nothing from `experiments`: the trainer stands alone. Its graders are the web
+app's own (`trainer.graders`, built from the same grader JSON).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from typing import Any
 import httpx
 
 from trainer.config import ConfigError
-from trainer.interfaces import GradeResult, ToolCall, ToolResult, TrajectoryRecord
+from trainer.interfaces import ToolCall, ToolResult, TrajectoryRecord
 
 
 @dataclass(frozen=True)
@@ -153,41 +152,6 @@ def _output_from_body(text: str) -> str:
         output = payload["output"]
         return output if isinstance(output, str) else json.dumps(output)
     return text
-
-
-class MatchGrader:
-    """Built-in grader for scripts: 1.0 when the final answer equals ("exact_match") or contains
-    ("contains") the item's reference field, else 0.0."""
-
-    def __init__(self, *, kind: str, reference_field: str = "answer", case_sensitive: bool = False) -> None:
-        if kind not in ("exact_match", "contains"):
-            raise ConfigError(f"grader.type: must be exact_match or contains, got {kind!r}")
-        self.kind = kind
-        self.reference_field = reference_field
-        self.case_sensitive = case_sensitive
-
-    async def grade(
-        self, sample: Mapping[str, Any], item: Mapping[str, Any], *, trace_id: str
-    ) -> GradeResult:
-        if self.reference_field not in item:
-            return GradeResult(
-                score=None,
-                errors=[
-                    {
-                        "grader": self.kind,
-                        "type": "missing_reference",
-                        "message": f"item has no {self.reference_field!r}",
-                    }
-                ],
-            )
-        answer, reference = (
-            str(sample.get("output_text", "")).strip(),
-            str(item[self.reference_field]).strip(),
-        )
-        if not self.case_sensitive:
-            answer, reference = answer.lower(), reference.lower()
-        score = float(answer == reference if self.kind == "exact_match" else reference in answer)
-        return GradeResult(score=score, sub_scores={self.kind: score})
 
 
 class JsonlReporter:

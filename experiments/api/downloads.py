@@ -37,6 +37,22 @@ class DownloadRenderer(BaseRenderer):
         return JSONRenderer().render(data, "application/json", renderer_context)
 
 
+def metrics_csv_response(run) -> StreamingHttpResponse:
+    """The run's metrics CSV, streamed (the run page's download link answers the same)."""
+    response = StreamingHttpResponse(artifacts.metrics_csv_rows(run=run), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="run-{run.pk}-metrics.csv"'
+    return response
+
+
+def rollouts_jsonl_response(run) -> StreamingHttpResponse:
+    """The run's rollouts as JSON Lines, streamed (the run page's download link answers the same)."""
+    response = StreamingHttpResponse(
+        artifacts.rollouts_jsonl_lines(run=run), content_type="application/x-ndjson"
+    )
+    response["Content-Disposition"] = f'attachment; filename="run-{run.pk}-rollouts.jsonl"'
+    return response
+
+
 def _run(request, run_id: int):
     return get_object_or_404(selectors.runs_for(user=request.user), pk=run_id)
 
@@ -184,10 +200,7 @@ class MetricsCsvView(_DownloadView):
     )
     def get(self, request, run_id: int):
         """Every metric of every step as CSV (one row per step, one column per metric)."""
-        run = _run(request, run_id)
-        response = StreamingHttpResponse(artifacts.metrics_csv_rows(run=run), content_type="text/csv")
-        response["Content-Disposition"] = f'attachment; filename="run-{run.pk}-metrics.csv"'
-        return response
+        return metrics_csv_response(_run(request, run_id))
 
 
 class RolloutsJsonlView(_DownloadView):
@@ -198,12 +211,7 @@ class RolloutsJsonlView(_DownloadView):
     )
     def get(self, request, run_id: int):
         """Every rollout (messages, tool calls, scores, rewards) as JSON Lines."""
-        run = _run(request, run_id)
-        response = StreamingHttpResponse(
-            artifacts.rollouts_jsonl_lines(run=run), content_type="application/x-ndjson"
-        )
-        response["Content-Disposition"] = f'attachment; filename="run-{run.pk}-rollouts.jsonl"'
-        return response
+        return rollouts_jsonl_response(_run(request, run_id))
 
 
 urlpatterns = [

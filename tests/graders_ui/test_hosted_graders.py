@@ -438,6 +438,14 @@ def test_without_endpoints_graders_are_saved_shown_as_needing_them_and_runs_refu
             start=False,
         )
     assert any("needs a judge endpoint" in message for message in refused.value.errors["grader"])
+    # A readiness check scores with the grader too: refused for the same reason.
+    from experiments.services.readiness import ReadinessError, create_readiness_report
+
+    with pytest.raises(ReadinessError) as not_ready:
+        create_readiness_report(
+            owner=alice, base_model="tiny", dataset=dataset, tools=[], grader=judge, start=False
+        )
+    assert "needs a judge endpoint" in str(not_ready.value)
 
 
 # --- the trainer side: pass rates and score ranges ---------------------------------------------------------

@@ -108,6 +108,22 @@ MULTI_WITHOUT_NAME = {
     "calculate_output": "(name + email) / 2",
 }
 
+STRING_CHECK = {
+    "type": "string_check",
+    "name": "Example string check grader",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.label}}",
+    "operation": "eq",
+}
+
+FUZZY = {
+    "type": "text_similarity",
+    "name": "Example text similarity grader",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.reference_answer}}",
+    "evaluation_metric": "fuzzy_match",
+}
+
 # --- a real OpenAI-compatible server ------------------------------------------------------------------------
 
 # Embeddings chosen so that the cosines are easy to compute by hand.
@@ -192,6 +208,10 @@ def _hosted_run(api, grader, model_sample, item, path="/api/v1/graders/run"):
 
 # (grader, model sample, item, reward, sub_rewards) — worked out by hand:
 HAND_COMPUTED = [
+    (STRING_CHECK, "positive", {"label": "positive"}, 1.0, {}),
+    (STRING_CHECK, "Positive", {"label": "positive"}, 0.0, {}),  # eq is case-sensitive
+    # one deletion turns "John Doe" into "Jon Doe": 1 - 1/15 (Indel distance over 15 characters)
+    (FUZZY, "John Doe", {"reference_answer": "Jon Doe"}, 14 / 15, {}),
     # the judge picks "positive", a passing label
     (LABEL_MODEL, "", {"response": "I love this product"}, 1.0, {}),
     # the judge answers "negative" in plain text (ignoring response_format): not a passing label

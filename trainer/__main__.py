@@ -9,7 +9,8 @@ The file (YAML or JSON) holds:
     resume_from: runs/first/checkpoints/checkpoint-000010   # optional
     tools:                                       # each tool: its schema and its HTTP endpoint
       - {name: peek, description: ..., parameters: {...}, url: http://127.0.0.1:8001/peek,
-         headers: {}, signing_secret: null, timeout_s: 30}     # `server_url` works as well as `url`
+         headers: {}, signing_secret: null, timeout_s: 30}
+    outbound: {allow_loopback: true, allowlist: ["10.0.0.0/8", "tools.corp.example"]}   # optional
     grader:                                      # grader JSON, exactly as the web app takes it
       {type: string_check, name: exact, input: "{{sample.output_text}}", reference: "{{item.answer}}",
        operation: eq}
@@ -17,13 +18,12 @@ The file (YAML or JSON) holds:
       judge_base_url: http://127.0.0.1:8001/v1   #   score_model / label_model (chat completions)
       embeddings_base_url: http://127.0.0.1:8001/v1   # text_similarity with cosine
       embeddings_model: text-embedding-3-large
-    outbound:                                    # optional: what grader URLs may reach (SSRF policy)
-      allow_loopback: true                       #   default false: only public addresses
-      allowlist: [tools.internal, 10.20.0.0/16]
 
-The graders are the web app's own (`trainer.graders`: every type, same JSON, same scores). Judge and
-embeddings API keys come from the environment only (RFT_JUDGE_API_KEY, RFT_EMBEDDINGS_API_KEY), as do
-default endpoints not given in the file (RFT_JUDGE_BASE_URL, RFT_EMBEDDINGS_BASE_URL).
+The tools' `server_url` (agent-RFT tool definitions) works as well as `url`. The graders are the web
+app's own (`trainer.graders`: every type, same JSON, same scores), calling out under the same
+`outbound` policy as the tools. Judge and embeddings API keys come from the environment only
+(RFT_JUDGE_API_KEY, RFT_EMBEDDINGS_API_KEY), as do default endpoints the file does not give
+(RFT_JUDGE_BASE_URL, RFT_EMBEDDINGS_BASE_URL).
 
 Relative paths are relative to the config file. SIGINT/SIGTERM stop cleanly after the current turn
 and keep a checkpoint. The result is written to stdout as one JSON line.
@@ -42,8 +42,14 @@ from typing import Any
 
 from trainer.config import ConfigError, TrainerConfig
 from trainer.graders import GraderContext, GraderSpecError, build_grader, unmet_requirements
-from trainer.outbound.policy import OutboundPolicy, OutboundPolicyError
-from trainer.standalone import HttpTool, JsonlReporter, SimpleHttpToolExecutor, read_jsonl
+from trainer.outbound.tools import ToolEndpoint
+from trainer.standalone import (
+    JsonlReporter,
+    read_jsonl,
+    script_policy,
+    tool_endpoint,
+    tool_executor,
+)
 
 TOP_LEVEL_KEYS = {
     "trainer",
@@ -85,7 +91,7 @@ def load_run_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def build_tools(specs: Any) -> tuple[list[dict[str, Any]], dict[str, HttpTool]]:
+def build_tools(specs: Any) -> tuple[list[dict[str, Any]], dict[str, ToolEndpoint]]:
     if specs is None:
         return [], {}
     if not isinstance(specs, list):
@@ -111,21 +117,8 @@ def build_tools(specs: Any) -> tuple[list[dict[str, Any]], dict[str, HttpTool]]:
                 },
             }
         )
-        endpoints[spec["name"]] = HttpTool(
-            url=spec["url"],
-            headers=dict(spec.get("headers") or {}),
-            signing_secret=spec.get("signing_secret"),
-            timeout_s=float(spec.get("timeout_s", 30.0)),
-            max_response_bytes=int(spec.get("max_response_bytes", 1_000_000)),
-        )
+        endpoints[spec["name"]] = tool_endpoint(spec, where=f"tools[{index}]")
     return schemas, endpoints
-
-
-def _mapping(data: dict[str, Any], key: str) -> dict[str, Any]:
-    value = data.get(key) or {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key}: must be a mapping")
-    return value
 
 
 def build_run_grader(data: dict[str, Any], environ: Any = None):
@@ -141,32 +134,25 @@ def build_run_grader(data: dict[str, Any], environ: Any = None):
             f"grader: type {spec['type']!r} is gone; the trainer takes grader JSON as the web app does, "
             f"e.g. {LEGACY_GRADERS[spec['type']]}"
         )
-    endpoints = _mapping(data, "grader_endpoints")
+    endpoints = data.get("grader_endpoints") or {}
+    if not isinstance(endpoints, dict):
+        raise ConfigError("grader_endpoints: must be a mapping")
     unknown = sorted(set(endpoints) - GRADER_ENDPOINT_KEYS)
     if unknown:
         raise ConfigError(f"grader_endpoints: unknown key(s) {', '.join(unknown)}")
-    outbound = _mapping(data, "outbound")
-    unknown = sorted(set(outbound) - {"allow_loopback", "allowlist"})
-    if unknown:
-        raise ConfigError(f"outbound: unknown key(s) {', '.join(unknown)}")
-    try:
-        policy = OutboundPolicy(
-            allow_loopback=bool(outbound.get("allow_loopback", False)),
-            allowlist=tuple(outbound.get("allowlist") or ()),
-        )
-    except OutboundPolicyError as error:
-        raise ConfigError(f"outbound.allowlist: {error}") from error
     context = GraderContext(
-        policy=policy,
+        policy=script_policy(data.get("outbound")),
         judge_base_url=endpoints.get("judge_base_url") or environ.get("RFT_JUDGE_BASE_URL") or None,
         judge_api_key=environ.get("RFT_JUDGE_API_KEY") or None,
-        embeddings_base_url=endpoints.get("embeddings_base_url")
-        or environ.get("RFT_EMBEDDINGS_BASE_URL")
-        or None,
+        embeddings_base_url=(
+            endpoints.get("embeddings_base_url") or environ.get("RFT_EMBEDDINGS_BASE_URL") or None
+        ),
         embeddings_api_key=environ.get("RFT_EMBEDDINGS_API_KEY") or None,
-        embeddings_model=endpoints.get("embeddings_model")
-        or environ.get("RFT_EMBEDDINGS_MODEL")
-        or "text-embedding-3-large",
+        embeddings_model=(
+            endpoints.get("embeddings_model")
+            or environ.get("RFT_EMBEDDINGS_MODEL")
+            or "text-embedding-3-large"
+        ),
     )
     try:
         grader = build_grader(spec, context=context)
@@ -207,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         train_items = read_jsonl(resolve(data["train_file"]))
         eval_items = read_jsonl(resolve(data["eval_file"])) if data.get("eval_file") else []
         schemas, endpoints = build_tools(data.get("tools"))
+        policy = script_policy(data.get("outbound"))
         grader = build_run_grader(data)
     except (ConfigError, OSError, ValueError) as error:
         sys.stderr.write(f"error: {error}\n")
@@ -227,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         train_items=train_items,
         eval_items=eval_items,
         tools=schemas,
-        tool_executor=SimpleHttpToolExecutor(tools=endpoints),
+        tool_executor=tool_executor(endpoints, policy),
         grader=grader,
         reporter=JsonlReporter(output_dir),
         should_stop=lambda: stop_requested["value"],

@@ -133,12 +133,14 @@ class MergedStatusSerializer(serializers.Serializer):
     error = serializers.CharField(allow_blank=True, help_text="Why the last build failed.")
     updated_at = serializers.FloatField(allow_null=True, help_text="Unix time of the last change.")
     download_url = serializers.CharField(allow_null=True, help_text="Set when the status is ready.")
+    detail = serializers.CharField(required=False, help_text="What happened (POST).")
 
 
 class MergedView(GenericAPIView):
     serializer_class = MergedStatusSerializer
 
-    def _answer(self, request, run, state: artifacts.MergedStatus, code: int = 200) -> Response:
+    def _answer(self, request, run, *, code: int = 200, detail: str | None = None) -> Response:
+        state = artifacts.merged_status(run=run)
         url = reverse("api-run-download-merged", kwargs={"run_id": run.pk})
         payload = {
             "status": state.status,
@@ -146,31 +148,39 @@ class MergedView(GenericAPIView):
             "updated_at": state.updated_at,
             "download_url": request.build_absolute_uri(url) if state.status == "ready" else None,
         }
+        if detail:
+            payload["detail"] = detail
         return Response(MergedStatusSerializer(payload).data, status=code)
 
     @extend_schema(operation_id="runs_merged_status", responses=MergedStatusSerializer, tags=["runs"])
     def get(self, request, run_id: int):
         """Where the merged model (base + adapter as plain weights) stands."""
-        run = _run(request, run_id)
-        return self._answer(request, run, artifacts.merged_status(run=run))
+        return self._answer(request, _run(request, run_id))
 
     @extend_schema(
         operation_id="runs_merged_build",
         request=None,
-        responses={202: MergedStatusSerializer, 200: MergedStatusSerializer, 404: MISSING},
+        responses={
+            202: MergedStatusSerializer,
+            409: OpenApiResponse(description='{"detail": no adapter yet}'),
+        },
         tags=["runs"],
     )
     def post(self, request, run_id: int):
-        """Build the merged model in a worker (202); answers the current status (200) when it is
-        already queued, building or ready."""
+        """Build the merged model (base + the final or latest adapter) in a worker, as the run page's
+        "Build merged model" does (202, status `queued`); 409 while the run has no adapter yet.
+        GET this URL for the build's progress."""
         run = _run(request, run_id)
-        before = artifacts.merged_status(run=run)
         try:
-            state = artifacts.request_merged_build(run=run)
+            artifacts.request_merged_model(run=run)
         except artifacts.ArtifactMissing as exc:
-            raise NotFound(str(exc)) from exc
-        started = before.status in ("not_built", "failed")
-        return self._answer(request, run, state, status.HTTP_202_ACCEPTED if started else status.HTTP_200_OK)
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return self._answer(
+            request,
+            run,
+            code=status.HTTP_202_ACCEPTED,
+            detail="Building the merged model in a worker; GET this URL for its status.",
+        )
 
 
 class MergedDownloadView(_DownloadView):

@@ -163,7 +163,11 @@ class GraderViewSet(OwnedModelViewSet):
                 raise serializers.ValidationError({"dataset_item": "No such item in your datasets."})
         try:
             report = grader_services.run_stored_grader(
-                grader=grader, output_text=data["output_text"], output_tools=data["output_tools"], item=item
+                grader=grader,
+                output_text=data["output_text"],
+                output_tools=data["output_tools"],
+                item=item,
+                user=request.user,
             )
         except grader_services.GraderValidationError as error:
             raise serializers.ValidationError(

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
+
+from trainer.config import Setting, settings
 
 from .. import selectors
 from ..models import Dataset, Grader, Run, Tool
@@ -56,6 +58,39 @@ class OwnedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
         return self.queryset.visible_to(self.context["request"].user)
 
 
+def _schema_field(setting: Setting) -> serializers.Field:
+    options = {
+        "required": False,
+        "allow_null": setting.optional,
+        "help_text": f"{setting.help} Default: {'null' if setting.default is None else setting.default}.",
+    }
+    base = setting.annotation.replace(" | None", "")
+    if setting.choices is not None:
+        return serializers.ChoiceField(choices=setting.choices, **options)
+    fields = {
+        "bool": serializers.BooleanField,
+        "int": serializers.IntegerField,
+        "float": serializers.FloatField,
+        "str": serializers.CharField,
+        "dict[str, Any]": serializers.DictField,
+    }
+    return fields.get(base, serializers.JSONField)(**options)
+
+
+# The API schema of `config`, one property per trainer setting with its help, choices and default
+# (read from the trainer's field metadata). Values are validated by the trainer itself.
+TrainerConfigSchema = type(
+    "TrainerConfig",
+    (serializers.Serializer,),
+    {setting.name: _schema_field(setting) for setting in settings()},
+)
+
+
+@extend_schema_field(TrainerConfigSchema)
+class TrainerConfigField(serializers.DictField):
+    pass
+
+
 class RunCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     base_model = serializers.CharField(
@@ -63,9 +98,14 @@ class RunCreateSerializer(serializers.Serializer):
     )
     train_dataset = OwnedPrimaryKeyField(queryset=Dataset.objects.all())
     eval_dataset = OwnedPrimaryKeyField(queryset=Dataset.objects.all(), required=False, allow_null=True)
-    tools = OwnedPrimaryKeyField(queryset=Tool.objects.all(), many=True, required=False)
+    tools = OwnedPrimaryKeyField(
+        queryset=Tool.objects.all(),
+        many=True,
+        required=False,
+        help_text="Tool ids; omitted or empty: every one of your tools that the datasets' items name.",
+    )
     grader = OwnedPrimaryKeyField(queryset=Grader.objects.all())
-    config = serializers.DictField(
+    config = TrainerConfigField(
         required=False,
         default=dict,
         help_text="Trainer hyperparameters (TrainerConfig fields); omitted ones take the defaults.",

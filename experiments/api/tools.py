@@ -205,7 +205,7 @@ class ToolViewSet(OwnedModelViewSet):
         serializer.is_valid(raise_exception=True)
         arguments = serializer.validated_data["arguments"]
         result = tool_services.try_tool(
-            tool=tool, arguments=arguments, item=serializer.validated_data["item"]
+            tool=tool, arguments=arguments, item=serializer.validated_data["item"], user=request.user
         )
         payload = tool_services.try_result_as_dict(result)
         payload["argument_warnings"] = (

@@ -1,8 +1,8 @@
 from django.urls import path, re_path
-from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
 from . import compare, downloads, metrics
+from .auth import ObtainTokenView
 from .datasets import DatasetViewSet
 from .graders import GraderViewSet
 from .hosted_graders import HostedGraderRunView, HostedGraderValidateView
@@ -21,7 +21,7 @@ router.register("readiness", ReadinessReportViewSet, basename="api-readiness")
 router.register("audits", GraderAuditViewSet, basename="api-audit")
 
 urlpatterns = [
-    path("auth/token/", obtain_auth_token, name="api-token"),
+    path("auth/token/", ObtainTokenView.as_view(), name="api-token"),
     # The hosted grader API's paths (before the router, which has graders/{id}/): with or without a
     # trailing slash, also under the hosted prefix fine_tuning/alpha/ so only the base URL changes.
     re_path(r"^(?:fine_tuning/alpha/)?graders/run/?$", HostedGraderRunView.as_view(), name="api-graders-run"),

@@ -121,18 +121,16 @@ def merged_status(*, run: Run) -> MergedStatus:
     return MergedStatus(status=status, error=recorded.get("error", ""), updated_at=recorded.get("updated_at"))
 
 
-def request_merged_build(*, run: Run) -> MergedStatus:
-    """Queue the merge in a worker (raises ArtifactMissing without an adapter); a merge already
-    queued or running is not queued twice."""
-    adapter_directory(run=run)
-    current = merged_status(run=run)
-    if current.status in ("queued", "building", "ready"):
-        return current
-    from ..tasks import build_merged_model as build_task
+def request_merged_model(*, run: Run) -> Path:
+    """Queue the merged-model build for a run that has an adapter (the run page's button and the
+    API's action). Enqueued when the surrounding transaction commits; returns the adapter it merges.
+    Raises ArtifactMissing (with the user's explanation) when there is no adapter yet."""
+    from ..tasks import build_merged_model as build_merged_model_task
 
+    adapter = adapter_directory(run=run)
     _write_merged_status(run.pk, "queued")
-    build_task.delay(run.pk)
-    return merged_status(run=run)
+    build_merged_model_task.delay_on_commit(run.pk)
+    return adapter
 
 
 def build_merged_model(*, run_id: int) -> Path:

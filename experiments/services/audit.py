@@ -17,6 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..models import DatasetItem, Grader, GraderAudit, ReadinessStatus, Run, Trajectory
+from . import rate_limits
 from .graders import grader_needs
 
 DISAGREEMENT = 0.5
@@ -40,6 +41,7 @@ def create_audit(
     needs = grader_needs(grader)
     if needs:
         raise AuditError(f"The grader {grader.name} cannot score here: {'; '.join(needs)}.")
+    rate_limits.check_rate(user=owner, action="audit")
     audit = GraderAudit.objects.create(
         owner=owner, run=run, grader=grader, grader_version=grader.version, sample_size=sample_size
     )

@@ -34,6 +34,7 @@ from trainer.interfaces import GradeResult
 from ..fields import mask_secret
 from ..models import Grader
 from ..outbound import policy_from_settings
+from . import rate_limits
 
 MASK_PREFIX = "••••"
 _SECRET_STRINGS = {
@@ -390,8 +391,12 @@ def run_stored_grader(
     output_text: str,
     output_tools: list[dict] | None = None,
     item: Mapping[str, Any] | None = None,
+    user=None,
 ) -> GraderRunReport:
-    """The "Run grader" panel: score a sample answer against a sample item with the saved grader."""
+    """The "Run grader" panel: score a sample answer against a sample item with the saved grader.
+
+    Rate-limited per user (`user`, else the grader's owner): raises rate_limits.RateLimited."""
+    rate_limits.check_rate(user=user if user is not None else grader.owner, action="grader_run")
     return run_spec(
         spec=grader.spec,
         secrets=grader.secrets or {},

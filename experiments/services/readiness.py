@@ -22,6 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..models import Dataset, DatasetItem, Grader, ReadinessReport, ReadinessStatus, Run, Tool
+from . import rate_limits
 from .graders import grader_needs
 
 # The verdict's thresholds (shown next to every reason, so a user can judge them).
@@ -325,6 +326,7 @@ def create_readiness_report(
         problems.append(f"Unknown sampling setting(s): {', '.join(unknown)}.")
     if problems:
         raise ReadinessError(" ".join(problems))
+    rate_limits.check_rate(user=owner, action="readiness")
     report = ReadinessReport.objects.create(
         owner=owner,
         name=f"{dataset.name} · {grader.name} v{grader.version} · k={k}",

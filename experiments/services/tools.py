@@ -22,6 +22,7 @@ from trainer.outbound.tools import TryToolCallResult
 
 from ..models import Tool
 from ..outbound import policy_from_settings
+from . import rate_limits
 
 # RFC 9110 token characters: what a header name may contain.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
@@ -407,10 +408,17 @@ def endpoint_for(tool: Tool) -> ToolEndpoint:
 
 
 def try_tool(
-    *, tool: Tool, arguments: str | Mapping[str, Any], item: Mapping[str, Any] | None = None
+    *,
+    tool: Tool,
+    arguments: str | Mapping[str, Any],
+    item: Mapping[str, Any] | None = None,
+    user=None,
 ) -> TryToolCallResult:
     """Send one call exactly as a rollout would (body with `item` and a fresh `trace_id`,
-    X-RFT-Rollout-Id, signature) through the one outbound client and its SSRF policy."""
+    X-RFT-Rollout-Id, signature) through the one outbound client and its SSRF policy.
+
+    Rate-limited per user (`user`, else the tool's owner): raises rate_limits.RateLimited."""
+    rate_limits.check_rate(user=user if user is not None else tool.owner, action="tool_try")
     return try_tool_call(
         name=tool.name,
         endpoint=endpoint_for(tool),

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from ..models import Checkpoint, DatasetItem, Run, RunStatus
+from ..selectors import run_state
 from . import runs as run_services
 from .recording import DatabaseReporter, discard_steps_after
 
@@ -83,10 +84,7 @@ def resolve_base_model(base_model: str) -> str:
 
 def latest_checkpoint(run_id: int) -> Checkpoint | None:
     """The newest checkpoint still on disk (older ones may have been pruned)."""
-    for checkpoint in Checkpoint.objects.filter(run_id=run_id).order_by("-step"):
-        if Path(checkpoint.path).is_dir():
-            return checkpoint
-    return None
+    return run_state.resume_point(run_id)
 
 
 def _dataset_items(
@@ -214,9 +212,9 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
     if keeper.lost:
         return None
     if result.stopped and keeper.cancel_requested:
-        return finish(RunStatus.CANCELLED, "Cancelled by the user; the last checkpoint is kept.")
+        return finish(RunStatus.CANCELLED, run_state.cancelled_message(run.pk))
     if result.stopped and reporter.pause_requested:
-        from .watch import pause_message
+        from ..watch.flags import pause_message
 
         paused_by = Run.objects.filter(pk=run.pk).values_list("paused_by", flat=True).get() or {}
         return finish(RunStatus.PAUSED, pause_message(paused_by))

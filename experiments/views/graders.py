@@ -292,6 +292,7 @@ def grader_run(request, grader_id: int):
                 output_text=run_form.cleaned_data["output_text"],
                 output_tools=run_form.cleaned_data["output_tools"],
                 item=run_form.cleaned_data["item"],
+                user=request.user,
             )
         except grader_services.GraderValidationError as error:
             spec_problems = [f"{path}: {message}" for path, msgs in error.by_path.items() for message in msgs]

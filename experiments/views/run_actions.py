@@ -11,7 +11,6 @@ from django.views.decorators.http import require_POST
 from .. import selectors
 from ..api.downloads import metrics_csv_response, rollouts_jsonl_response
 from ..forms.runs import RunForm
-from ..models import Tool
 from ..services import artifacts, run_launch
 from ..services.runs import RunStateError
 
@@ -25,14 +24,6 @@ def run_create(request):
     form = RunForm(request.POST or None, user=request.user, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        tools = list(data["tools"])
-        if not tools:
-            referenced = set()
-            for dataset in filter(None, (data["train_dataset"], data.get("eval_dataset"))):
-                referenced |= run_launch.tool_names_referenced(dataset)
-            tools = list(
-                Tool.objects.visible_to(request.user).filter(owner=request.user, name__in=referenced)
-            )
         try:
             run = run_launch.create_run(
                 owner=request.user,
@@ -40,7 +31,7 @@ def run_create(request):
                 base_model=form.base_model,
                 train_dataset=data["train_dataset"],
                 eval_dataset=data.get("eval_dataset"),
-                tools=tools,
+                tools=list(data["tools"]),
                 grader=data["grader"],
                 config=form.config(),
                 watch_config=form.watch_config(),
@@ -120,7 +111,7 @@ def download_merged(request, run_id: int):
 def build_merged(request, run_id: int):
     run = _owned_run(request, run_id)
     try:
-        artifacts.request_merged_build(run=run)
+        artifacts.request_merged_model(run=run)
     except artifacts.ArtifactMissing as exc:
         messages.error(request, str(exc))
     else:

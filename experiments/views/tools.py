@@ -162,7 +162,9 @@ def tool_try(request, tool_id: int):
     context = {"tool": tool, "try_form": try_form}
     if try_form.is_valid():
         arguments = try_form.cleaned_data["arguments"]
-        result = tool_services.try_tool(tool=tool, arguments=arguments, item=try_form.cleaned_data["item"])
+        result = tool_services.try_tool(
+            tool=tool, arguments=arguments, item=try_form.cleaned_data["item"], user=request.user
+        )
         context["result"] = tool_services.try_result_as_dict(result)
         # Exactly as sent: no key reordering.
         context["request_body"] = json.dumps(result.request.body, indent=2, ensure_ascii=False)

@@ -52,8 +52,8 @@ async def test_graders_see_trajectory_and_output_json():
         "    assert sample['messages'][-1]['role'] == 'assistant'\n"
         "    return float(sample['output_json']['n'])\n"
     )
-    result, _ = await run(source, output_text='{"n": 3}')
-    assert result.score == 3.0
+    result, _ = await run(source, output_text='{"n": 0.75}')
+    assert result.score == 0.75
 
 
 async def test_open_a_socket(tmp_path):

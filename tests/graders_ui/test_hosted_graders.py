@@ -11,11 +11,11 @@ import json
 import math
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from experiments.models import DatasetItem, Grader
 from experiments.models.dataset import DatasetStatus
+from experiments.services.api_tokens import create_token
 from experiments.services.run_launch import RunValidationError, create_run
 from tests.factories import DatasetFactory
 from tests.http_test_server import Reply, ScriptedServer
@@ -194,7 +194,7 @@ def alice(django_user_model):
 def token_api(alice):
     """An API client authenticated by token only (no session), as a script would be."""
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=alice).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {create_token(user=alice, name='test').key}")
     return client
 
 
@@ -506,8 +506,8 @@ def test_each_type_declares_its_score_range():
     context = GraderContext(
         judge_base_url="https://judge.example.com/v1", embeddings_base_url="https://e.example.com/v1"
     )
-    assert build_grader(LABEL_MODEL, context=context).score_range == (0.0, 1.0)
-    assert build_grader(COSINE, context=context).score_range == (-1.0, 1.0)
-    assert build_grader({**SCORE_MODEL, "range": [1, 7]}, context=context).score_range == (1.0, 7.0)
-    assert build_grader({**COSINE, "evaluation_metric": "bleu"}).score_range == (0.0, 1.0)
+    assert build_grader(LABEL_MODEL, context=context).score_range() == (0.0, 1.0)
+    assert build_grader(COSINE, context=context).score_range() == (-1.0, 1.0)
+    assert build_grader({**SCORE_MODEL, "range": [1, 7]}, context=context).score_range() == (1.0, 7.0)
+    assert build_grader({**COSINE, "evaluation_metric": "bleu"}).score_range() == (0.0, 1.0)
     assert isinstance(build_grader(MULTI_WITHOUT_NAME), GraderBase)

@@ -119,7 +119,7 @@ async def test_requests_beyond_the_connection_limit_wait_for_a_free_connection(s
         )
         elapsed = time.perf_counter() - started
         assert all(r.status_code == 200 for r in responses)
-        assert client._pool.slots_in_use == 4 and client._pool.idle_count == 4
+        assert client.connection_counts() == (4, 4)
     finally:
         await client.aclose()
     # Two rounds of four on the same four connections.

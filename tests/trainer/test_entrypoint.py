@@ -198,8 +198,11 @@ def test_a_judge_grader_needs_an_endpoint_and_uses_the_one_given(tmp_path):
     )
     try:
         endpoints = {"judge_base_url": server.url("/v1")}
-        with pytest.raises(ConfigError) as blocked_file:  # loopback is refused unless the file allows it
-            grader = build_run_grader(_run_file(judge, grader_endpoints=endpoints), environ={})
+        # The judge obeys the run file's outbound policy, as the tools do.
+        with pytest.raises(ConfigError) as blocked_file:
+            grader = build_run_grader(
+                _run_file(judge, grader_endpoints=endpoints, outbound={"allow_loopback": False}), environ={}
+            )
             result = run_sync(lambda: grader.grade(make_sample(output_text="fine"), {}, trace_id="t"))
             raise ConfigError(str(result.errors))
         assert "blocked" in str(blocked_file.value)

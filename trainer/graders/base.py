@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,22 @@ class Evaluation:
     passed: dict[str, bool] = field(default_factory=dict)
 
 
+def checked_score(value: Any, score_range: tuple[float, float] | None) -> float:
+    """A grader's raw score as a reward, or GraderError: it must be a finite number within the grader's
+    range. Out of range is the grader's error (counted, excluded from the update), never a reward."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise GraderError("invalid_score", f"the score is {value!r}, not a number")
+    score = float(value)
+    if not math.isfinite(score):
+        raise GraderError("invalid_score", f"the score is {value!r}, not a finite number")
+    if score_range is not None and not score_range[0] <= score <= score_range[1]:
+        low, high = score_range
+        raise GraderError(
+            "out_of_range", f"the score {value!r} is outside the grader's range [{low:g}, {high:g}]"
+        )
+    return score
+
+
 class Grader:
     """Base of all grader types; implements `trainer.interfaces.Grader`."""
 
@@ -61,14 +78,13 @@ class Grader:
         # Set by build_grader from the spec's `pass_threshold`: a score at or above it passes.
         self.pass_threshold: float | None = None
 
-    @property
-    def score_range(self) -> tuple[float, float] | None:
-        """The scores this grader can give (None: not bounded by the type, e.g. user code)."""
-        return (0.0, 1.0)
-
     def unmet_requirements(self, *, label: str | None = None) -> list[str]:
         """Why this grader cannot score here (e.g. no judge endpoint configured); empty when it can."""
         return []
+
+    def score_range(self) -> tuple[float, float] | None:
+        """The scores this grader may give ([0, 1] unless a type says otherwise; None: any finite one)."""
+        return (0.0, 1.0)
 
     async def score(self, grading: GradingInput) -> float:
         """The score; raises GraderError when there is none."""
@@ -77,7 +93,7 @@ class Grader:
     async def evaluate(self, grading: GradingInput, *, label: str, nested: bool = False) -> Evaluation:
         """Score under `label` (a sub-grader's path inside a multi grader, else the grader's name)."""
         try:
-            value = await self.score(grading)
+            value = checked_score(await self.score(grading), self.score_range())
         except GraderError as exc:
             logger.info("grader %s (%s) failed: %s: %s", label, self.grader_type, exc.error_type, exc.message)
             return Evaluation(

@@ -55,7 +55,7 @@ _FIELDS: dict[str, set[str]] = {
     # base_url/api_key/model: the embeddings endpoint of a cosine grader (else the server's default).
     "text_similarity": {"input", "reference", "evaluation_metric", "base_url", "api_key", "model"},
     "set_match": {"input", "reference", "metric", "pattern", "case_sensitive"},
-    "python": {"source", "image_tag"},
+    "python": {"source", "image_tag", "range"},
     "score_model": {"model", "input", "range", "sampling_params", "base_url", "api_key", "timeout_s"},
     "label_model": {
         "model",
@@ -67,7 +67,7 @@ _FIELDS: dict[str, set[str]] = {
         "api_key",
         "timeout_s",
     },
-    "endpoint": {"url", "headers", "signing_secret", "timeout_s"},
+    "endpoint": {"url", "headers", "signing_secret", "timeout_s", "range"},
     "multi": {"graders", "calculate_output", "range"},
 }
 
@@ -282,7 +282,12 @@ def _build_python(spec, name, prefix, errors, context, depth):
     status = sandbox_status()
     if not status.available:
         errors.add(_join(prefix, "type"), status.reason)
-    return PythonGrader(name=name, source=source or "", limits=context.sandbox_limits)
+    return PythonGrader(
+        name=name,
+        source=source or "",
+        limits=context.sandbox_limits,
+        range=_range(spec, "range", prefix, errors, default=(0.0, 1.0)) or (0.0, 1.0),
+    )
 
 
 def _check_python_source(source: str, path: str, errors: _Errors) -> None:
@@ -392,6 +397,7 @@ def _build_endpoint(spec, name, prefix, errors, context, depth):
         policy=context.policy,
         max_retries=context.max_retries,
         retry_backoff_s=context.retry_backoff_s,
+        range=_range(spec, "range", prefix, errors, default=(0.0, 1.0)) or (0.0, 1.0),
     )
 
 

@@ -71,7 +71,6 @@ class TextSimilarityGrader(Grader):
         self.input, self.reference, self.metric = input, reference, evaluation_metric
         self.embeddings = embeddings
 
-    @property
     def score_range(self) -> tuple[float, float]:
         return (-1.0, 1.0) if self.metric == "cosine" else (0.0, 1.0)
 
@@ -167,13 +166,18 @@ def set_score(*, named: set[str], expected: set[str], metric: str) -> float:
 
 class PythonGrader(Grader):
     grader_type = "python"
-    score_range = None  # whatever the user's code returns
 
     def __init__(
-        self, *, name: str, source: str, limits: SandboxLimits, max_concurrency: int | None = None
+        self,
+        *,
+        name: str,
+        source: str,
+        limits: SandboxLimits,
+        max_concurrency: int | None = None,
+        range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         super().__init__(name=name)
-        self.source, self.limits = source, limits
+        self.source, self.limits, self.range = source, limits, range
         # Each sandbox is a process; a whole GRPO batch at once would starve the CPU and time out.
         self.max_concurrency = max_concurrency or max(2, 2 * (os.cpu_count() or 1))
         self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
@@ -185,6 +189,9 @@ class PythonGrader(Grader):
         if loop not in self._semaphores:
             self._semaphores[loop] = asyncio.Semaphore(self.max_concurrency)
         return self._semaphores[loop]
+
+    def score_range(self) -> tuple[float, float]:
+        return self.range
 
     async def score(self, grading: GradingInput) -> float:
         async with self._semaphore():
@@ -344,7 +351,6 @@ class EndpointGrader(_HttpGrader):
     """POST {"sample", "item", "trace_id"} -> {"score": <float>}; the sample holds the whole trajectory."""
 
     grader_type = "endpoint"
-    score_range = None  # whatever the user's server answers
 
     def __init__(
         self,
@@ -357,6 +363,7 @@ class EndpointGrader(_HttpGrader):
         policy: OutboundPolicy,
         max_retries: int,
         retry_backoff_s: float,
+        range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         super().__init__(name=name, policy=policy, max_retries=max_retries, retry_backoff_s=retry_backoff_s)
         self.url, self.headers, self.signing_secret, self.timeout_s = (
@@ -365,6 +372,10 @@ class EndpointGrader(_HttpGrader):
             signing_secret,
             timeout_s,
         )
+        self.range = range
+
+    def score_range(self) -> tuple[float, float]:
+        return self.range
 
     def __repr__(self) -> str:
         return f"EndpointGrader(name={self.name!r})"
@@ -495,7 +506,8 @@ class _ModelGrader(_HttpGrader):
 
 
 class ScoreModelGrader(_ModelGrader):
-    """The judge answers a score, parsed and clipped to `range`."""
+    """The judge answers a score, parsed and checked against `range` (base.checked_score): a judge
+    answering outside its range is a grader error, not clipped into a reward."""
 
     grader_type = "score_model"
 
@@ -503,14 +515,12 @@ class ScoreModelGrader(_ModelGrader):
         super().__init__(**kwargs)
         self.range = range
 
-    @property
     def score_range(self) -> tuple[float, float]:
         return self.range
 
     async def score(self, grading: GradingInput) -> float:
         content = await self._ask(grading)
-        low, high = self.range
-        return min(high, max(low, _finite(parse_judge_score(content), what="the judge's score")))
+        return _finite(parse_judge_score(content), what="the judge's score")
 
 
 class LabelModelGrader(_ModelGrader):
@@ -588,7 +598,6 @@ class MultiGrader(Grader):
         self.formula = formula
         self.range = range
 
-    @property
     def score_range(self) -> tuple[float, float] | None:
         return self.range
 
@@ -626,6 +635,12 @@ class MultiGrader(Grader):
         except FormulaError as exc:
             errors.append({"grader": label, "type": "formula", "message": str(exc)})
             return Evaluation(score=None, sub_scores=sub_scores, errors=errors, passed=passed)
+        if not math.isfinite(total):
+            errors.append(
+                {"grader": label, "type": "invalid_score", "message": f"the formula gave {total!r}"}
+            )
+            return Evaluation(score=None, sub_scores=sub_scores, errors=errors, passed=passed)
+        # A multi grader's `range` clamps its formula's result (its sub-graders' scores are checked).
         if self.range is not None:
             total = min(self.range[1], max(self.range[0], total))
         if nested:

@@ -1,4 +1,8 @@
-"""All outbound HTTP of rftweb: the SSRF policy, the client that enforces it, signing, tool calls."""
+"""All outbound HTTP of rftweb: the SSRF policy, the client that enforces it, signing, tool calls.
+
+Django-free, so that `python -m trainer` calls tools through the same code as the app; the app builds
+its `OutboundPolicy` from settings in `experiments.outbound`.
+"""
 
 from trainer.outbound.client import (
     BlockedAddressError,

@@ -1,17 +1,20 @@
 """The one HTTP client for everything rftweb sends out (tools, endpoint graders, model judges).
 
-Safety is enforced where the socket is opened, not where the URL is parsed: before a connection is
-opened the client resolves the host itself, checks *every* resolved address against the
-`OutboundPolicy`, and then connects to one of the checked addresses. The HTTP layer still uses the
-host name (Host header, TLS SNI and certificate verification), so nothing changes for the server, but
-a DNS answer that changes between check and connect (rebinding) cannot reach a refused address: there
-is no second lookup.
+HTTP itself is `httpcore2` (the maintained core of `httpx2`, h11 underneath): its connection pool,
+HTTP/1.1 framing and TLS. Safety is added where the socket is opened, not where the URL is parsed:
+the pool's network backend (`VettedNetworkBackend`) resolves the host itself, checks *every*
+resolved address against the `OutboundPolicy`, and then connects to one of the checked addresses.
+TLS still uses the host name (SNI and certificate verification) and so does the Host header, so
+nothing changes for the server, but a DNS answer that changes between check and connect
+(rebinding) cannot reach a refused address: there is no second lookup. Addresses are tried
+happy-eyeballs style (the next one starts when the previous one has not connected within
+`happy_eyeballs_delay_s`, each has its own connect timeout), so a dead address does not eat the
+deadline of the request.
 
 Also here: no redirects followed (a 3xx is an error: the target would escape the policy check of
-the URL the user registered), no proxies from the environment, no cookie jar, a wall-clock deadline
-per attempt, a response size cap enforced while the body streams in, and retries with exponential
-backoff for 5xx, timeouts and connection errors. HTTP/1.1 itself (parsing, framing, the keep-alive
-connection pool) is `trainer.outbound.http11`.
+the URL the user registered), no proxies from the environment and no cookie jar (httpcore has
+neither), a wall-clock deadline per attempt, a response size cap enforced while the body streams
+in, and retries with exponential backoff for 5xx, timeouts and connection errors.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import functools
 import ipaddress
 import logging
 import random
+import re
 import socket
 import ssl
 import time
@@ -29,11 +33,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import httpx
+import anyio
+import httpcore2
+import httpx2
 
-from trainer.outbound import http11
 from trainer.outbound.policy import OutboundPolicy
+from trainer.outbound.pool import ConnectionPool
 from trainer.outbound.signing import SIGNATURE_HEADER, sign_body
+from trainer.outbound.streams import open_tcp_stream
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +57,6 @@ DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_HEADERS = {
     "Accept": "*/*",
     "Accept-Encoding": "identity",
-    "Connection": "keep-alive",
     "User-Agent": USER_AGENT,
 }
 
@@ -133,7 +139,7 @@ class OutboundResponse:
 def describe_destination(url: str) -> str:
     """scheme://host:port of a URL, for messages: paths and queries may carry secrets."""
     try:
-        parsed = httpx.URL(url)
+        parsed = httpx2.URL(url)
     except Exception:
         return "an invalid URL"
     port = f":{parsed.port}" if parsed.port else ""
@@ -143,16 +149,16 @@ def describe_destination(url: str) -> str:
 def display_url(url: str) -> str:
     """The URL without credentials, query or fragment (they may carry secrets), for echoes in the UI."""
     try:
-        parsed = httpx.URL(url)
+        parsed = httpx2.URL(url)
     except Exception:
         return "an invalid URL"
     return f"{describe_destination(url)}{parsed.path}"
 
 
-def validate_outbound_url(url: str) -> httpx.URL:
+def validate_outbound_url(url: str) -> httpx2.URL:
     """The parsed URL if it is an absolute http(s) URL with a host and no credentials."""
     try:
-        parsed = httpx.URL(url)
+        parsed = httpx2.URL(url)
     except Exception as exc:
         raise InvalidURLError("not a valid URL") from exc
     if parsed.scheme not in ("http", "https"):
@@ -186,6 +192,27 @@ def backoff_delay(*, retry_index: int, base_s: float) -> float:
     return delay * (1.0 + random.random() * 0.1)
 
 
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+HAPPY_EYEBALLS_DELAY_S = 0.25
+KEEPALIVE_EXPIRY_S = 5.0
+
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _check_token(value: str, what: str) -> None:
+    if _TOKEN.fullmatch(value) is None:
+        raise OutboundError(f"the request cannot be sent: the {what} is not a valid HTTP token")
+
+
+def _check_field_value(value: str) -> None:
+    # h11 refuses these too, but only once a connection is open: checked first, nothing is sent.
+    if _FIELD_VALUE_FORBIDDEN.search(value) is not None:
+        raise OutboundError(
+            "the request cannot be sent: a header value contains a line break or another control character"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     """What one URL means for a request, parsed once per distinct URL (see `_target`)."""
@@ -193,8 +220,8 @@ class _Target:
     scheme: str
     host: str  # ASCII (IDNA) name or address literal without brackets: connect, policy, TLS SNI
     port: int
-    request_target: str  # percent-encoded path and query
-    host_header: str
+    url: httpcore2.URL
+    host_header: bytes
     destination: str  # scheme://host:port, for messages
     key: str  # the connection pool's origin key
 
@@ -208,11 +235,9 @@ def _target(url: str) -> _Target:
         host = parsed.raw_host.decode("ascii")
         request_target = parsed.raw_path.decode("ascii") or "/"
         host_header = parsed.netloc.decode("ascii")
-        http11.check_field_value(request_target)
-        http11.check_field_value(host_header)
-    except (UnicodeDecodeError, http11.LocalProtocolError) as exc:
+    except UnicodeDecodeError as exc:
         raise InvalidURLError("not a valid URL") from exc
-    if " " in request_target:
+    if " " in request_target or _FIELD_VALUE_FORBIDDEN.search(request_target + host_header):
         raise InvalidURLError("not a valid URL")
     scheme = parsed.scheme
     port = parsed.port or (443 if scheme == "https" else 80)
@@ -220,68 +245,175 @@ def _target(url: str) -> _Target:
         scheme=scheme,
         host=host,
         port=port,
-        request_target=request_target,
-        host_header=host_header,
+        url=httpcore2.URL(
+            scheme=scheme.encode("ascii"),
+            host=host.encode("ascii"),
+            port=port,
+            target=request_target.encode("ascii"),
+        ),
+        host_header=host_header.encode("ascii"),
         destination=describe_destination(url),
         key=f"{scheme}://{host}:{port}",
     )
 
 
-_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
-_DEFAULT_HEADERS_LOWER = [(name.lower(), f"{name}: {value}") for name, value in DEFAULT_HEADERS.items()]
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "host"})
+_DEFAULT_HEADERS_LOWER = [
+    (name.lower(), name.encode(), value.encode()) for name, value in DEFAULT_HEADERS.items()
+]
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-def _request_message(
+def _request_headers(
     method: str, target: _Target, headers: Mapping[str, str], content: bytes
-) -> tuple[bytes, bool]:
-    """The bytes of one HTTP/1.1 request and whether it asks the server to close the connection.
+) -> list[tuple[bytes, bytes]]:
+    """The header fields of one request: Host, the defaults, the caller's, and the client's own length.
 
     Header names and values are checked (no line breaks or other control characters can smuggle a
-    second header or request in); Content-Length and Transfer-Encoding are always the client's own.
+    second header or request in); Host, Content-Length and Transfer-Encoding are always the client's.
     """
-    http11.check_token(method, "method")
+    _check_token(method, "method")
     names: set[str] = set()
-    lines = [f"{method} {target.request_target} HTTP/1.1"]
-    own: list[str] = []
-    close = False
+    own: list[tuple[bytes, bytes]] = []
     for name, value in headers.items():
         lower = name.lower()
         if lower in _FRAMING_HEADERS:
             continue
-        http11.check_token(name, "header name")
-        http11.check_field_value(value)
+        _check_token(name, "header name")
+        _check_field_value(value)
         names.add(lower)
-        own.append(f"{name}: {value}")
-        if lower == "connection" and "close" in value.lower():
-            close = True
-    if "host" not in names:
-        lines.append(f"Host: {target.host_header}")
-    lines.extend(line for lower, line in _DEFAULT_HEADERS_LOWER if lower not in names)
-    lines.extend(own)
+        own.append((name.encode("ascii"), value.encode("utf-8")))
+    fields = [(b"Host", target.host_header)]
+    fields.extend((name, value) for lower, name, value in _DEFAULT_HEADERS_LOWER if lower not in names)
+    fields.extend(own)
     if content or method in _BODY_METHODS:
-        lines.append(f"Content-Length: {len(content)}")
-    lines.append("\r\n")
-    head = "\r\n".join(lines).encode("utf-8")
-    return (head + content if content else head), close
+        fields.append((b"Content-Length", str(len(content)).encode("ascii")))
+    return fields
 
 
-def _describe_os_error(exc: OSError) -> str:
-    text = exc.strerror or str(exc)
+def _describe_os_error(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        text = exc.strerror or str(exc)
+    else:
+        text = str(exc)
     name = type(exc).__name__
     return f"{name} ({text})" if text and "://" not in text else name
 
 
-class OutboundClient:
-    """An async, pooled, policy-enforcing HTTP/1.1 client.
+class VettedNetworkBackend(httpcore2.AsyncNetworkBackend):
+    """httpcore2's network backend with the SSRF policy: resolve once, vet, connect to a vetted address.
 
-    Requests go over `trainer.outbound.http11` connections: one bounded pool per event loop with
-    at most `max_connections` connections over all origins, finished keep-alive connections reused
-    per origin (closed after 5 s idle). A request on a reused connection that the server had already
-    closed is sent again on a fresh connection, transparently. There is no cookie jar (one tool server
-    cannot set cookies for later calls), no proxy from the environment and no redirect following.
-    The pool is created lazily inside the running event loop (connections must not outlive or cross
-    loops) and closed by `aclose()`; the client can be used again afterwards.
+    httpcore2 asks it for a TCP connection to `host` (the URL's host name) and then starts TLS on the
+    returned stream with that same name, so SNI and certificate checks are by name while the socket
+    goes to an address this backend checked. Addresses are raced happy-eyeballs style (RFC 8305
+    section 5, without family interleaving: resolver order): the next address starts when the
+    previous one has neither connected nor failed within `happy_eyeballs_delay_s`, the first to
+    connect wins, each attempt has its own `connect_timeout_s`.
+    """
+
+    def __init__(
+        self,
+        policy: OutboundPolicy,
+        *,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        happy_eyeballs_delay_s: float = HAPPY_EYEBALLS_DELAY_S,
+    ) -> None:
+        self.policy = policy
+        self.connect_timeout_s = connect_timeout_s
+        self.happy_eyeballs_delay_s = happy_eyeballs_delay_s
+
+    async def vetted_addresses(self, host: str, port: int) -> list[str]:
+        """Every address `host` resolves to, all allowed by the policy (else BlockedAddressError)."""
+        destination = f"{host}:{port}"
+        try:
+            addresses = [str(ipaddress.ip_address(host))]
+        except ValueError:
+            try:
+                addresses = await resolve_host(host, port)
+            except OSError as exc:
+                raise OutboundConnectionError(
+                    f"could not complete the request to {destination}: "
+                    f"could not resolve {host} ({exc.strerror or exc})"
+                ) from exc
+        if not addresses:
+            raise OutboundConnectionError(f"{host} has no IPv4/IPv6 address")
+        # Every answer must pass: a name that resolves to one public and one private address is
+        # refused, otherwise an attacker picks which one we reach.
+        for address in addresses:
+            reason = self.policy.address_refusal(address, host=host)
+            if reason is not None:
+                logger.warning("outbound request to %s refused: %s is %s", host, address, reason)
+                raise BlockedAddressError(
+                    f"refused by the outbound policy: {host} resolves to {address}, which is {reason}"
+                )
+        return addresses
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        addresses = await self.vetted_addresses(host, port)
+        per_address = self.connect_timeout_s if timeout is None else min(timeout, self.connect_timeout_s)
+        if len(addresses) == 1:
+            return await open_tcp_stream(addresses[0], port, timeout=per_address)
+        winner: httpcore2.AsyncNetworkStream | None = None
+        errors: list[tuple[str, Exception]] = []
+
+        async def attempt(address: str, finished: anyio.Event, scope: anyio.CancelScope) -> None:
+            nonlocal winner
+            try:
+                stream = await open_tcp_stream(address, port, timeout=per_address)
+            except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
+                errors.append((address, exc))
+                finished.set()
+                return
+            if winner is None:
+                winner = stream
+                scope.cancel()  # the other attempts
+            else:
+                await stream.aclose()
+            finished.set()
+
+        async with anyio.create_task_group() as group:
+            for address in addresses:
+                finished = anyio.Event()
+                group.start_soon(attempt, address, finished, group.cancel_scope)
+                with anyio.move_on_after(self.happy_eyeballs_delay_s):
+                    await finished.wait()
+                if winner is not None:
+                    break
+        if winner is not None:
+            return winner
+        tried = "; ".join(f"{address}: {_describe_os_error(exc)}" for address, exc in errors)
+        raise httpcore2.ConnectError(f"could not connect to any address of {host} ({tried})")
+
+    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore2.AsyncNetworkStream:
+        raise BlockedAddressError("refused by the outbound policy: Unix sockets are never connected to")
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+_BYTEARRAY_REPR = re.compile(r"bytearray\((b'.*?'|b\".*?\")\)")
+_DISCONNECTED = "disconnected without sending a response"
+_BODY_CUT = "peer closed connection without sending complete message body"
+
+
+class OutboundClient:
+    """An async, pooled, policy-enforcing HTTP/1.1 client over `httpcore2`.
+
+    One `httpcore2.AsyncConnectionPool` per event loop with at most `max_connections` connections over
+    all origins, finished keep-alive connections reused per origin (closed after
+    `keepalive_expiry_s` idle; an idle connection the server has closed is noticed before reuse). A
+    request on a reused connection that the server closed just as it went out is sent again on a
+    fresh connection, transparently. There is no cookie jar (one tool server cannot set cookies for
+    later calls), no proxy from the environment and no redirect following. The pool is created
+    lazily inside the running event loop (connections must not outlive or cross loops) and closed by
+    `aclose()`; the client can be used again afterwards.
     """
 
     def __init__(
@@ -291,10 +423,15 @@ class OutboundClient:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_keepalive_connections: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        keepalive_expiry_s: float = KEEPALIVE_EXPIRY_S,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        happy_eyeballs_delay_s: float = HAPPY_EYEBALLS_DELAY_S,
     ) -> None:
         """`max_connections` bounds the open connections; `max_keepalive_connections` (default:
         `max_connections`) bounds the idle ones kept for reuse. `ssl_context` replaces the default
-        verification context (certifi's CA bundle), for example to trust a private CA."""
+        verification context (the system's CA store), for example to trust a private CA.
+        `connect_timeout_s` bounds each address's connection attempt (the request's own deadline
+        bounds the whole)."""
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self.policy = policy
@@ -302,25 +439,45 @@ class OutboundClient:
         self.max_keepalive_connections = (
             max_connections if max_keepalive_connections is None else max_keepalive_connections
         )
-        self._pool: http11.ConnectionPool | None = None
+        self.keepalive_expiry_s = keepalive_expiry_s
+        self.backend = VettedNetworkBackend(
+            policy, connect_timeout_s=connect_timeout_s, happy_eyeballs_delay_s=happy_eyeballs_delay_s
+        )
+        self._pool: ConnectionPool | None = None
         self._ssl_context = ssl_context
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._ssl_context is None:
-            # Building a context loads the CA bundle (tens of ms): one per client, shared by its connections.
-            context = httpx.create_ssl_context(trust_env=False)
-            context.set_alpn_protocols(["http/1.1"])
-            self._ssl_context = context
+            # Building a context loads the CA store (tens of ms): one per client, shared by its connections.
+            self._ssl_context = httpx2.create_ssl_context(trust_env=False)
         return self._ssl_context
 
-    def _connection_pool(self) -> http11.ConnectionPool:
+    def _new_connection(self, origin: httpcore2.Origin) -> httpcore2.AsyncHTTPConnection:
+        return httpcore2.AsyncHTTPConnection(
+            origin,
+            ssl_context=self._tls_context() if origin.scheme == b"https" else None,
+            keepalive_expiry=self.keepalive_expiry_s,
+            http1=True,
+            http2=False,
+            network_backend=self.backend,
+        )
+
+    def _connection_pool(self) -> ConnectionPool:
         pool = self._pool
         if pool is None or pool.loop is not asyncio.get_running_loop():
             # A pool from a finished loop cannot be reused (its sockets belong to that loop).
-            pool = self._pool = http11.ConnectionPool(
-                max_connections=self.max_connections, max_idle=self.max_keepalive_connections
+            pool = self._pool = ConnectionPool(
+                connect=self._new_connection,
+                max_connections=self.max_connections,
+                max_idle=self.max_keepalive_connections,
             )
         return pool
+
+    def connection_counts(self) -> tuple[int, int]:
+        """(open connections, idle ones among them) of this loop's pool."""
+        if self._pool is None:
+            return 0, 0
+        return self._pool.opened, self._pool.idle_count
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
@@ -400,44 +557,6 @@ class OutboundClient:
                 logger.info("outbound %s failed (%s), retrying", destination, retryable.error_type)
             await asyncio.sleep(backoff_delay(retry_index=attempts - 1, base_s=retry_backoff_s))
 
-    async def _connect(self, target: _Target) -> http11.Connection:
-        """Resolve once, vet every address, then connect to a vetted address (never resolves twice)."""
-        name = target.host
-        try:
-            addresses = [str(ipaddress.ip_address(name))]
-        except ValueError:
-            try:
-                addresses = await resolve_host(name, target.port)
-            except OSError as exc:
-                raise OutboundConnectionError(
-                    f"could not complete the request to {target.destination}: "
-                    f"could not resolve {name} ({exc.strerror or exc})"
-                ) from exc
-        if not addresses:
-            raise OutboundConnectionError(f"{name} has no IPv4/IPv6 address")
-        # Every answer must pass: a name that resolves to one public and one private address is
-        # refused, otherwise an attacker picks which one we reach.
-        for address in addresses:
-            reason = self.policy.address_refusal(address, host=name)
-            if reason is not None:
-                logger.warning("outbound request to %s refused: %s is %s", name, address, reason)
-                raise BlockedAddressError(
-                    f"refused by the outbound policy: {name} resolves to {address}, which is {reason}"
-                )
-        ssl_context = self._tls_context() if target.scheme == "https" else None
-        errors: list[OSError] = []
-        for address in addresses:
-            try:
-                return await http11.open_connection(
-                    address, target.port, ssl_context=ssl_context, server_hostname=name
-                )
-            except OSError as exc:
-                errors.append(exc)
-        raise OutboundConnectionError(
-            f"could not complete the request to {target.destination}: could not connect, "
-            + _describe_os_error(errors[-1])
-        ) from errors[-1]
-
     async def _attempt(
         self,
         method: str,
@@ -449,76 +568,129 @@ class OutboundClient:
         max_response_bytes: int,
     ) -> OutboundResponse:
         destination = target.destination
-        try:
-            message, close_after = _request_message(method, target, headers, content)
-        except http11.LocalProtocolError as exc:
-            raise OutboundError(f"the request to {destination} cannot be sent: {exc}") from exc
+        fields = _request_headers(method, target, headers, content)
         pool = self._connection_pool()
-        head_request = method == "HEAD"
         attempt_started = time.perf_counter()
         try:
             # One wall-clock deadline for the whole attempt (pool wait, connect, TLS, request,
             # response), so that a server trickling one byte at a time cannot hold a rollout forever.
             async with asyncio.timeout(timeout_s):
-                while True:
-                    connection, reused = await pool.acquire(
-                        target.key, functools.partial(self._connect, target)
-                    )
-                    reusable = False
-                    try:
-                        try:
-                            connection.write_request(message)
-                            head = await connection.read_head(head_request=head_request)
-                        except http11.ConnectionClosedError as exc:
-                            if reused and exc.before_response:
-                                # The server closed the kept-alive connection while it sat idle.
-                                logger.debug(
-                                    "outbound %s: kept-alive connection was closed, reconnecting", destination
-                                )
-                                continue
-                            raise
-                        status = head.status_code
-                        if 300 <= status < 400:
-                            location = head.headers.get("location", "")
-                            raise RedirectRefusedError(
-                                f"{destination} answered {status} redirecting to "
-                                f"{describe_destination(location) if location else 'nowhere'}; "
-                                "redirects are not followed"
-                            )
-                        encoding = head.headers.get("content-encoding", "identity").strip().lower()
-                        if encoding not in ("", "identity"):
-                            raise InvalidResponseError(
-                                f"{destination} sent a {encoding}-encoded body although identity was requested"
-                            )
-                        body = await connection.read_body(head, max_bytes=max_response_bytes)
-                        reusable = head.keep_alive and not close_after
-                        return OutboundResponse(
-                            status_code=status,
-                            headers=head.headers,
-                            body=body,
-                            latency_ms=(time.perf_counter() - attempt_started) * 1000,
-                            attempts=1,
-                        )
-                    finally:
-                        pool.release(connection, reusable=reusable)
+                return await self._exchange(
+                    pool, method, target, fields, content, max_response_bytes, attempt_started
+                )
         except TimeoutError as exc:
             raise OutboundTimeoutError(f"{destination} did not answer within {timeout_s:g} s") from exc
-        except http11.BodyTooLargeError as exc:
-            if exc.declared is not None:
-                raise ResponseTooLargeError(
-                    f"{destination} announced {exc.declared} bytes, over the {max_response_bytes}-byte limit"
+        except httpcore2.LocalProtocolError as exc:
+            raise OutboundError(f"the request to {destination} cannot be sent: {exc}") from exc
+        except httpcore2.RemoteProtocolError as exc:
+            text = str(exc)
+            if _DISCONNECTED in text:
+                raise OutboundConnectionError(
+                    f"could not complete the request to {destination}: "
+                    "the server closed the connection without answering"
                 ) from exc
-            raise ResponseTooLargeError(
-                f"the response from {destination} exceeded the {max_response_bytes}-byte limit"
-            ) from exc
-        except http11.RemoteProtocolError as exc:
-            raise InvalidResponseError(f"{destination} sent an invalid HTTP response: {exc}") from exc
-        except http11.ConnectionClosedError as exc:
-            raise OutboundConnectionError(f"could not complete the request to {destination}: {exc}") from exc
-        except OSError as exc:
+            if _BODY_CUT in text:
+                raise OutboundConnectionError(
+                    f"could not complete the request to {destination}: the server closed the connection "
+                    "before the end of the response body"
+                ) from exc
+            text = _BYTEARRAY_REPR.sub(r"\1", text)  # h11 quotes the offending line as bytearray(b'...')
+            raise InvalidResponseError(f"{destination} sent an invalid HTTP response: {text}") from exc
+        except (httpcore2.NetworkError, httpcore2.TimeoutException, OSError) as exc:
             raise OutboundConnectionError(
                 f"could not complete the request to {destination}: {_describe_os_error(exc)}"
             ) from exc
+
+    async def _exchange(
+        self,
+        pool: ConnectionPool,
+        method: str,
+        target: _Target,
+        fields: list[tuple[bytes, bytes]],
+        content: bytes,
+        max_response_bytes: int,
+        attempt_started: float,
+    ) -> OutboundResponse:
+        destination = target.destination
+        request = httpcore2.Request(method.encode("ascii"), target.url, headers=fields, content=content)
+        while True:
+            connection, reused = await pool.acquire(target.key, request.url.origin)
+            reusable = False
+            try:
+                try:
+                    response = await connection.handle_async_request(request)
+                except httpcore2.ConnectionNotAvailable:
+                    continue  # an idle connection the server had closed: httpcore2 noticed, take another
+                except (httpcore2.RemoteProtocolError, httpcore2.ReadError, httpcore2.WriteError) as exc:
+                    if reused and (
+                        not isinstance(exc, httpcore2.RemoteProtocolError) or _DISCONNECTED in str(exc)
+                    ):
+                        # Not a byte of an answer on a reused connection: the server closed it while
+                        # it sat idle and our request crossed its FIN/RST. Send it again on another
+                        # connection (each such failure discards one, so this ends with a fresh one).
+                        logger.debug("outbound %s: kept-alive connection was closed, resending", destination)
+                        continue
+                    raise
+                result = await self._read_response(
+                    response, method, destination, max_response_bytes, attempt_started
+                )
+                reusable = True
+                return result
+            finally:
+                await pool.release(target.key, connection, reusable=reusable)
+
+    async def _read_response(
+        self,
+        response: httpcore2.Response,
+        method: str,
+        destination: str,
+        max_response_bytes: int,
+        attempt_started: float,
+    ) -> OutboundResponse:
+        try:
+            status = response.status
+            response_headers: dict[str, str] = {}
+            for raw_name, raw_value in response.headers:
+                name = raw_name.decode("latin-1").lower()
+                value = raw_value.decode("latin-1")
+                previous = response_headers.get(name)
+                response_headers[name] = value if previous is None else f"{previous}, {value}"
+            if 300 <= status < 400:
+                location = response_headers.get("location", "")
+                raise RedirectRefusedError(
+                    f"{destination} answered {status} redirecting to "
+                    f"{describe_destination(location) if location else 'nowhere'}; "
+                    "redirects are not followed"
+                )
+            encoding = response_headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise InvalidResponseError(
+                    f"{destination} sent a {encoding}-encoded body although identity was requested"
+                )
+            declared = response_headers.get("content-length", "").strip()
+            if declared.isdigit() and int(declared) > max_response_bytes and method != "HEAD":
+                raise ResponseTooLargeError(
+                    f"{destination} announced {int(declared)} bytes, over the {max_response_bytes}-byte limit"
+                )
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.stream:  # type: ignore[union-attr]
+                size += len(chunk)
+                if size > max_response_bytes:
+                    raise ResponseTooLargeError(
+                        f"the response from {destination} exceeded the {max_response_bytes}-byte limit"
+                    )
+                chunks.append(chunk)
+        finally:
+            # A body left unread (refused, cut, cancelled) closes the connection instead of reusing it.
+            await response.aclose()
+        return OutboundResponse(
+            status_code=status,
+            headers=response_headers,
+            body=b"".join(chunks),
+            latency_ms=(time.perf_counter() - attempt_started) * 1000,
+            attempts=1,
+        )
 
 
 def run_sync(coroutine_factory: Callable[[], Awaitable[T]]) -> T:

@@ -81,3 +81,23 @@ def test_pasted_judge_graders_without_a_judge_and_a_tool_list_import(
     page.locator("#tool-list-errors").wait_for()
     assert "server_url" in page.locator("#tool-list-errors").inner_text()
     page.screenshot(path=str(screenshot_dir / "tools-import-list-errors.png"), full_page=True)
+
+
+def test_run_page_shows_a_failed_merged_build(page, live_server, transactional_db, screenshot_dir):
+    from experiments.services import artifacts
+    from experiments.services.training import run_output_dir
+    from tests.factories import RunFactory
+
+    login(page, live_server)
+    from django.contrib.auth import get_user_model
+
+    run = RunFactory(owner=get_user_model().objects.get(username="hosted-user"), status="succeeded")
+    adapter = run_output_dir(run.pk) / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    artifacts._write_merged_status(run.pk, "failed", "OSError: /models/base is not a model directory")
+    page.goto(f"{live_server.url}/runs/{run.pk}/")
+    page.locator("#merged-failed").wait_for()
+    assert "not a model directory" in page.locator("#merged-failed").inner_text()
+    page.locator("#merged-failed").scroll_into_view_if_needed()
+    page.screenshot(path=str(screenshot_dir / "run-merged-failed.png"))

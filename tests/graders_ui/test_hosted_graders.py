@@ -511,3 +511,9 @@ def test_each_type_declares_its_score_range():
     assert build_grader({**SCORE_MODEL, "range": [1, 7]}, context=context).score_range() == (1.0, 7.0)
     assert build_grader({**COSINE, "evaluation_metric": "bleu"}).score_range() == (0.0, 1.0)
     assert isinstance(build_grader(MULTI_WITHOUT_NAME), GraderBase)
+
+
+def test_pages_show_no_template_comment_text(client, alice):
+    # A {# #} comment over two lines is not a comment in Django: it would print on every page.
+    client.force_login(alice)
+    assert "Settle at once" not in client.get("/graders/").content.decode()

@@ -193,3 +193,19 @@ def test_downloads_are_in_the_schema(tmp_path):
         "/api/v1/tools/import-list/",
     ):
         assert path in schema, path
+
+
+def test_the_run_page_shows_the_merged_build_status(client, owner):
+    from experiments.services import artifacts
+
+    run = RunFactory(owner=owner, status="succeeded")
+    adapter = run_output_dir(run.pk) / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    client.force_login(owner)
+    assert "Build merged model" in client.get(f"/runs/{run.pk}/actions/").content.decode()
+    artifacts.request_merged_model(run=run)
+    assert "Merged model: queued…" in client.get(f"/runs/{run.pk}/actions/").content.decode()
+    artifacts._write_merged_status(run.pk, "failed", "OSError: no such model")
+    html = client.get(f"/runs/{run.pk}/actions/").content.decode()
+    assert "Retry merged model build" in html and "OSError: no such model" in html

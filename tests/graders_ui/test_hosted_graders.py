@@ -517,3 +517,21 @@ def test_pages_show_no_template_comment_text(client, alice):
     # A {# #} comment over two lines is not a comment in Django: it would print on every page.
     client.force_login(alice)
     assert "Settle at once" not in client.get("/graders/").content.decode()
+
+
+def test_hosted_run_is_rate_limited_like_the_run_panel(token_api, settings):
+    settings.RFT_RATE_LIMITS = {**settings.RFT_RATE_LIMITS, "grader_run": "2/minute"}
+    grader = {
+        "type": "string_check",
+        "name": "s",
+        "input": "{{sample.output_text}}",
+        "reference": "a",
+        "operation": "eq",
+    }
+    body = {"grader": grader, "model_sample": "a"}
+    assert [token_api.post("/api/v1/graders/run", body, format="json").status_code for _ in range(2)] == [
+        200,
+        200,
+    ]
+    limited = token_api.post("/api/v1/graders/run", body, format="json")
+    assert limited.status_code == 429 and int(limited["Retry-After"]) > 0

@@ -113,6 +113,33 @@ class TrainerConfig:
             "label": "Top-p",
         },
     )
+    rollout_deadline_s: float | None = field(
+        default=900.0,
+        metadata={
+            "help": "Wall time one rollout may take (generation and tools); past it, it ends as 'timeout'. "
+            "Empty: no deadline.",
+            "group": "Rollouts",
+            "label": "Rollout deadline (s)",
+        },
+    )
+    max_rollouts_in_flight: int = field(
+        default=128,
+        metadata={
+            "help": "Rollouts generating or waiting on tools at once, each holding its KV cache; the rest queue.",
+            "group": "Rollouts",
+            "advanced": True,
+        },
+    )
+    max_kv_cache_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens the generation KV cache may hold across rollouts in flight. Empty: half of the free "
+            "GPU memory, or a quarter of the free RAM on the CPU.",
+            "group": "Rollouts",
+            "label": "Max KV-cache tokens",
+            "advanced": True,
+        },
+    )
 
     # --- Optimisation --------------------------------------------------------------------------
     learning_rate: float = field(
@@ -380,6 +407,15 @@ class TrainerConfig:
             _at_least("steps", self.steps, 1)
         if not self.epochs > 0:
             raise ConfigError(f"epochs: must be > 0, got {self.epochs}")
+        _at_least("max_rollouts_in_flight", self.max_rollouts_in_flight, 1)
+        if self.max_kv_cache_tokens is not None:
+            _at_least("max_kv_cache_tokens", self.max_kv_cache_tokens, 1)
+        if self.rollout_deadline_s is not None and not (
+            math.isfinite(self.rollout_deadline_s) and self.rollout_deadline_s > 0
+        ):
+            raise ConfigError(
+                f"rollout_deadline_s: must be a number of seconds > 0, got {self.rollout_deadline_s}"
+            )
         if self.tool_call_budget is not None:
             _at_least("tool_call_budget", self.tool_call_budget, 0)
         for name in ("learning_rate", "weight_decay", "kl_beta", "tool_call_penalty", "max_grad_norm"):

@@ -20,12 +20,14 @@ import torch
 
 from trainer.checkpoint import CheckpointState, load_checkpoint, save_adapter_atomically, save_checkpoint
 from trainer.config import ConfigError, TrainerConfig
-from trainer.generation import GenerationBackend, KVCacheBackend, SamplingParams
+from trainer.engine import ContinuousBatchingBackend
+from trainer.generation import GenerationBackend, SamplingParams
 from trainer.interfaces import Grader, GradeResult, Reporter, ToolExecutor
 from trainer.loss import group_advantages
 from trainer.metrics import eval_metrics, rollout_metrics, trajectory_record
 from trainer.models import export_merged_model, load_policy, stop_token_ids
 from trainer.rollout import (
+    EngineLimits,
     Rollout,
     RolloutEngine,
     RolloutLimits,
@@ -128,7 +130,9 @@ class _Run:
         if backend_factory is not None:
             self.backend = backend_factory(model, tokenizer)
         else:
-            self.backend = KVCacheBackend(model=model, pad_id=self.pad_id, stop_ids=stop_token_ids(tokenizer))
+            self.backend = ContinuousBatchingBackend(
+                model=model, pad_id=self.pad_id, stop_ids=stop_token_ids(tokenizer)
+            )
         self.engine = RolloutEngine(
             backend=self.backend,
             tokenizer=tokenizer,
@@ -140,6 +144,11 @@ class _Run:
                 max_tokens_per_rollout=config.max_tokens_per_rollout,
                 tool_call_budget=config.tool_call_budget,
                 tool_call_penalty=config.tool_call_penalty,
+                deadline_s=config.rollout_deadline_s,
+            ),
+            engine_limits=EngineLimits(
+                max_rollouts_in_flight=config.max_rollouts_in_flight,
+                max_cache_tokens=config.max_kv_cache_tokens,
             ),
             should_stop=should_stop,
         )
@@ -167,16 +176,15 @@ class _Run:
                 size=config.group_size,
                 split="train",
             )
-        self.engine.generation_s = 0.0
-        self.engine.run(
-            rollouts, sampling=SamplingParams(config.temperature, config.top_p), generator=generator
+        # Each rollout is graded as soon as it ends, while the others still run.
+        run_stats = self.engine.run(
+            rollouts,
+            sampling=SamplingParams(config.temperature, config.top_p),
+            generator=generator,
+            grade=self.grade_rollout,
         )
-        generation_s = self.engine.generation_s
-        rollout_s = time.perf_counter() - step_started
-
-        grading_started = time.perf_counter()
-        self.grade(rollouts)
-        grading_s = time.perf_counter() - grading_started
+        rollout_s = run_stats.rollouts_s
+        grading_s = run_stats.wall_s - run_stats.rollouts_s  # grading that outlasted the rollouts
         advantages = group_advantages(
             rewards=[r.reward for r in rollouts],
             group_ids=[r.group_index for r in rollouts],
@@ -207,7 +215,10 @@ class _Run:
                 "timing/update_s": update_s,
                 "step_time": step_time,
                 # Generation throughput: tokens the model sampled per second inside the backend.
-                "tokens_per_s": generated / generation_s if generation_s > 0 else 0.0,
+                "tokens_per_s": generated / run_stats.engine.busy_s if run_stats.engine.busy_s > 0 else 0.0,
+                "engine/batch_occupancy": run_stats.engine.batch_occupancy,
+                "engine/prefill_per_generated_token": run_stats.prefill_per_generated_token,
+                "engine/rollouts_in_flight": float(run_stats.engine.slots),
                 "progress/step": float(step),
                 "progress/total_steps": float(self.total_steps),
             }
@@ -234,51 +245,38 @@ class _Run:
             )
         return group
 
-    def grade(self, rollouts: Sequence[Rollout]) -> None:
-        """Grades concurrently; a grader failure leaves the rollout without reward (excluded)."""
-
-        async def grade_one(rollout: Rollout) -> None:
-            started = time.perf_counter()
-            try:
-                result = await self.grader.grade(
-                    rollout.grader_sample(), rollout.item, trace_id=rollout.trace_id
-                )
-            except Exception as error:  # a failing grader excludes the rollout, it never scores it 0
-                logger.warning("grader raised for %s: %s", rollout.trace_id, error)
-                result = GradeResult(
-                    score=None,
-                    errors=[
-                        {"grader": type(self.grader).__name__, "type": "exception", "message": str(error)}
-                    ],
-                )
-            if result.score is not None and not math.isfinite(result.score):
-                result = GradeResult(
-                    score=None,
-                    sub_scores=result.sub_scores,
-                    errors=[
-                        *result.errors,
-                        {"grader": "", "type": "non_finite_score", "message": str(result.score)},
-                    ],
-                )
-            if result.score is None and not result.errors:
-                result.errors = [
-                    {"grader": "", "type": "no_score", "message": "the grader returned no score"}
-                ]
-            if not result.latency_ms:
-                result.latency_ms = (time.perf_counter() - started) * 1000
-            rollout.grade = result
-            rollout.penalty = budget_penalty(
-                calls=rollout.calls_requested,
-                budget=self.config.tool_call_budget,
-                penalty_per_call=self.config.tool_call_penalty,
+    async def grade_rollout(self, rollout: Rollout) -> None:
+        """Grades one finished rollout; a grader failure leaves it without reward (excluded)."""
+        started = time.perf_counter()
+        try:
+            result = await self.grader.grade(rollout.grader_sample(), rollout.item, trace_id=rollout.trace_id)
+        except Exception as error:  # a failing grader excludes the rollout, it never scores it 0
+            logger.warning("grader raised for %s: %s", rollout.trace_id, error)
+            result = GradeResult(
+                score=None,
+                errors=[{"grader": type(self.grader).__name__, "type": "exception", "message": str(error)}],
             )
-            rollout.reward = None if result.score is None else float(result.score) - rollout.penalty
-            rollout.latency_ms = (time.perf_counter() - rollout.started_at) * 1000
-
-        async def grade_all() -> None:
-            await asyncio.gather(*(grade_one(r) for r in rollouts))
-
-        self.loop.run_until_complete(grade_all())
+        if result.score is not None and not math.isfinite(result.score):
+            result = GradeResult(
+                score=None,
+                sub_scores=result.sub_scores,
+                errors=[
+                    *result.errors,
+                    {"grader": "", "type": "non_finite_score", "message": str(result.score)},
+                ],
+            )
+        if result.score is None and not result.errors:
+            result.errors = [{"grader": "", "type": "no_score", "message": "the grader returned no score"}]
+        if not result.latency_ms:
+            result.latency_ms = (time.perf_counter() - started) * 1000
+        rollout.grade = result
+        rollout.penalty = budget_penalty(
+            calls=rollout.calls_requested,
+            budget=self.config.tool_call_budget,
+            penalty_per_call=self.config.tool_call_penalty,
+        )
+        rollout.reward = None if result.score is None else float(result.score) - rollout.penalty
+        rollout.latency_ms = (time.perf_counter() - rollout.started_at) * 1000
 
     # --- evaluation --------------------------------------------------------------------------------
 
@@ -298,8 +296,7 @@ class _Run:
                 chunk += self._start_group(
                     items=self.eval_items, item_index=item_index, group_index=item_index, size=k, split="eval"
                 )
-            self.engine.run(chunk, sampling=sampling, generator=generator)
-            self.grade(chunk)
+            self.engine.run(chunk, sampling=sampling, generator=generator, grade=self.grade_rollout)
             rollouts.extend(chunk)
         metrics = eval_metrics(rollouts, k=k, threshold=config.eval_pass_threshold)
         metrics["eval/time_s"] = time.perf_counter() - started

@@ -19,6 +19,11 @@ TIMING_KEYS = {
     "step_time",
     "tokens_per_s",
     "eval/time_s",
+    "timing/rollout_generating_s",
+    "timing/rollout_tool_wait_s",
+    "timing/rollout_wall_s_p50",
+    "timing/rollout_wall_s_p95",
+    "engine/batch_occupancy",  # which rollouts share a forward depends on timing
 }
 
 

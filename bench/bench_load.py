@@ -256,6 +256,8 @@ def stream_steps(run_id: int, *, rate: float, seconds: float, rollouts: int, rep
             pause = started + (step - 1) / rate - time.perf_counter()
             if pause > 0:
                 time.sleep(pause)
+            if time.perf_counter() - started > seconds:
+                break  # behind the asked rate: stop on time all the same (the watchers close after)
             record_step(
                 run_id=run_id, lease_owner=LEASE_OWNER, step=step, metrics=metrics, trajectories=records
             )
@@ -465,7 +467,7 @@ def main() -> None:
         while people.is_alive():
             loads.append(os.getloadavg()[0])
             people.join(timeout=5)
-        writer.join(timeout=30)
+        writer.join()
         for thread in uploaders:
             thread.join(timeout=600)
         sampler.stop.set()

@@ -105,7 +105,7 @@ class RunWatcher(HttpUser):
         self.cookie, self.account = _session_of(CONFIG["stream_account"])
         self.client.cookies.set("sessionid", self.cookie)
         self.run_id = CONFIG["stream_run"]
-        self.received: set[int] = set()
+        self.received: dict[int, float] = {}  # seq -> when it arrived (epoch s)
         self.after = None
         self.errors: list[str] = []
         self.closed = False
@@ -153,8 +153,9 @@ class RunWatcher(HttpUser):
                 return
             if not message:
                 continue
+            now = time.time()
             for event in json.loads(message).get("events", []):
-                self.received.add(event["seq"])
+                self.received.setdefault(event["seq"], now)
 
     @task
     def reload_api(self):
@@ -185,7 +186,7 @@ def _write_results(environment, **kwargs):
         results = [
             {
                 "after": watcher.after,
-                "received": sorted(watcher.received),
+                "received": sorted(watcher.received.items()),
                 "errors": watcher.errors,
             }
             for watcher in WATCHERS

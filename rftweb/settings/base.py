@@ -93,7 +93,7 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Under ASGI every request runs its ORM calls on a thread of its own, and persistent connections
     # are per thread: 200 requests at once held 200 connections and PostgreSQL refused the rest
     # ("too many clients", bench/bench_load.py). A pool per process bounds them; requests past it wait.
-    _pool_size = env.int("RFT_DB_POOL_SIZE", default=10)
+    _pool_size = env.int("RFT_DB_POOL_SIZE", default=20)
     if _pool_size > 0:
         DATABASES["default"]["CONN_MAX_AGE"] = 0
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {

@@ -518,9 +518,11 @@ def main() -> None:
             for result in uploads:
                 if result["status"] != 201:
                     print(f"  upload failed: {result['status']} {result['detail']!r}")
-        ws_errors = sum(len(watcher["errors"]) for watcher in watchers)
+        ws_errors = sum(len(watcher["errors"]) for watcher in watchers if watcher.get("connected", True))
+        unconnected = sum(1 for watcher in watchers if not watcher.get("connected", True))
         print(
-            f"websocket: {len(watchers)} watchers, {expected:,} points stored after their connect, "
+            f"websocket: {len(watchers)} watchers ({unconnected} could not connect: all their points lost), "
+            f"{expected:,} points stored after their connect, "
             f"{received:,} received, {lost:,} lost (not received {args.settle:g} s after the last write); "
             f"{ws_errors} dropped connections"
         )

@@ -126,6 +126,9 @@ class RunWatcher(HttpUser):
         except Exception as error:
             self._fire("ws: connect", started, error)
             self.socket = None
+            self.errors.append(f"connect: {type(error).__name__}: {error}")
+            with _lock:
+                WATCHERS.append(self)  # its points count as lost
             return
         self._fire("ws: connect", started, None)
         with _lock:
@@ -188,6 +191,7 @@ def _write_results(environment, **kwargs):
                 "after": watcher.after,
                 "received": sorted(watcher.received.items()),
                 "errors": watcher.errors,
+                "connected": watcher.socket is not None,
             }
             for watcher in WATCHERS
         ]

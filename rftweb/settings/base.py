@@ -106,6 +106,18 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Under ASGI every request runs its ORM calls on a thread of its own, and persistent connections
+    # are per thread: 200 requests at once held 200 connections and PostgreSQL refused the rest
+    # ("too many clients", bench/bench_load.py). A pool per process bounds them; requests past it wait.
+    _pool_size = env.int("RFT_DB_POOL_SIZE", default=20)
+    if _pool_size > 0:
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": _pool_size,
+            "timeout": env.float("RFT_DB_POOL_TIMEOUT_SECONDS", default=30.0),
+        }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 

@@ -40,8 +40,8 @@ def _field_for(setting: Setting) -> forms.Field:
     required = not setting.optional
     if base == "bool" and setting.optional:  # empty means auto (the trainer decides)
         return forms.TypedChoiceField(
-            choices=[("", "auto"), ("True", "on"), ("False", "off")],
-            coerce=lambda value: value == "True",
+            choices=[("", "auto"), ("true", "on"), ("false", "off")],
+            coerce=lambda value: value == "true",
             empty_value=None,
             required=False,
             **{**options, "help_text": f"{setting.help} Default: auto."},
@@ -49,7 +49,7 @@ def _field_for(setting: Setting) -> forms.Field:
     if base == "bool":
         return forms.BooleanField(required=False, **options)
     if base == "int | str":  # a count or "auto" (devices)
-        return _CountOrAutoField(max_length=8, **{**options, "initial": str(default)})
+        return _CountOrAutoField(**{**options, "initial": str(default)})
     if base == "int":
         return forms.IntegerField(required=required, **options)
     if base == "float":
@@ -67,7 +67,7 @@ class _CountOrAutoField(forms.CharField):
         if text == "auto":
             return "auto"
         if not text.isdigit() or int(text) < 1:
-            raise forms.ValidationError("A number (1, 2, …) or auto.")
+            raise forms.ValidationError("A number of devices (1, 2, …) or auto.")
         return int(text)
 
 
@@ -207,6 +207,9 @@ class RunForm(forms.Form):
             initial.update(base_model_choice="custom", base_model_custom=run.base_model)
         shown = {setting.name for setting in form_settings()}
         initial.update({key: value for key, value in run.config.items() if key in shown})
+        for setting in form_settings():  # the auto/on/off choices' values
+            if setting.annotation == "bool | None" and isinstance(initial.get(setting.name), bool):
+                initial[setting.name] = str(initial[setting.name]).lower()
         pause = (run.watch_config or {}).get("pause") or {}
         if pause.get("enabled"):
             initial.update(

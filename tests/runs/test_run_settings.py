@@ -27,12 +27,16 @@ def test_every_setting_the_form_shows_takes_help_label_and_choices_from_the_conf
     for setting in shown:
         field = form.fields[setting.name]
         default = "empty" if setting.default is None else setting.default
+        if setting.annotation == "bool | None":  # auto / on / off: empty is shown as auto
+            default = "auto"
         assert field.help_text == f"{setting.help} Default: {default}.", setting.name
         assert field.label == setting.label
         assert form.get_initial_for_field(field, setting.name) == setting.default
         if setting.choices is not None:
             assert isinstance(field, forms.ChoiceField)
             assert tuple(value for value, _ in field.choices) == setting.choices
+        elif setting.annotation == "bool | None":
+            assert [label for _, label in field.choices] == ["auto", "on", "off"], setting.name
         else:
             assert not isinstance(field, forms.ChoiceField), setting.name
     # Advanced settings (and `model`, which the base-model fields stand for) stay off the form.

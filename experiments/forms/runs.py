@@ -49,7 +49,7 @@ def _field_for(setting: Setting) -> forms.Field:
     if base == "bool":
         return forms.BooleanField(required=False, **options)
     if base == "int | str":  # a count or "auto" (devices)
-        return _CountOrAutoField(**{**options, "initial": str(default)})
+        return _CountOrAutoField(**options)
     if base == "int":
         return forms.IntegerField(required=required, **options)
     if base == "float":

@@ -23,6 +23,7 @@ TOOL_ERROR_TYPES = (
     "too_large",  # the response exceeded the tool's size cap
     "invalid_response",  # a 2xx whose body could not be understood
     "blocked",  # the outbound policy refused the address (SSRF protection)
+    "tool_error",  # an MCP tool answered isError; its text is shown to the model
 )
 
 

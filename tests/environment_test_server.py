@@ -11,7 +11,7 @@ import json
 import threading
 import time
 
-from http_test_server import Reply, ScriptedServer
+from tests.http_test_server import Reply, ScriptedServer
 
 
 class EnvironmentServer:

@@ -22,7 +22,7 @@ from trainer.checkpoint import CheckpointState, load_checkpoint, save_adapter_at
 from trainer.config import ConfigError, TrainerConfig
 from trainer.engine import ContinuousBatchingBackend
 from trainer.generation import GenerationBackend, SamplingParams
-from trainer.interfaces import Grader, GradeResult, Reporter, ToolExecutor
+from trainer.interfaces import Grader, GradeResult, Reporter, RolloutEnvironment, ToolExecutor
 from trainer.loss import group_advantages
 from trainer.metrics import eval_metrics, rollout_metrics, trajectory_record
 from trainer.models import export_merged_model, load_policy, stop_token_ids
@@ -113,6 +113,7 @@ class _Run:
         model: Any,
         tokenizer: Any,
         loop: asyncio.AbstractEventLoop,
+        environment: RolloutEnvironment | None = None,
     ) -> None:
         self.config = config
         self.train_items = train_items
@@ -138,6 +139,7 @@ class _Run:
             tokenizer=tokenizer,
             tool_executor=tool_executor,
             loop=loop,
+            environment=environment,
             limits=RolloutLimits(
                 max_turns=config.max_turns,
                 max_new_tokens_per_turn=config.max_new_tokens_per_turn,
@@ -424,6 +426,7 @@ def train(
     output_dir: str,
     resume_from: str | None = None,
     backend_factory: Callable[[Any, Any], GenerationBackend] | None = None,
+    environment: RolloutEnvironment | None = None,
 ) -> TrainResult:
     """Trains a LoRA adapter with multi-turn GRPO; see the module docstring and trainer/README."""
     if isinstance(config, Mapping):
@@ -455,6 +458,7 @@ def train(
             model=model,
             tokenizer=tokenizer,
             loop=loop,
+            environment=environment,
         )
         return run.run(resume_from=resume_from)
     except Exception as error:
@@ -462,7 +466,7 @@ def train(
         raise
     finally:
         try:
-            for closable in (tool_executor, grader):
+            for closable in (tool_executor, grader, environment):
                 close = getattr(closable, "aclose", None)
                 if close is not None:
                     loop.run_until_complete(close())

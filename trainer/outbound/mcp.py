@@ -469,6 +469,14 @@ class RoutingToolExecutor:
     def __init__(self, executors: Mapping[str, Any]) -> None:
         self.executors = dict(executors)  # tool name -> ToolExecutor
 
+    async def aclose(self) -> None:
+        closed: set[int] = set()
+        for executor in self.executors.values():
+            close = getattr(executor, "aclose", None)
+            if close is not None and id(executor) not in closed:
+                closed.add(id(executor))
+                await close()
+
     async def execute(
         self, calls: Sequence[ToolCall], *, item: Mapping[str, Any], trace_id: str
     ) -> list[ToolResult]:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -23,10 +23,12 @@ from django.utils import timezone
 
 from trainer.environments import EnvironmentEndpoint, HttpEnvironment, end_payload
 from trainer.outbound.client import OutboundError, run_sync
-from trainer.outbound.mcp import McpServerEndpoint, McpToolExecutor, list_tools
 
 from ..models import Environment, EnvironmentLease, McpServer, Run
 from ..outbound import policy_from_settings
+
+if TYPE_CHECKING:  # the MCP SDK is imported where MCP is used, not by every web request
+    from trainer.outbound.mcp import McpServerEndpoint, McpToolExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +167,8 @@ def sweep_environment_ends(*, now=None, limit: int = SWEEP_BATCH) -> int:
 
 
 def mcp_endpoint(server: McpServer) -> McpServerEndpoint:
+    from trainer.outbound.mcp import McpServerEndpoint
+
     return McpServerEndpoint(
         url=server.url,
         headers=dict(server.headers or {}),
@@ -176,6 +180,8 @@ def mcp_endpoint(server: McpServer) -> McpServerEndpoint:
 def refresh_mcp_tools(server: McpServer) -> McpServer:
     """Lists the server's tools now (through the outbound policy) and stores them; on failure the
     previous list is kept and `last_error` says why."""
+    from trainer.outbound.mcp import list_tools
+
     endpoint = mcp_endpoint(server)
     try:
         tools = run_sync(lambda: list_tools(endpoint, policy_from_settings()))
@@ -193,21 +199,34 @@ def refresh_mcp_tools(server: McpServer) -> McpServer:
     return server
 
 
-def select_mcp_tools(*, run: Run, picks: Mapping[int, list[str]], owner) -> list[dict[str, Any]]:
-    """Records on `run` the exact schemas of the picked tools ({server pk: [tool names]}), as listed
-    at the last refresh. Raises ValueError for a server or tool that is not there."""
+def resolve_mcp_tools(*, owner, picks: Any) -> list[dict[str, Any]]:
+    """The exact schemas of the picked MCP tools ([{"server": pk, "name": ...}, ...]) as their servers
+    listed them at the last refresh: what a run records. Raises ValueError naming what is wrong."""
     selected: list[dict[str, Any]] = []
-    for server_id, names in picks.items():
-        server = McpServer.objects.filter(owner=owner, pk=server_id).first()
+    servers: dict[int, McpServer] = {}
+    seen: set[str] = set()
+    for pick in picks or ():
+        if not isinstance(pick, Mapping) or not isinstance(pick.get("name"), str):
+            raise ValueError('each MCP tool is {"server": <id>, "name": "<tool name>"}')
+        server_id = pick.get("server")
+        server = servers.get(server_id)
         if server is None:
-            raise ValueError(f"MCP server {server_id} does not exist")
+            server = (
+                McpServer.objects.filter(owner=owner, pk=server_id).first()
+                if str(server_id).isdigit()
+                else None
+            )
+            if server is None:
+                raise ValueError(f"MCP server {server_id} is not one of yours")
+            servers[server.pk] = server
         listed = {tool["name"]: tool for tool in server.tools}
-        for name in names:
-            if name not in listed:
-                raise ValueError(f"the MCP server {server.name!r} lists no tool {name!r}; refresh its tools")
-            selected.append({"server": server.pk, **listed[name]})
-    run.mcp_tools = selected
-    run.save(update_fields=["mcp_tools", "updated_at"])
+        name = pick["name"]
+        if name not in listed:
+            raise ValueError(f"the MCP server {server.name!r} lists no tool {name!r}; refresh its tools")
+        if name in seen:
+            raise ValueError(f"two MCP tools are named {name!r}; pick one")
+        seen.add(name)
+        selected.append({"server": server.pk, **listed[name]})
     return selected
 
 
@@ -229,6 +248,8 @@ def mcp_tool_schemas(run: Run) -> list[dict[str, Any]]:
 def build_mcp_executor_for(run: Run) -> McpToolExecutor | None:
     if not run.mcp_tools:
         return None
+    from trainer.outbound.mcp import McpToolExecutor
+
     servers = {
         server.pk: mcp_endpoint(server)
         for server in McpServer.objects.filter(pk__in={t["server"] for t in run.mcp_tools})

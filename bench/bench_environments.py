@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_environments.py                 # lifecycle, caps 64 and 16
     .venv/bin/python bench/bench_environments.py --mcp           # also the MCP session comparison
+    .venv/bin/python bench/bench_environments.py --server thread # lifecycle server in this process
 
 Lifecycle: 64 rollouts of one turn each (a scripted policy behind the generation backend interface,
 `trainer.generation.ScriptedBackend`), with an environment whose start takes 500 ms and whose end
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import statistics
@@ -53,6 +55,15 @@ def lifecycle_server() -> tuple[_Server, dict]:
         def log_message(self, *args):
             return
 
+        def do_GET(self):  # /stats: the max live environments since the last reset (and resets it)
+            with state["lock"]:
+                body = json.dumps({"max_live": state["max_live"]}).encode()
+                state["max_live"] = 0
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def do_POST(self):
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if self.path == "/start":
@@ -75,6 +86,19 @@ def lifecycle_server() -> tuple[_Server, dict]:
     server = _Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server, state
+
+
+def _serve_in_child(port_queue) -> None:
+    server, _state = lifecycle_server()
+    port_queue.put(server.server_address[1])
+    threading.Event().wait()
+
+
+def _max_live(port: int) -> int:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats") as response:
+        return json.loads(response.read())["max_live"]
 
 
 def run_step(*, tokenizer, environment, rollouts_count: int) -> float:
@@ -126,16 +150,30 @@ def run_step(*, tokenizer, environment, rollouts_count: int) -> float:
     if environment is not None:
         loop.run_until_complete(environment.aclose())
         assert all(r.env_error is None and r.env_ended_at for r in rollouts), "a start or end failed"
+        starts = sorted(r.env_start_ms for r in rollouts)
+        ends = sorted(r.env_end_ms for r in rollouts)
+        print(
+            f"    start ms p50 {starts[len(starts) // 2]:.0f} max {starts[-1]:.0f}; "
+            f"end ms p50 {ends[len(ends) // 2]:.0f} max {ends[-1]:.0f}"
+        )
     loop.close()
     return wall
 
 
-def lifecycle(tokenizer, *, repeats: int, rollouts_count: int) -> None:
+def lifecycle(tokenizer, *, repeats: int, rollouts_count: int, in_process: bool) -> None:
     from trainer.environments import EnvironmentEndpoint, HttpEnvironment
     from trainer.outbound.policy import OutboundPolicy
 
-    server, state = lifecycle_server()
-    port = server.server_address[1]
+    if in_process:
+        server, _state = lifecycle_server()
+        port = server.server_address[1]
+    else:  # its 64 handler threads off this process's GIL (the engine and client run here)
+        import multiprocessing
+
+        ports = multiprocessing.Queue()
+        child = multiprocessing.Process(target=_serve_in_child, args=(ports,), daemon=True)
+        child.start()
+        port = ports.get(timeout=30)
     endpoint = EnvironmentEndpoint(
         start_url=f"http://127.0.0.1:{port}/start",
         end_url=f"http://127.0.0.1:{port}/end",
@@ -149,16 +187,19 @@ def lifecycle(tokenizer, *, repeats: int, rollouts_count: int) -> None:
             environment = None
             if label != "none":
                 environment = HttpEnvironment(endpoint, policy, max_live=int(label.split()[1]))
-                state["max_live"] = 0
+                _max_live(port)  # reset
             wall = run_step(tokenizer=tokenizer, environment=environment, rollouts_count=rollouts_count)
             times[label].append(wall)
             if environment is not None:
-                max_live[label] = max(max_live.get(label, 0), state["max_live"])
+                max_live[label] = max(max_live.get(label, 0), _max_live(port))
             print(
                 f"repeat {repeat + 1} {label:>6}: step {wall:.3f} s  (load {os.getloadavg()[0]:.2f})",
                 flush=True,
             )
-    server.shutdown()
+    if in_process:
+        server.shutdown()
+    else:
+        child.terminate()
     base = statistics.median(times["none"])
     print(f"\n{rollouts_count} rollouts, start {START_S * 1000:.0f} ms, end {END_S * 1000:.0f} ms")
     print(f"no environment: median step {base:.3f} s")
@@ -276,6 +317,12 @@ def main() -> None:
     parser.add_argument("--mcp", action="store_true", help="also compare MCP sessions per turn vs pooled")
     parser.add_argument("--mcp-calls", type=int, default=64)
     parser.add_argument("--skip-lifecycle", action="store_true")
+    parser.add_argument(
+        "--server",
+        choices=("process", "thread"),
+        default="process",
+        help="lifecycle server in a child process",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from transformers import AutoTokenizer
@@ -286,7 +333,9 @@ def main() -> None:
     if not args.skip_lifecycle:
         cache = Path(os.environ.get("RFTWEB_TEST_MODEL_CACHE", ROOT / ".pytest_cache" / "rftweb-models"))
         tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(cache / "tiny"))
-        lifecycle(tokenizer, repeats=args.repeats, rollouts_count=args.rollouts)
+        lifecycle(
+            tokenizer, repeats=args.repeats, rollouts_count=args.rollouts, in_process=args.server == "thread"
+        )
     if args.mcp:
         print()
         mcp_sessions(calls=args.mcp_calls, repeats=args.repeats)

@@ -258,3 +258,132 @@ def build_mcp_executor_for(run: Run) -> McpToolExecutor | None:
         {tool["name"]: servers[tool["server"]] for tool in run.mcp_tools if tool["server"] in servers},
         policy_from_settings(),
     )
+
+
+# --- "Try it" --------------------------------------------------------------------------------------
+
+
+def _secret_free(text: str, secrets: list[str]) -> str:
+    from trainer.outbound.client import redact
+
+    return redact(text, secrets)
+
+
+def try_mcp_tool(*, server: McpServer, name: str, arguments: Any) -> dict[str, Any]:
+    """One call of one MCP tool exactly as a rollout makes it (own session, trace_id in _meta and
+    X-RFT-Rollout-Id); what the model would read, and how it went."""
+    import json
+    import uuid
+
+    from trainer.interfaces import ToolCall
+    from trainer.outbound.mcp import McpToolExecutor
+
+    trace_id = f"trace_{uuid.uuid4().hex}"
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    executor = McpToolExecutor({name: mcp_endpoint(server)}, policy_from_settings())
+
+    async def call():
+        try:
+            return await executor.execute(
+                [ToolCall(f"call_{uuid.uuid4().hex[:24]}", name, text)], item={}, trace_id=trace_id
+            )
+        finally:
+            await executor.aclose()
+
+    (result,) = run_sync(call)
+    return {
+        "ok": result.ok,
+        "output": result.output,
+        "error_type": result.error_type,
+        "error": result.error,
+        "latency_ms": round(result.latency_ms, 1),
+        "trace_id": trace_id,
+    }
+
+
+def try_environment(
+    *, environment: Environment, item: Mapping[str, Any] | None = None, tool=None, arguments: Any = None
+) -> dict[str, Any]:
+    """start -> (one call of `tool`, a registered HTTP Tool, with the same trace_id) -> end, exactly
+    as a rollout; each step's outcome for the "Try it" panel. The end is sent whatever happened."""
+    import json
+    import time
+    import uuid
+
+    from trainer.interfaces import EnvironmentCallError, ToolCall
+    from trainer.outbound.tools import HttpToolExecutor
+
+    from .tools import endpoint_for
+
+    trace_id = f"trace_{uuid.uuid4().hex}"
+    policy = policy_from_settings()
+    env = HttpEnvironment(environment_endpoint(environment), policy, run_id="try")
+    secrets = [
+        *(environment.headers or {}).values(),
+        *([environment.signing_secret] if environment.signing_secret else []),
+    ]
+
+    class _Probe:  # what HttpEnvironment reads of a rollout
+        def __init__(self) -> None:
+            self.trace_id = trace_id
+            self.item = dict(item or {})
+            self.split = "try"
+            self.item_index = 0
+            self.finish_reason = "answer"
+            self.reward = None
+            self.score_value = None
+
+    probe = _Probe()
+
+    async def run() -> dict[str, Any]:
+        steps: dict[str, Any] = {"trace_id": trace_id}
+        started = time.perf_counter()
+        try:
+            answer = await env.start(probe)
+            steps["start"] = {
+                "ok": True,
+                "context": answer.context,
+                "tools": answer.tools,
+                "tools_mode": answer.tools_mode,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+        except EnvironmentCallError as error:
+            probe.finish_reason = "env_error"
+            steps["start"] = {
+                "ok": False,
+                "error_type": error.error_type,
+                "error": _secret_free(error.message, secrets),
+            }
+        if tool is not None and steps["start"]["ok"]:
+            text = arguments if isinstance(arguments, str) else json.dumps(arguments or {})
+            executor = HttpToolExecutor({tool.name: endpoint_for(tool)}, policy, max_retries=0)
+            try:
+                (result,) = await executor.execute(
+                    [ToolCall(f"call_{uuid.uuid4().hex[:24]}", tool.name, text)],
+                    item=probe.item,
+                    trace_id=trace_id,
+                )
+            finally:
+                await executor.aclose()
+            steps["tool"] = {
+                "name": tool.name,
+                "ok": result.ok,
+                "output": result.output,
+                "error_type": result.error_type,
+                "error": result.error,
+            }
+        started = time.perf_counter()
+        delivered, error = await env.send_end(
+            end_payload(
+                trace_id=trace_id, run_id="try", finish_reason=probe.finish_reason, reward=None, score=None
+            )
+        )
+        steps["end"] = {
+            "ok": delivered,
+            "error": _secret_free(error, secrets),
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+        await env.aclose()
+        return steps
+
+    return run_sync(run)

@@ -213,7 +213,7 @@ def test_runs_as_a_module_with_a_port():
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise
                 time.sleep(0.05)
-        assert len(definitions) == 4
+        assert len(definitions) == 7  # four demo tools, three workspace tools
         body = json.dumps(
             {"type": "function_call", "call_id": "c", "name": "lookup", "arguments": '{"key": "SKU-1003"}'}
         )

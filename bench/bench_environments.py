@@ -12,6 +12,10 @@ without an environment is the baseline, run interleaved in the same process (no-
 cap at 64 every start runs at once, so the overhead is bounded by one start + one end = 0.7 s (goal:
 ratio <= 1.5x); with the cap at 16 the rollouts go in four waves (bound 4 x 0.7 = 2.8 s).
 
+The lifecycle server runs in a child process as an asyncio app (uvicorn), so the server's own
+thread-per-connection cost is not charged to the trainer; `--server thread` puts a stdlib
+ThreadingHTTPServer in this process instead.
+
 MCP (`--mcp`): 64 concurrent rollouts each making one tool call on a local MCP server built with the
 SDK, once with a fresh session per call (what `McpToolExecutor` does per turn) and once through one
 long-lived session shared by every call (pooled). Prints both wall times and the per-call cost.
@@ -89,9 +93,46 @@ def lifecycle_server() -> tuple[_Server, dict]:
 
 
 def _serve_in_child(port_queue) -> None:
-    server, _state = lifecycle_server()
-    port_queue.put(server.server_address[1])
-    threading.Event().wait()
+    """The lifecycle server as an asyncio app (uvicorn + starlette) in its own process: 64 sleeping
+    starts cost it no threads, so what is measured is the trainer's side."""
+    import asyncio as aio
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    state = {"live": 0, "max_live": 0}
+
+    async def start(request):
+        await request.body()
+        state["live"] += 1
+        state["max_live"] = max(state["max_live"], state["live"])
+        await aio.sleep(START_S)
+        return JSONResponse({"context": "a sandbox"})
+
+    async def end(request):
+        await request.body()
+        await aio.sleep(END_S)
+        state["live"] -= 1
+        return JSONResponse({})
+
+    async def stats(request):
+        peak, state["max_live"] = state["max_live"], 0
+        return JSONResponse({"max_live": peak})
+
+    app = Starlette(
+        routes=[
+            Route("/start", start, methods=["POST"]),
+            Route("/end", end, methods=["POST"]),
+            Route("/stats", stats),
+        ]
+    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    port_queue.put(port)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", backlog=1024)
 
 
 def _max_live(port: int) -> int:
@@ -167,13 +208,22 @@ def lifecycle(tokenizer, *, repeats: int, rollouts_count: int, in_process: bool)
     if in_process:
         server, _state = lifecycle_server()
         port = server.server_address[1]
-    else:  # its 64 handler threads off this process's GIL (the engine and client run here)
+    else:  # an asyncio server in a child process, off this process's GIL (the engine and client run here)
         import multiprocessing
 
         ports = multiprocessing.Queue()
         child = multiprocessing.Process(target=_serve_in_child, args=(ports,), daemon=True)
         child.start()
         port = ports.get(timeout=30)
+        deadline = time.monotonic() + 30
+        while True:  # until uvicorn listens
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
     endpoint = EnvironmentEndpoint(
         start_url=f"http://127.0.0.1:{port}/start",
         end_url=f"http://127.0.0.1:{port}/end",

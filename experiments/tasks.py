@@ -75,3 +75,11 @@ def run_grader_audit(audit_id: int) -> str:
     status = execute_audit(audit_id=audit_id)
     logger.info("run_grader_audit %s ended as %s after %.1f s", audit_id, status, time.monotonic() - started)
     return status
+
+
+@shared_task(name="experiments.tasks.sweep_environment_ends")
+def sweep_environment_ends() -> int:
+    """Deliver the environment ends a dead worker left behind (their lease has expired)."""
+    from .services.environments import sweep_environment_ends as sweep
+
+    return sweep()

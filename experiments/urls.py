@@ -7,6 +7,7 @@ urlpatterns = [
     path("demo/start/", pages.start_demo_run, name="demo-start"),
     path("datasets/", include("experiments.views.datasets")),
     path("tools/", include("experiments.views.tools")),
+    path("environments/", include("experiments.views.environments")),
     path("graders/", include("experiments.views.graders")),
     path("runs/", pages.run_list, name="run-list"),
     path("runs/", include("experiments.views.run_actions")),

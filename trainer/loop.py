@@ -30,7 +30,7 @@ from trainer.distributed import (
 )
 from trainer.engine import ContinuousBatchingBackend
 from trainer.generation import GenerationBackend, SamplingParams
-from trainer.interfaces import Grader, GradeResult, Reporter, ToolExecutor
+from trainer.interfaces import Grader, GradeResult, Reporter, RolloutEnvironment, ToolExecutor
 from trainer.loss import group_advantages
 from trainer.metrics import eval_metrics, rollout_metrics, trajectory_record
 from trainer.models import export_merged_model, load_policy, stop_token_ids
@@ -122,6 +122,7 @@ class _Run:
         tokenizer: Any,
         loop: asyncio.AbstractEventLoop,
         world: World | None = None,
+        environment: RolloutEnvironment | None = None,
     ) -> None:
         self.config = config
         self.world = world = world if world is not None else World()
@@ -148,6 +149,7 @@ class _Run:
             tokenizer=tokenizer,
             tool_executor=tool_executor,
             loop=loop,
+            environment=environment,
             limits=RolloutLimits(
                 max_turns=config.max_turns,
                 max_new_tokens_per_turn=config.max_new_tokens_per_turn,
@@ -521,6 +523,7 @@ def train(
     output_dir: str,
     resume_from: str | None = None,
     backend_factory: Callable[[Any, Any], GenerationBackend] | None = None,
+    environment: RolloutEnvironment | None = None,
 ) -> TrainResult:
     """Trains a LoRA adapter with multi-turn GRPO; see the module docstring and trainer/README.
 
@@ -551,6 +554,7 @@ def train(
             output_dir=output_dir,
             resume_from=resume_from,
             backend_factory=backend_factory,
+            environment=environment,
         )
     finally:
         world.close()
@@ -583,6 +587,7 @@ def _train_in_world(
     output_dir: str,
     resume_from: str | None,
     backend_factory: Callable[[Any, Any], GenerationBackend] | None,
+    environment: RolloutEnvironment | None = None,
 ) -> TrainResult:
     train_items = list(train_items)
     eval_items = list(eval_items)
@@ -613,6 +618,7 @@ def _train_in_world(
             tokenizer=tokenizer,
             loop=loop,
             world=world,
+            environment=environment,
         )
         return run.run(resume_from=resume_from)
     except Exception as error:
@@ -620,7 +626,7 @@ def _train_in_world(
         raise
     finally:
         try:
-            for closable in (tool_executor, grader):
+            for closable in (tool_executor, grader, environment):
                 close = getattr(closable, "aclose", None)
                 if close is not None:
                     loop.run_until_complete(close())

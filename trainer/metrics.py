@@ -6,6 +6,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
+from trainer.environments import environment_metrics, environment_record
 from trainer.interfaces import TrajectoryRecord
 from trainer.rollout import Rollout
 
@@ -106,6 +107,7 @@ def rollout_metrics(rollouts: Sequence[Rollout], *, prefix: str = "") -> dict[st
     for error_type, count in sorted(grader_error_types.items()):
         metrics[f"{prefix}grader_errors/{error_type}"] = float(count)
     metrics[f"{prefix}grader_errors/excluded"] = float(sum(1 for r in rollouts if r.reward is None))
+    metrics.update(environment_metrics(rollouts, prefix=prefix))
     return metrics
 
 
@@ -157,4 +159,5 @@ def trajectory_record(rollout: Rollout, *, step: int) -> TrajectoryRecord:
         completion_tokens=rollout.generated_tokens,
         latency_ms=round(rollout.latency_ms, 3),
         finish_reason=rollout.finish_reason or "error",
+        environment=environment_record(rollout),
     )

@@ -25,6 +25,7 @@ from trainer.chat import (
     tool_names,
     tool_response_fragment,
 )
+from trainer.environments import environment_scope
 from trainer.generation import (
     EngineStats,
     GeneratedTurn,
@@ -32,7 +33,14 @@ from trainer.generation import (
     GenerationSequence,
     SamplingParams,
 )
-from trainer.interfaces import GradeResult, ToolCall, ToolExecutor, ToolResult
+from trainer.interfaces import (
+    EnvironmentCallError,
+    GradeResult,
+    RolloutEnvironment,
+    ToolCall,
+    ToolExecutor,
+    ToolResult,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +100,14 @@ class Rollout:
     penalty: float = 0.0
     reward: float | None = None
     advantage: float | None = None
+    # The rollout's environment (trainer/environments.py); env_started_at stays None without one.
+    env_started_at: float | None = None  # unix time the start was sent
+    env_start_ms: float = 0.0
+    env_context: str = ""
+    env_error: dict[str, str] | None = None  # {"phase", "type", "message"}: a failed start excludes it
+    env_ended_at: float | None = None  # unix time the end was delivered
+    env_end_ms: float = 0.0
+    env_end_error: str = ""
 
     @property
     def generated_tokens(self) -> int:
@@ -200,6 +216,8 @@ class RolloutEngine:
         engine_limits: EngineLimits | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         stop_poll_s: float = 0.02,
+        environment: RolloutEnvironment | None = None,
+        environment_context_tokens: int = 1024,
     ) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
@@ -211,6 +229,10 @@ class RolloutEngine:
         self.stop_poll_s = stop_poll_s
         self.generation_s = 0.0  # time the backend spent computing (for tokens_per_s)
         self.last_run: RolloutRunStats | None = None
+        self.environment = environment
+        self.environment_context_tokens = environment_context_tokens
+        self._live_environments: asyncio.Semaphore | None = None
+        self._prompt_room = 0
 
     # --- the public entry --------------------------------------------------------------------------
 
@@ -233,7 +255,9 @@ class RolloutEngine:
 
     def slots_for(self, rollouts: Sequence[Rollout]) -> tuple[int, int]:
         """(slots, tokens per slot): rollouts in flight at once and the cache room of each."""
-        per_slot = max(len(r.prompt_ids) for r in rollouts) + self.limits.max_tokens_per_rollout
+        # An environment's context and tools are added after the starts: room is kept for them.
+        reserve = self.environment_context_tokens if self.environment is not None else 0
+        per_slot = max(len(r.prompt_ids) for r in rollouts) + reserve + self.limits.max_tokens_per_rollout
         caps = self.engine_limits
         cache_tokens = caps.max_cache_tokens
         if cache_tokens is None:
@@ -269,6 +293,9 @@ class RolloutEngine:
             sampling=sampling, slots=slots, max_sequence_tokens=per_slot, on_step=check_stop
         )
         generators = _rollout_generators(generator, rollouts)
+        if self.environment is not None:
+            self._live_environments = asyncio.Semaphore(self.environment.max_live)
+            self._prompt_room = per_slot - self.limits.max_tokens_per_rollout
         ended: list[float] = []
         tasks.extend(
             asyncio.create_task(self._rollout_and_grade(rollout, session, rollout_generator, grade, ended))
@@ -303,6 +330,16 @@ class RolloutEngine:
     # --- one rollout -------------------------------------------------------------------------------
 
     async def _rollout_and_grade(self, rollout, session, generator, grade, ended: list[float]) -> None:
+        # The environment (if any) starts before the cache slot is taken and ends after grading.
+        async with environment_scope(
+            self.environment, rollout, self._live_environments, self._rerender
+        ) as ok:
+            if ok:
+                await self._generate_and_grade(rollout, session, generator, grade, ended)
+            else:  # its start failed: excluded, never generated nor graded
+                ended.append(time.perf_counter())
+
+    async def _generate_and_grade(self, rollout, session, generator, grade, ended: list[float]) -> None:
         async with session.sequence() as sequence:  # waits for a free cache slot
             rollout.started_at = time.perf_counter()
             deadline = self.limits.deadline_s
@@ -317,6 +354,18 @@ class RolloutEngine:
         ended.append(time.perf_counter())
         if grade is not None:
             await grade(rollout)
+
+    def _rerender(self, rollout: Rollout) -> None:
+        """The prompt again after the environment added context or tools; it must fit the cache slot
+        sized from the prompts before the starts."""
+        prompt_ids = render_prompt(tokenizer=self.tokenizer, messages=rollout.messages, tools=rollout.tools)
+        if len(prompt_ids) > self._prompt_room:
+            raise EnvironmentCallError(
+                "context_too_long",
+                f"the environment's context and tools make the prompt {len(prompt_ids)} tokens, "
+                f"over the {self._prompt_room} the step reserved; shorten the context",
+            )
+        rollout.prompt_ids = prompt_ids
 
     async def _agent_loop(self, rollout: Rollout, sequence: GenerationSequence, generator: Any) -> None:
         """The protocol of one rollout: generate a turn, run its tool calls, append the results, repeat."""

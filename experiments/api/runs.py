@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from trainer.config import Setting, settings
 
 from .. import selectors
-from ..models import Dataset, Grader, Run, Tool
+from ..models import Dataset, Environment, Grader, Run, Tool
 from ..services import run_launch
 from ..services.runs import RunStateError
 from .common import OwnedReadOnlyViewSet
@@ -29,6 +29,8 @@ class RunSerializer(serializers.ModelSerializer):
             "train_dataset",
             "eval_dataset",
             "tools",
+            "mcp_tools",
+            "environment",
             "grader",
             "attempt",
             "max_attempts",
@@ -105,6 +107,19 @@ class RunCreateSerializer(serializers.Serializer):
         help_text="Tool ids; omitted or empty: every one of your tools that the datasets' items name.",
     )
     grader = OwnedPrimaryKeyField(queryset=Grader.objects.all())
+    environment = OwnedPrimaryKeyField(
+        queryset=Environment.objects.all(),
+        required=False,
+        allow_null=True,
+        help_text="A per-rollout environment (start/end lifecycle) for every rollout of the run.",
+    )
+    mcp_tools = serializers.ListField(
+        child=serializers.DictField(),
+        required=False,
+        default=list,
+        help_text='MCP tools the run may use: [{"server": <MCP server id>, "name": "<tool>"}]; the run '
+        "records their schemas as last refreshed.",
+    )
     config = TrainerConfigField(
         required=False,
         default=dict,
@@ -156,6 +171,8 @@ class RunViewSet(mixins.CreateModelMixin, OwnedReadOnlyViewSet):
                 config=data.get("config", {}),
                 start=data["start"],
                 watch_config=data.get("watch_config") or {},
+                environment=data.get("environment"),
+                mcp_tools=data.get("mcp_tools") or [],
             )
         except run_launch.RunValidationError as exc:
             raise ValidationError(exc.errors) from exc

@@ -4,6 +4,7 @@ from rest_framework.routers import DefaultRouter
 from . import compare, downloads, metrics
 from .auth import ObtainTokenView
 from .datasets import DatasetViewSet
+from .environments import EnvironmentViewSet, McpServerViewSet
 from .graders import GraderViewSet
 from .hosted_graders import HostedGraderRunView, HostedGraderValidateView
 from .readiness import GraderAuditViewSet, ReadinessReportViewSet
@@ -14,6 +15,8 @@ from .trajectories import TrajectoryViewSet
 router = DefaultRouter()
 router.register("datasets", DatasetViewSet, basename="api-dataset")
 router.register("tools", ToolViewSet, basename="api-tool")
+router.register("mcp-servers", McpServerViewSet, basename="api-mcp-server")
+router.register("environments", EnvironmentViewSet, basename="api-environment")
 router.register("graders", GraderViewSet, basename="api-grader")
 router.register("runs", RunViewSet, basename="api-run")
 router.register("trajectories", TrajectoryViewSet, basename="api-trajectory")

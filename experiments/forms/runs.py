@@ -13,7 +13,7 @@ from django import forms
 
 from trainer.config import GROUPS, ConfigError, Setting, TrainerConfig, settings
 
-from ..models import Grader, Run, Tool
+from ..models import Environment, Grader, McpServer, Run, Tool
 from ..models.dataset import Dataset, DatasetStatus
 from ..services.training import BUNDLED_MODEL
 from ..watch.rules import ROLLOUT_RULES
@@ -98,6 +98,18 @@ class RunForm(forms.Form):
         widget=forms.CheckboxSelectMultiple,
         help_text="Left empty: every registered tool the datasets' items name.",
     )
+    mcp_tools = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="MCP tools",
+        help_text="Tools of your MCP servers, as last refreshed; the run records these exact schemas.",
+    )
+    environment = forms.ModelChoiceField(
+        queryset=Environment.objects.none(),
+        required=False,
+        empty_label="None (no per-rollout environment)",
+        help_text="Started before each rollout's first turn and ended after grading (at least once).",
+    )
     grader = forms.ModelChoiceField(queryset=Grader.objects.none())
     # The reward-hacking watch's pause rule (experiments/watch/rules.py); flags are recorded either way.
     watch_pause_enabled = forms.BooleanField(
@@ -125,6 +137,12 @@ class RunForm(forms.Form):
         self.fields["train_dataset"].queryset = datasets
         self.fields["eval_dataset"].queryset = datasets
         self.fields["tools"].queryset = Tool.objects.visible_to(user)
+        self.fields["environment"].queryset = Environment.objects.visible_to(user)
+        self.fields["mcp_tools"].choices = [
+            (f"{server.pk}:{tool['name']}", f"{tool['name']} ({server.name})")
+            for server in McpServer.objects.visible_to(user)
+            for tool in server.tools
+        ]
         self.fields["grader"].queryset = Grader.objects.visible_to(user)
         self.settings = form_settings()
         for setting in self.settings:
@@ -179,6 +197,14 @@ class RunForm(forms.Form):
                 config[setting.name] = value
         return config
 
+    def mcp_tool_picks(self) -> list[dict[str, Any]]:
+        """The picked MCP tools as create_run takes them ([{"server": pk, "name": ...}])."""
+        picks = []
+        for value in self.cleaned_data.get("mcp_tools") or []:
+            server, _, name = value.partition(":")
+            picks.append({"server": int(server), "name": name})
+        return picks
+
     def watch_config(self) -> dict[str, Any]:
         if not self.cleaned_data.get("watch_pause_enabled"):
             return {}
@@ -200,6 +226,8 @@ class RunForm(forms.Form):
             "eval_dataset": run.eval_dataset_id,
             "tools": list(run.tools.values_list("pk", flat=True)),
             "grader": run.grader_id,
+            "environment": run.environment_id,
+            "mcp_tools": [f"{tool['server']}:{tool['name']}" for tool in run.mcp_tools or []],
         }
         if run.base_model == BUNDLED_MODEL:
             initial["base_model_choice"] = BUNDLED_MODEL

@@ -1,6 +1,7 @@
 from .api_token import ApiToken
 from .base import OwnedQuerySet
 from .dataset import Dataset, DatasetItem
+from .environment import Environment, EnvironmentLease, McpServer
 from .grader import Grader
 from .readiness import GraderAudit, ReadinessReport, ReadinessStatus
 from .run import Checkpoint, MetricPoint, MetricRollup, Run, RunEvent, RunStatus
@@ -12,8 +13,11 @@ __all__ = [
     "Checkpoint",
     "Dataset",
     "DatasetItem",
+    "Environment",
+    "EnvironmentLease",
     "Grader",
     "GraderAudit",
+    "McpServer",
     "MetricPoint",
     "MetricRollup",
     "OwnedQuerySet",

@@ -41,6 +41,12 @@ class Run(OwnedModel):
         "Dataset", on_delete=models.PROTECT, related_name="eval_runs", null=True, blank=True
     )
     tools = models.ManyToManyField("Tool", related_name="runs", blank=True)
+    # MCP tools the run may use, with the exact schemas it was started with:
+    # [{"server": McpServer pk, "name": ..., "description": ..., "input_schema": {...}}].
+    mcp_tools = models.JSONField(default=list, blank=True)
+    environment = models.ForeignKey(
+        "Environment", on_delete=models.PROTECT, related_name="runs", null=True, blank=True
+    )
     grader = models.ForeignKey("Grader", on_delete=models.PROTECT, related_name="runs")
 
     # Attempts: each start (first or resume) is one; capped at max_attempts.

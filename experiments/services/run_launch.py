@@ -12,12 +12,13 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from ..models import Dataset, DatasetItem, Grader, Run, RunStatus, Tool
+from ..models import Dataset, DatasetItem, Environment, Grader, Run, RunStatus, Tool
 from ..models.dataset import DatasetStatus
 from ..selectors import run_state
 from ..watch.rules import validate_watch_config
 from . import rate_limits
 from . import runs as run_services
+from .environments import resolve_mcp_tools
 from .graders import grader_needs
 
 logger = logging.getLogger(__name__)
@@ -83,8 +84,13 @@ def create_run(
     max_attempts: int | None = None,
     start: bool = True,
     watch_config: Mapping[str, Any] | None = None,
+    environment: Environment | None = None,
+    mcp_tools: Sequence[Mapping[str, Any]] = (),
 ) -> Run:
     """Validate everything a run needs, store it as queued, and enqueue it on commit.
+
+    `environment` gives every rollout its own environment (start/end); `mcp_tools` picks tools of the
+    owner's MCP servers ([{"server": pk, "name": ...}]), whose schemas the run records.
 
 
     No tools given means every one of the owner's tools that the datasets' items name (the run form
@@ -121,6 +127,19 @@ def create_run(
     if foreign_tools:
         errors.setdefault("tools", []).append(f"Not your tools: {', '.join(foreign_tools)}.")
     registered = {tool.name for tool in tools}
+    if environment is not None and environment.owner_id != owner.pk and not owner.is_staff:
+        errors.setdefault("environment", []).append("Not one of your environments.")
+    mcp_schemas: list[dict[str, Any]] = []
+    try:
+        mcp_schemas = resolve_mcp_tools(owner=owner, picks=mcp_tools)
+    except ValueError as exc:
+        errors.setdefault("mcp_tools", []).append(str(exc))
+    clash = sorted(registered & {tool["name"] for tool in mcp_schemas})
+    if clash:
+        errors.setdefault("mcp_tools", []).append(
+            f"{', '.join(clash)}: an HTTP tool of this run has the same name; pick one of the two."
+        )
+    registered |= {tool["name"] for tool in mcp_schemas}
     for dataset in filter(None, (train_dataset, eval_dataset)):
         missing = sorted(tool_names_referenced(dataset) - registered)
         if missing:
@@ -152,6 +171,8 @@ def create_run(
         grader=grader,
         config=dict(config),
         watch_config=watch_config,
+        environment=environment,
+        mcp_tools=mcp_schemas,
         max_attempts=max_attempts or settings.RFT_MAX_RUN_ATTEMPTS,
         status=RunStatus.QUEUED,
         queued_at=timezone.now(),

@@ -26,6 +26,7 @@ from django.db import close_old_connections, connection
 from ..models import Checkpoint, DatasetItem, Run, RunStatus
 from ..selectors import run_state
 from . import runs as run_services
+from .environments import build_environment_for, build_mcp_executor_for, mcp_tool_schemas
 from .recording import DatabaseReporter, discard_steps_after
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,19 @@ def build_tool_executor_for(tools):
     return HttpToolExecutor(endpoints=endpoints, policy=policy_from_settings())
 
 
+def _with_mcp_tools(run: Run, executor, tools: list[dict]):
+    """Adds the run's MCP tools (the schemas recorded when it was created) to its HTTP tools."""
+    mcp_executor = build_mcp_executor_for(run)
+    if mcp_executor is None:
+        return executor, tools
+    from trainer.outbound.mcp import RoutingToolExecutor
+
+    schemas = mcp_tool_schemas(run)
+    owners = {tool["function"]["name"]: executor for tool in tools}
+    owners.update({schema["function"]["name"]: mcp_executor for schema in schemas})
+    return RoutingToolExecutor(owners), [*tools, *schemas]
+
+
 def build_run_grader(run: Run):
     from .graders import build_grader_for
 
@@ -170,6 +184,8 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
         eval_items, eval_ids = _dataset_items(run.eval_dataset_id, "eval")
         tools = [tool.openai_schema() for tool in run.tools.all()]
         executor = build_tool_executor(run)
+        executor, tools = _with_mcp_tools(run, executor, tools)
+        environment = build_environment_for(run)
         grader = build_run_grader(run)
     except (ConfigError, ValueError) as exc:
         return finish(RunStatus.FAILED, f"Invalid run configuration: {exc}")
@@ -213,6 +229,7 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
             grader=grader,
             reporter=reporter,
             should_stop=lambda: keeper.should_stop() or reporter.should_stop(),
+            environment=environment,
             output_dir=str(output_dir),
             resume_from=resume_from,
         )

@@ -35,6 +35,8 @@ def run_create(request):
                 grader=data["grader"],
                 config=form.config(),
                 watch_config=form.watch_config(),
+                environment=data.get("environment"),
+                mcp_tools=form.mcp_tool_picks(),
             )
         except run_launch.RunValidationError as exc:
             for field, field_errors in exc.errors.items():

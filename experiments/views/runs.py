@@ -15,6 +15,7 @@ from django.urls import path, reverse
 from .. import selectors
 from ..models import Trajectory
 from ..selectors import trajectories as rollout_selectors
+from ..selectors.environments import environment_counts, environment_view
 from ..selectors.metrics import (
     X_AXES,
     metric_keys,
@@ -60,6 +61,13 @@ CHARTS = [
         "markers": True,
     },
     {
+        "id": "env-errors",
+        "title": "Environment errors (failed starts excluded, ends not delivered at once)",
+        "keys": ["env/excluded", "env/end_errors"],
+        "prefix": ["env/start_errors/"],
+        "markers": True,
+    },
+    {
         "id": "grader-errors",
         "title": "Grader errors",
         "keys": ["grader_errors/excluded"],
@@ -99,7 +107,10 @@ X_AXIS_LABELS = {
 
 
 def _visible_run(request, run_id: int):
-    return get_object_or_404(selectors.runs_for(user=request.user).prefetch_related("tools"), pk=run_id)
+    return get_object_or_404(
+        selectors.runs_for(user=request.user).select_related("environment").prefetch_related("tools"),
+        pk=run_id,
+    )
 
 
 def run_detail(request, run_id: int):
@@ -130,6 +141,7 @@ def run_detail(request, run_id: int):
         "rollout_step_range": rollout_selectors.rollout_step_range(
             run_id=run.pk, split=Trajectory.Split.TRAIN
         ),
+        "environment_counts": environment_counts(run_id=run.pk) if run.environment_id else None,
     }
     return render(request, "experiments/run_page.html", context)
 
@@ -248,6 +260,7 @@ def run_rollout(request, run_id: int, trace_id: str):
         "rollout": rollout,
         "turns": rollout_selectors.rollout_turns(rollout.messages),
         "item_fields": sorted(item_fields.items()),
+        "environment": environment_view(rollout.environment),
     }
     return render(request, "experiments/rollout_view.html", context)
 

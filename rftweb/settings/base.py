@@ -276,8 +276,15 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-lost-runs": {
         "task": "experiments.tasks.sweep_lost_runs",
         "schedule": float(env.int("RFT_SWEEP_SECONDS", default=15)),
-    }
+    },
+    # Environment ends a dead worker never sent (default queue: no GPU needed).
+    "sweep-environment-ends": {
+        "task": "experiments.tasks.sweep_environment_ends",
+        "schedule": float(env.int("RFT_ENVIRONMENT_SWEEP_SECONDS", default=30)),
+    },
 }
+# How long after its start a rollout's environment may be ended by the sweeper: longer than a rollout.
+RFT_ENVIRONMENT_LEASE_SECONDS = env.int("RFT_ENVIRONMENT_LEASE_SECONDS", default=3600)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

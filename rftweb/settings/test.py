@@ -90,4 +90,6 @@ RFT_LEASE_TIMEOUT_SECONDS = 4
 # The lost-run sweep runs every second in tests that start a beat scheduler.
 CELERY_BEAT_SCHEDULE = {
     "sweep-lost-runs": {"task": "experiments.tasks.sweep_lost_runs", "schedule": 1.0},
+    "sweep-environment-ends": {"task": "experiments.tasks.sweep_environment_ends", "schedule": 1.0},
 }
+RFT_ENVIRONMENT_LEASE_SECONDS = 3

@@ -70,7 +70,12 @@ class Command(BaseCommand):
         if with_demo:
             from experiments.services.demo import seed_demo
 
-            seed_demo(owner=admin, tool_base_url=f"http://127.0.0.1:{options['demo_port']}")
+            seed_demo(
+                owner=admin,
+                tool_base_url=f"http://127.0.0.1:{options['demo_port']}",
+                # The demo's workspace tools as an MCP server, on the next port.
+                mcp_url=f"http://127.0.0.1:{options['demo_port'] + 1}/mcp",
+            )
             self.stdout.write(
                 "Demo datasets, tools and graders are ready: press “Start demo run” on the dashboard."
             )
@@ -129,7 +134,15 @@ class Command(BaseCommand):
             processes.append(
                 (
                     "demo-tools",
-                    [python, "-m", "experiments.demo_servers", "--port", str(options["demo_port"])],
+                    [
+                        python,
+                        "-m",
+                        "experiments.demo_servers",
+                        "--port",
+                        str(options["demo_port"]),
+                        "--mcp-port",
+                        str(options["demo_port"] + 1),
+                    ],
                 )
             )
         for name, command in processes:

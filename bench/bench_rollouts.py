@@ -224,6 +224,7 @@ def run_engine(kind, *, model, tokenizer, script, server_url, max_tokens, sampli
             )
             engine.run(rollouts, sampling=sampling, generator=generator)
             prefill, generated, busy = backend.prefill_tokens, backend.generated_tokens, engine.generation_s
+            occupancy = "all rollouts in lockstep per turn"
         else:
             backend = ForcedContinuousBackend(
                 script=script, model=model, pad_id=tokenizer.pad_token_id, stop_ids=stop_ids
@@ -236,6 +237,10 @@ def run_engine(kind, *, model, tokenizer, script, server_url, max_tokens, sampli
                 stats.engine.prefill_tokens,
                 stats.engine.generated_tokens,
                 stats.engine.busy_s,
+            )
+            occupancy = (
+                f"{stats.engine.slots} slots (the in-flight cap from the KV-cache budget), "
+                f"occupancy {stats.engine.batch_occupancy:.2f}"
             )
         wall = time.perf_counter() - started
     finally:
@@ -253,6 +258,7 @@ def run_engine(kind, *, model, tokenizer, script, server_url, max_tokens, sampli
         "calls": calls,
         "turns": turns,
         "tool_tokens": sum(r.completion_mask.count(0) for r in rollouts) / max(1, calls),
+        "occupancy": occupancy,
     }
 
 
@@ -321,8 +327,9 @@ def main() -> None:
                 sample = tool_text("calibration", 400)
                 per_word = len(tokenizer.encode(sample, add_special_tokens=False)) / 400
                 result_words = max(1, round(args.tool_tokens / per_word))
+                # Room for every turn and result, with a margin (the new engine reserves this per slot).
                 max_tokens = MAX_TURNS * MAX_NEW_TOKENS_PER_TURN + (MAX_TURNS - 1) * (
-                    2 * args.tool_tokens + 64
+                    round(args.tool_tokens * 1.25) + 32
                 )
                 sampling = SamplingParams(temperature=1.0, top_p=1.0)
                 results: dict[str, list[dict]] = {"old": [], "new": []}
@@ -347,7 +354,8 @@ def main() -> None:
                             f"({r['generated'] / r['wall_s']:.1f}/s of wall, {r['generated'] / r['busy_s']:.1f}/s "
                             f"of engine time), prefill {r['prefill']} tokens = "
                             f"{r['prefill'] / r['generated']:.2f} per generated token; {r['turns']} turns, "
-                            f"{r['calls']} tool calls, {r['tool_tokens']:.0f} result tokens per call; {load_line()}",
+                            f"{r['calls']} tool calls, {r['tool_tokens']:.0f} result tokens per call; {r['occupancy']}; "
+                            f"{load_line()}",
                             flush=True,
                         )
                 old_wall = sum(r["wall_s"] for r in results["old"])

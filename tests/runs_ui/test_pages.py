@@ -36,11 +36,14 @@ def test_run_page_shows_progress_charts_and_the_lead_actions(browser_client, run
         "reward",
         "eval",
         "tool-calls",
+        "turns",
+        "calls-per-turn",
         "length",
         "kl",
         "loss",
         "entropy",
         "timings",
+        "engine",
         "grader-errors",
     ):
         assert f'id="chart-{chart}"' in html

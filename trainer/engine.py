@@ -260,10 +260,9 @@ class ContinuousBatchingSession:
         self._prompts: dict[tuple[int, ...], tuple[int, torch.Tensor]] = {}
         self._wake = asyncio.Event()
         self._driver: asyncio.Task | None = None
-        # On a CPU the forward runs on the event loop's thread between two yields: handing every
-        # token step to a worker thread cost more (two thread switches per step, fought over with
-        # the tool I/O for the same cores) than reading tool responses one step late. On a GPU the
-        # worker thread lets tool I/O proceed while the host waits for the device.
+        # On a CPU the forward runs on the event loop's thread between two yields (tool responses
+        # are read up to one step late; a worker thread measured no faster there, see README). On a
+        # GPU the worker thread lets tool I/O proceed while the host waits for the device.
         self._inline = backend.device.type == "cpu"
         # OpenMP's thread count is per calling thread: the worker would otherwise use every core and
         # its spinning pool would slow the caller's next work (the update) down.

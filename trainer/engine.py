@@ -260,10 +260,6 @@ class ContinuousBatchingSession:
         self._prompts: dict[tuple[int, ...], tuple[int, torch.Tensor]] = {}
         self._wake = asyncio.Event()
         self._driver: asyncio.Task | None = None
-        # On a CPU the forward runs on the event loop's thread between two yields (tool responses
-        # are read up to one step late; a worker thread measured no faster there, see README). On a
-        # GPU the worker thread lets tool I/O proceed while the host waits for the device.
-        self._inline = backend.device.type == "cpu"
         # OpenMP's thread count is per calling thread: the worker would otherwise use every core and
         # its spinning pool would slow the caller's next work (the update) down.
         self._thread = ThreadPoolExecutor(
@@ -390,10 +386,7 @@ class ContinuousBatchingSession:
             plan = self._plan()
             started = time.perf_counter()
             try:
-                if self._inline:
-                    outcome = self._execute(plan)
-                else:
-                    outcome = await loop.run_in_executor(self._thread, self._execute, plan)
+                outcome = await loop.run_in_executor(self._thread, self._execute, plan)
             except BaseException as error:
                 # A failing forward (out of memory, a model bug) fails every turn in flight instead
                 # of leaving their rollouts waiting forever.

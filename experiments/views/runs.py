@@ -56,9 +56,14 @@ CHARTS = [
         ],
     },
     {
-        "id": "engine",
-        "title": "Generation engine: batch occupancy, prefill tokens per generated token",
-        "keys": ["engine/batch_occupancy", "engine/prefill_per_generated_token"],
+        "id": "engine-occupancy",
+        "title": "Decode batch occupancy (share of slots)",
+        "keys": ["engine/batch_occupancy"],
+    },
+    {
+        "id": "engine-prefill",
+        "title": "Prefill tokens per generated token",
+        "keys": ["engine/prefill_per_generated_token"],
     },
     {
         "id": "watch",

@@ -43,7 +43,8 @@ def test_run_page_shows_progress_charts_and_the_lead_actions(browser_client, run
         "loss",
         "entropy",
         "timings",
-        "engine",
+        "engine-occupancy",
+        "engine-prefill",
         "grader-errors",
     ):
         assert f'id="chart-{chart}"' in html

@@ -154,11 +154,11 @@ def scripted_turns() -> list[str]:
     return [*calls, "The notes agree on the main effect; the answer is 42."]
 
 
-def make_rollouts(tokenizer):
+def make_rollouts(tokenizer, prompts=PROMPTS, group_size=GROUP_SIZE):
     from trainer.rollout import start_rollout
 
     rollouts, keys = [], {}
-    for group in range(PROMPTS):
+    for group in range(prompts):
         item = {
             "messages": [
                 {
@@ -172,7 +172,7 @@ def make_rollouts(tokenizer):
             ]
         }
         prompt_ids = None
-        for sample in range(GROUP_SIZE):
+        for sample in range(group_size):
             rollout = start_rollout(
                 tokenizer=tokenizer,
                 item=item,
@@ -189,7 +189,9 @@ def make_rollouts(tokenizer):
     return rollouts, keys
 
 
-def run_engine(kind, *, model, tokenizer, script, server_url, max_tokens, sampling, seed, result_words):
+def run_engine(
+    kind, *, model, tokenizer, script, server_url, max_tokens, sampling, seed, result_words, prompts=PROMPTS
+):
     import torch
     from forced_turns import ForcedContinuousBackend, turn_sync_pick
     from turn_sync_engine import KVCacheBackend, TurnSyncRolloutEngine
@@ -198,7 +200,7 @@ def run_engine(kind, *, model, tokenizer, script, server_url, max_tokens, sampli
     from trainer.rollout import RolloutEngine, RolloutLimits
     from trainer.standalone import HttpTool, SimpleHttpToolExecutor
 
-    rollouts, keys = make_rollouts(tokenizer)
+    rollouts, keys = make_rollouts(tokenizer, prompts)
     inner = SimpleHttpToolExecutor(tools={"lookup": HttpTool(url=server_url, timeout_s=60.0)}, attempts=1)
     executor = KeyedExecutor(inner, keys, result_words)
     limits = RolloutLimits(
@@ -290,6 +292,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--repeats", type=int, default=1, help="old/new pairs per model, interleaved")
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=PROMPTS,
+        help=f"prompts of {GROUP_SIZE} rollouts each (the goal: {PROMPTS})",
+    )
     parser.add_argument("--tool-tokens", type=int, default=200, help="tokens per tool result (about)")
     args = parser.parse_args()
 
@@ -303,7 +311,7 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; {load_line()}"
     )
     print(
-        f"{PROMPTS * GROUP_SIZE} rollouts ({PROMPTS} prompts x {GROUP_SIZE}), up to {MAX_TURNS} turns, "
+        f"{args.prompts * GROUP_SIZE} rollouts ({args.prompts} prompts x {GROUP_SIZE}), up to {MAX_TURNS} turns, "
         f"<= {MAX_NEW_TOKENS_PER_TURN} new tokens per turn, tool latency lognormal p50 {LATENCY_P50_S * 1000:.0f} ms "
         f"p99 {LATENCY_P99_S:.0f} s over real local HTTP."
     )
@@ -346,6 +354,7 @@ def main() -> None:
                                 sampling=sampling,
                                 seed=SEED + repeat,
                                 result_words=result_words,
+                                prompts=args.prompts,
                             )
                         )
                         r = results[kind][-1]

@@ -265,7 +265,7 @@ def run_once(*, tokenizer, executor, loop, rollouts_count: int, calls_per_rollou
     import torch
 
     from trainer.generation import SamplingParams, ScriptedBackend
-    from trainer.rollout import RolloutEngine, RolloutLimits, render_prompt, start_rollout
+    from trainer.rollout import EngineLimits, RolloutEngine, RolloutLimits, render_prompt, start_rollout
 
     assistant_header = tokenizer.encode("<|im_start|>assistant", add_special_tokens=False)
 
@@ -291,6 +291,8 @@ def run_once(*, tokenizer, executor, loop, rollouts_count: int, calls_per_rollou
             tool_call_budget=None,
             tool_call_penalty=0.0,
         ),
+        # Every rollout in flight at once, as before the in-flight cap existed (the stub has no cache).
+        engine_limits=EngineLimits(max_rollouts_in_flight=rollouts_count),
     )
     started = time.perf_counter()
     item = {"messages": [{"role": "user", "content": "What is the value of a?"}]}

@@ -38,6 +38,12 @@ CHARTS = [
         "markers": True,
     },
     {"id": "tool-calls", "title": "Tool calls per rollout", "keys": ["tools/calls_mean", "tools/calls_p95"]},
+    {"id": "turns", "title": "Turns per rollout", "keys": ["turns/mean", "turns/p95"]},
+    {
+        "id": "calls-per-turn",
+        "title": "Tool calls per turn (turns that called tools)",
+        "keys": ["tools/calls_per_turn_mean", "tools/calls_per_turn_p95"],
+    },
     {"id": "length", "title": "Rollout length (tokens)", "keys": ["completions/mean_length"]},
     {"id": "kl", "title": "KL to the base model", "keys": ["kl"]},
     {"id": "loss", "title": "Loss", "keys": ["loss"]},
@@ -45,7 +51,27 @@ CHARTS = [
     {
         "id": "timings",
         "title": "Timings (s)",
-        "keys": ["timing/rollout_s", "timing/grading_s", "timing/update_s", "step_time"],
+        "keys": [
+            "timing/rollout_s",
+            "timing/grading_s",
+            "timing/update_s",
+            "step_time",
+            # Per rollout: waiting for its turns to be generated versus for its tools, and its wall time.
+            "timing/rollout_generating_s",
+            "timing/rollout_tool_wait_s",
+            "timing/rollout_wall_s_p50",
+            "timing/rollout_wall_s_p95",
+        ],
+    },
+    {
+        "id": "engine-occupancy",
+        "title": "Decode batch occupancy (share of slots)",
+        "keys": ["engine/batch_occupancy"],
+    },
+    {
+        "id": "engine-prefill",
+        "title": "Prefill tokens per generated token",
+        "keys": ["engine/prefill_per_generated_token"],
     },
     {
         "id": "watch",

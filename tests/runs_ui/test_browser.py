@@ -90,6 +90,16 @@ def curve(key, step):
         "timing/grading_s": 0.3,
         "timing/update_s": 0.8,
         "step_time": 2.5,
+        "turns/mean": 4.5 * math.exp(-step / 20) + 1.5,
+        "turns/p95": 8 * math.exp(-step / 20) + 2,
+        "tools/calls_per_turn_mean": 1 + 2.5 * (1 - math.exp(-step / 20)),
+        "tools/calls_per_turn_p95": 2 + 4 * (1 - math.exp(-step / 20)),
+        "timing/rollout_generating_s": 0.9,
+        "timing/rollout_tool_wait_s": 0.4,
+        "timing/rollout_wall_s_p50": 1.1,
+        "timing/rollout_wall_s_p95": 1.35,
+        "engine/batch_occupancy": 0.6 + 0.1 * math.sin(step / 4),
+        "engine/prefill_per_generated_token": 7.5 + math.sin(step / 5),
         "grader_errors/excluded": float(step % 7 == 0),
         "grader_errors/timeout": float(step % 11 == 0),
     }[key]
@@ -97,7 +107,10 @@ def curve(key, step):
 
 METRIC_KEYS = (
     "reward reward_std tools/calls_mean tools/calls_p95 completions/mean_length kl loss entropy "
-    "timing/rollout_s timing/grading_s timing/update_s step_time grader_errors/excluded"
+    "timing/rollout_s timing/grading_s timing/update_s step_time grader_errors/excluded "
+    "turns/mean turns/p95 tools/calls_per_turn_mean tools/calls_per_turn_p95 timing/rollout_generating_s "
+    "timing/rollout_tool_wait_s timing/rollout_wall_s_p50 timing/rollout_wall_s_p95 engine/batch_occupancy "
+    "engine/prefill_per_generated_token"
 ).split()
 EVAL_KEYS = ("eval/reward", "eval/pass@1", "eval/pass@4")
 

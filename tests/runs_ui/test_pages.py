@@ -36,11 +36,15 @@ def test_run_page_shows_progress_charts_and_the_lead_actions(browser_client, run
         "reward",
         "eval",
         "tool-calls",
+        "turns",
+        "calls-per-turn",
         "length",
         "kl",
         "loss",
         "entropy",
         "timings",
+        "engine-occupancy",
+        "engine-prefill",
         "grader-errors",
     ):
         assert f'id="chart-{chart}"' in html

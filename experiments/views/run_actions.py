@@ -62,12 +62,15 @@ def run_cancel(request, run_id: int):
     except RunStateError as exc:
         messages.error(request, str(exc))
     else:
-        messages.info(
-            request,
-            "Cancelled."
-            if run.is_terminal
-            else "Cancel requested: the run stops after the current rollouts.",
-        )
+        if run.is_terminal:
+            messages.info(request, "Cancelled.")
+        else:
+            # Tagged so that the run page drops it once the run has actually stopped.
+            messages.info(
+                request,
+                "Cancel requested: the run stops after the current rollouts.",
+                extra_tags="run-pending",
+            )
     return redirect("run-detail", run_id=run_id)
 
 

@@ -119,11 +119,18 @@
   }
 
   function appendLog(event, text) {
+    // The page was rendered with the log up to some event; the socket may replay it: once is enough.
+    if (log.querySelector(`[data-seq="${event.seq}"]`)) return;
     const line = document.createElement("div");
     line.dataset.seq = event.seq;
     line.className = `log-${event.kind}${event.payload && event.payload.level ? " log-" + event.payload.level : ""}`;
-    const time = event.time ? new Date(event.time).toLocaleTimeString() : "";
-    line.textContent = `${time}  ${text}`;
+    if (event.time) {
+      const time = document.createElement("time");
+      time.dateTime = event.time;
+      time.textContent = window.RftClock ? window.RftClock.time(new Date(event.time)) : event.time;
+      line.append(time);
+    }
+    line.append(`  ${text}`);
     log.appendChild(line);
     log.scrollTop = log.scrollHeight;
   }
@@ -197,7 +204,13 @@
       statusBadge.className = "badge " + p.status;
       progress.fill.className = "progress-fill " + p.status;
       errorBox.textContent = p.error || "";
+      // Only a failure is an error; a cancel or a finished run's note is a plain notice.
+      errorBox.className = p.status === "failed" ? "error-box" : "notice-box";
       errorBox.classList.toggle("hidden", !p.error || p.status === "paused");
+      // "Cancel requested" and the like were about the state now replaced: drop them.
+      if (TERMINAL.includes(p.status)) {
+        for (const note of document.querySelectorAll(".messages .msg-run-pending")) note.remove();
+      }
       watchPanel.statusChanged(p);
       if (p.attempt !== undefined) document.getElementById("run-attempt").textContent = p.attempt;
       updateProgress(p.current_step, p.total_steps);

@@ -12,5 +12,6 @@ urlpatterns = [
     path("runs/", include("experiments.views.run_actions")),
     path("runs/", include("experiments.views.runs")),
     path("compare/", include("experiments.views.compare")),
+    path("account/", include("experiments.views.accounts")),
     path("", include("experiments.views.readiness")),
 ]

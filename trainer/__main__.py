@@ -10,6 +10,7 @@ The file (YAML or JSON) holds:
     tools:                                       # each tool: its schema and its HTTP endpoint
       - {name: peek, description: ..., parameters: {...}, url: http://127.0.0.1:8001/peek,
          headers: {}, signing_secret: null, timeout_s: 30}
+    outbound: {allow_loopback: true, allowlist: ["10.0.0.0/8", "tools.corp.example"]}   # optional
     grader: {type: exact_match, field: answer}   # or type: contains; case_sensitive: false
 
 Relative paths are relative to the config file. SIGINT/SIGTERM stop cleanly after the current turn
@@ -28,9 +29,26 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import ConfigError, TrainerConfig
-from trainer.standalone import HttpTool, JsonlReporter, MatchGrader, SimpleHttpToolExecutor, read_jsonl
+from trainer.outbound.tools import ToolEndpoint
+from trainer.standalone import (
+    JsonlReporter,
+    MatchGrader,
+    read_jsonl,
+    script_policy,
+    tool_endpoint,
+    tool_executor,
+)
 
-TOP_LEVEL_KEYS = {"trainer", "train_file", "eval_file", "output_dir", "resume_from", "tools", "grader"}
+TOP_LEVEL_KEYS = {
+    "trainer",
+    "train_file",
+    "eval_file",
+    "output_dir",
+    "resume_from",
+    "tools",
+    "grader",
+    "outbound",
+}
 
 
 def load_run_file(path: Path) -> dict[str, Any]:
@@ -52,7 +70,7 @@ def load_run_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def build_tools(specs: Any) -> tuple[list[dict[str, Any]], dict[str, HttpTool]]:
+def build_tools(specs: Any) -> tuple[list[dict[str, Any]], dict[str, ToolEndpoint]]:
     if specs is None:
         return [], {}
     if not isinstance(specs, list):
@@ -75,13 +93,7 @@ def build_tools(specs: Any) -> tuple[list[dict[str, Any]], dict[str, HttpTool]]:
                 },
             }
         )
-        endpoints[spec["name"]] = HttpTool(
-            url=spec["url"],
-            headers=dict(spec.get("headers") or {}),
-            signing_secret=spec.get("signing_secret"),
-            timeout_s=float(spec.get("timeout_s", 30.0)),
-            max_response_bytes=int(spec.get("max_response_bytes", 1_000_000)),
-        )
+        endpoints[spec["name"]] = tool_endpoint(spec, where=f"tools[{index}]")
     return schemas, endpoints
 
 
@@ -114,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         train_items = read_jsonl(resolve(data["train_file"]))
         eval_items = read_jsonl(resolve(data["eval_file"])) if data.get("eval_file") else []
         schemas, endpoints = build_tools(data.get("tools"))
+        policy = script_policy(data.get("outbound"))
         grader_spec = data["grader"]
         if not isinstance(grader_spec, dict):
             raise ConfigError("grader: must be a mapping")
@@ -141,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         train_items=train_items,
         eval_items=eval_items,
         tools=schemas,
-        tool_executor=SimpleHttpToolExecutor(tools=endpoints),
+        tool_executor=tool_executor(endpoints, policy),
         grader=grader,
         reporter=JsonlReporter(output_dir),
         should_stop=lambda: stop_requested["value"],

@@ -70,12 +70,16 @@ class GradeResult:
 
     `score` is None when grading failed: such a rollout is excluded from the update, never scored 0.
     `errors` lists {"grader": name, "type": error_type, "message": text}.
+    `passed` says, for each grader with a pass threshold, whether its score reached it.
+    `token_usage` sums what judge/embedding models reported ({"prompt_tokens": n, ...}).
     """
 
     score: float | None
     sub_scores: dict[str, float] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)
     latency_ms: float = 0.0
+    passed: dict[str, bool] = field(default_factory=dict)
+    token_usage: dict[str, int] = field(default_factory=dict)
 
 
 @runtime_checkable

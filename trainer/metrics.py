@@ -52,6 +52,14 @@ def rollout_metrics(rollouts: Sequence[Rollout], *, prefix: str = "") -> dict[st
                 sub_scores.setdefault(name, []).append(float(value))
     for name, values in sorted(sub_scores.items()):
         metrics[f"{prefix}rewards/{name}/mean"] = _mean(values)
+    # Graders with a pass_threshold: the share of graded rollouts whose score reached it.
+    passes: dict[str, list[float]] = {}
+    for rollout in rollouts:
+        if rollout.grade is not None:
+            for name, passed in rollout.grade.passed.items():
+                passes.setdefault(name, []).append(1.0 if passed else 0.0)
+    for name, values in sorted(passes.items()):
+        metrics[f"{prefix}rewards/{name}/pass_rate"] = _mean(values)
     lengths = [float(r.generated_tokens) for r in rollouts]
     metrics[f"{prefix}completions/mean_length"] = _mean(lengths)
     metrics[f"{prefix}completions/clipped_ratio"] = _mean(

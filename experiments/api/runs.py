@@ -1,14 +1,16 @@
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
+from trainer.config import Setting, settings
+
 from .. import selectors
 from ..models import Dataset, Grader, Run, Tool
-from ..services import run_launch
+from ..services import artifacts, run_launch
 from ..services.runs import RunStateError
 from .common import OwnedReadOnlyViewSet
 
@@ -56,6 +58,39 @@ class OwnedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
         return self.queryset.visible_to(self.context["request"].user)
 
 
+def _schema_field(setting: Setting) -> serializers.Field:
+    options = {
+        "required": False,
+        "allow_null": setting.optional,
+        "help_text": f"{setting.help} Default: {'null' if setting.default is None else setting.default}.",
+    }
+    base = setting.annotation.replace(" | None", "")
+    if setting.choices is not None:
+        return serializers.ChoiceField(choices=setting.choices, **options)
+    fields = {
+        "bool": serializers.BooleanField,
+        "int": serializers.IntegerField,
+        "float": serializers.FloatField,
+        "str": serializers.CharField,
+        "dict[str, Any]": serializers.DictField,
+    }
+    return fields.get(base, serializers.JSONField)(**options)
+
+
+# The API schema of `config`, one property per trainer setting with its help, choices and default
+# (read from the trainer's field metadata). Values are validated by the trainer itself.
+TrainerConfigSchema = type(
+    "TrainerConfig",
+    (serializers.Serializer,),
+    {setting.name: _schema_field(setting) for setting in settings()},
+)
+
+
+@extend_schema_field(TrainerConfigSchema)
+class TrainerConfigField(serializers.DictField):
+    pass
+
+
 class RunCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     base_model = serializers.CharField(
@@ -63,9 +98,14 @@ class RunCreateSerializer(serializers.Serializer):
     )
     train_dataset = OwnedPrimaryKeyField(queryset=Dataset.objects.all())
     eval_dataset = OwnedPrimaryKeyField(queryset=Dataset.objects.all(), required=False, allow_null=True)
-    tools = OwnedPrimaryKeyField(queryset=Tool.objects.all(), many=True, required=False)
+    tools = OwnedPrimaryKeyField(
+        queryset=Tool.objects.all(),
+        many=True,
+        required=False,
+        help_text="Tool ids; omitted or empty: every one of your tools that the datasets' items name.",
+    )
     grader = OwnedPrimaryKeyField(queryset=Grader.objects.all())
-    config = serializers.DictField(
+    config = TrainerConfigField(
         required=False,
         default=dict,
         help_text="Trainer hyperparameters (TrainerConfig fields); omitted ones take the defaults.",
@@ -79,6 +119,10 @@ class RunCreateSerializer(serializers.Serializer):
         help_text='Reward-hacking watch settings, e.g. {"pause": {"enabled": true, "rule": "any", '
         '"threshold": 0.5, "window": 3}}; omitted keys take the defaults.',
     )
+
+
+class MergedBuildSerializer(serializers.Serializer):
+    detail = serializers.CharField()
 
 
 class RunEventSerializer(serializers.Serializer):
@@ -156,6 +200,21 @@ class RunViewSet(mixins.CreateModelMixin, OwnedReadOnlyViewSet):
     def resume(self, request, pk=None):
         """Resume a failed, cancelled or paused run from its last checkpoint (a new attempt)."""
         return self._lifecycle(run_launch.resume_run)
+
+    @extend_schema(request=None, responses={202: MergedBuildSerializer, 409: MergedBuildSerializer})
+    @action(detail=True, methods=["post"], url_path="merged")
+    def build_merged(self, request, pk=None):
+        """Build the merged model (base + the final or latest adapter) in a worker, as the run page's
+        "Build merged model" does; 409 while the run has no adapter yet."""
+        run = self.get_object()
+        try:
+            artifacts.request_merged_model(run=run)
+        except artifacts.ArtifactMissing as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(
+            {"detail": "Building the merged model in a worker; the run's log says when it is ready."},
+            status=status.HTTP_202_ACCEPTED,
+        )
 
     @extend_schema(
         parameters=[OpenApiParameter("after", int, description="Only events with seq greater than this.")],

@@ -1,10 +1,11 @@
-from django.urls import path
-from rest_framework.authtoken.views import obtain_auth_token
+from django.urls import path, re_path
 from rest_framework.routers import DefaultRouter
 
 from . import compare, metrics
+from .auth import ObtainTokenView
 from .datasets import DatasetViewSet
 from .graders import GraderViewSet
+from .hosted_graders import HostedGraderRunView, HostedGraderValidateView
 from .readiness import GraderAuditViewSet, ReadinessReportViewSet
 from .runs import RunViewSet
 from .tools import ToolViewSet
@@ -20,7 +21,15 @@ router.register("readiness", ReadinessReportViewSet, basename="api-readiness")
 router.register("audits", GraderAuditViewSet, basename="api-audit")
 
 urlpatterns = [
-    path("auth/token/", obtain_auth_token, name="api-token"),
+    path("auth/token/", ObtainTokenView.as_view(), name="api-token"),
+    # The hosted grader API's paths (before the router, which has graders/{id}/): with or without a
+    # trailing slash, also under the hosted prefix fine_tuning/alpha/ so only the base URL changes.
+    re_path(r"^(?:fine_tuning/alpha/)?graders/run/?$", HostedGraderRunView.as_view(), name="api-graders-run"),
+    re_path(
+        r"^(?:fine_tuning/alpha/)?graders/validate/?$",
+        HostedGraderValidateView.as_view(),
+        name="api-graders-validate",
+    ),
     *compare.urlpatterns,
     *metrics.urlpatterns,  # before the router: /runs/{id}/metrics/ and /runs/{id}/series/
     *router.urls,

@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from experiments.demo_servers.data import PRODUCTS, REPOSITORY
-from experiments.graders.formula import FormulaError, parse_formula
-from experiments.outbound.signing import SIGNATURE_HEADER, verify_signature
+from trainer.graders.formula import FormulaError, parse_formula
+from trainer.outbound.signing import SIGNATURE_HEADER, verify_signature
 
 logger = logging.getLogger(__name__)
 

@@ -1,3 +1,4 @@
+from .api_token import ApiToken
 from .base import OwnedQuerySet
 from .dataset import Dataset, DatasetItem
 from .grader import Grader
@@ -7,6 +8,7 @@ from .tool import Tool
 from .trajectory import Trajectory
 
 __all__ = [
+    "ApiToken",
     "Checkpoint",
     "Dataset",
     "DatasetItem",

@@ -50,7 +50,7 @@ class Run(OwnedModel):
     lease_owner = models.CharField(max_length=200, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
-    # Reward-hacking watch: per-run rule settings (see services/watch.py) and, once its pause rule
+    # Reward-hacking watch: per-run rule settings (see experiments/watch/rules.py) and, once its pause rule
     # fired, {"rule", "detail", "step"} (kept after a resume, with "resumed_at_step").
     watch_config = models.JSONField(default=dict, blank=True)
     pause_requested = models.BooleanField(default=False)

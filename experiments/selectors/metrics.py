@@ -24,6 +24,8 @@ import psycopg
 from django.db import connection, transaction
 from django.db.models import Max, Min
 
+from trainer.config import defaults
+
 from ..models import MetricPoint, MetricRollup, Run, RunEvent
 
 X_AXES = ("step", "samples", "wall_time", "relative_time")
@@ -37,9 +39,10 @@ class SeriesRequestError(ValueError):
 
 
 def samples_per_step(config: dict) -> int:
-    """Rollouts one training step consumes (prompts per step × group size, the trainer's defaults)."""
+    """Rollouts one training step consumes (prompts per step × group size; unset: the trainer's defaults)."""
+    config = {**defaults(), **config}
     try:
-        return max(1, int(config.get("prompts_per_step", 4)) * int(config.get("group_size", 8)))
+        return max(1, int(config["prompts_per_step"]) * int(config["group_size"]))
     except (TypeError, ValueError):
         return 1
 

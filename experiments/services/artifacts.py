@@ -82,6 +82,17 @@ def merged_model_zip(*, run: Run) -> tuple[tempfile.SpooledTemporaryFile, str]:
     return zip_directory(directory), f"run-{run.pk}-merged.zip"
 
 
+def request_merged_model(*, run: Run) -> Path:
+    """Queue the merged-model build for a run that has an adapter (the run page's button and the
+    API's action). Enqueued when the surrounding transaction commits; returns the adapter it merges.
+    Raises ArtifactMissing (with the user's explanation) when there is no adapter yet."""
+    from ..tasks import build_merged_model as build_merged_model_task
+
+    adapter = adapter_directory(run=run)
+    build_merged_model_task.delay_on_commit(run.pk)
+    return adapter
+
+
 def build_merged_model(*, run_id: int) -> Path:
     """Merge the final (or latest) adapter into the base model and save it (runs in a worker)."""
     from trainer.config import TrainerConfig

@@ -17,6 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..models import DatasetItem, Grader, GraderAudit, ReadinessStatus, Run, Trajectory
+from . import rate_limits
 
 DISAGREEMENT = 0.5
 MAX_SAMPLE = 50
@@ -36,6 +37,7 @@ def create_audit(
         raise AuditError("Not one of your runs.")
     if not 1 <= sample_size <= MAX_SAMPLE:
         raise AuditError(f"Sample size: between 1 and {MAX_SAMPLE} of each kind.")
+    rate_limits.check_rate(user=owner, action="audit")
     audit = GraderAudit.objects.create(
         owner=owner, run=run, grader=grader, grader_version=grader.version, sample_size=sample_size
     )

@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from ..models import Dataset, DatasetItem, Grader, ReadinessReport, ReadinessStatus, Run, Tool
 from ..selectors.readiness import UNMEASURED_SUMMARY
+from . import rate_limits
 
 # The verdict's thresholds (shown next to every reason, so a user can judge them).
 GRADER_ERROR_LIMIT = 0.05  # more grader errors than this: fix the grader before anything else
@@ -328,6 +329,7 @@ def create_readiness_report(
         problems.append(f"Unknown sampling setting(s): {', '.join(unknown)}.")
     if problems:
         raise ReadinessError(" ".join(problems))
+    rate_limits.check_rate(user=owner, action="readiness")
     report = ReadinessReport.objects.create(
         owner=owner,
         name=f"{dataset.name} · {grader.name} v{grader.version} · k={k}",

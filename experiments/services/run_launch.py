@@ -7,14 +7,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
 from ..models import Dataset, DatasetItem, Grader, Run, RunStatus, Tool
 from ..models.dataset import DatasetStatus
 from ..selectors import run_state
+from ..watch.rules import validate_watch_config
+from . import rate_limits
 from . import runs as run_services
-from . import watch
+from .graders import grader_needs
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +59,16 @@ def tool_names_referenced(dataset: Dataset) -> set[str]:
     return names
 
 
+def default_tools(*, owner, datasets: Sequence[Dataset | None]) -> list[Tool]:
+    """The owner's registered tools that the datasets' items name (a run's tools when none are chosen)."""
+    referenced: set[str] = set()
+    for dataset in filter(None, datasets):
+        referenced |= tool_names_referenced(dataset)
+    if not referenced:
+        return []
+    return list(Tool.objects.filter(owner=owner, name__in=referenced).order_by("name"))
+
+
 @transaction.atomic
 def create_run(
     *,
@@ -70,9 +84,16 @@ def create_run(
     start: bool = True,
     watch_config: Mapping[str, Any] | None = None,
 ) -> Run:
-    """Validate everything a run needs, store it as queued, and enqueue it on commit."""
+    """Validate everything a run needs, store it as queued, and enqueue it on commit.
+
+
+    No tools given means every one of the owner's tools that the datasets' items name (the run form
+    and the API alike). Refused (RunValidationError) when the owner already has
+    RFT_MAX_ACTIVE_RUNS_PER_USER runs queued or running; rate-limited per user (rate_limits.RateLimited)."""
     from django.conf import settings
 
+    if not tools:
+        tools = default_tools(owner=owner, datasets=[train_dataset, eval_dataset])
     errors: dict[str, list[str]] = {}
     if not name.strip():
         errors.setdefault("name", []).append("A run needs a name.")
@@ -93,6 +114,9 @@ def create_run(
         )
     if grader.owner_id != owner.pk and not owner.is_staff:
         errors.setdefault("grader", []).append("Not one of your graders.")
+    else:
+        for need in grader_needs(grader):
+            errors.setdefault("grader", []).append(f"The grader {grader.name} cannot score here: {need}.")
     foreign_tools = [tool.name for tool in tools if tool.owner_id != owner.pk and not owner.is_staff]
     if foreign_tools:
         errors.setdefault("tools", []).append(f"Not your tools: {', '.join(foreign_tools)}.")
@@ -110,11 +134,15 @@ def create_run(
     except RunValidationError as exc:
         errors.update(exc.errors)
     try:
-        watch_config = watch.validate_watch_config(dict(watch_config or {}))
+        watch_config = validate_watch_config(dict(watch_config or {}))
     except ValueError as exc:
         errors.setdefault("watch_config", []).append(str(exc))
     if errors:
         raise RunValidationError(errors)
+    active = _active_run_count(owner)
+    if active >= settings.RFT_MAX_ACTIVE_RUNS_PER_USER:
+        raise RunValidationError({"non_field_errors": [run_cap_message(active)]})
+    rate_limits.check_rate(user=owner, action="run_launch")
     run = Run.objects.create(
         owner=owner,
         name=name.strip(),
@@ -133,6 +161,21 @@ def create_run(
     if start:
         enqueue_run(run_id=run.pk)
     return run
+
+
+def _active_run_count(owner) -> int:
+    """The owner's queued + running runs, counted with the owner's row locked: two launches at once
+    cannot both pass the cap (callers are in a transaction)."""
+    get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+    return Run.objects.filter(owner=owner, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).count()
+
+
+def run_cap_message(active: int) -> str:
+    cap = settings.RFT_MAX_ACTIVE_RUNS_PER_USER
+    return (
+        f"You already have {active} runs queued or running, the most one user may have "
+        f"({cap}, RFT_MAX_ACTIVE_RUNS_PER_USER). Wait for one to finish, or cancel one, then launch again."
+    )
 
 
 def enqueue_run(*, run_id: int) -> None:
@@ -181,6 +224,10 @@ def resume_run(*, run_id: int) -> Run:
             raise run_services.RunStateError(
                 f"This run has used all {run.max_attempts} attempts; clone it to start again."
             )
+        active = _active_run_count(run.owner)
+        if active >= settings.RFT_MAX_ACTIVE_RUNS_PER_USER:
+            raise run_services.RunStateError(run_cap_message(active))
+        rate_limits.check_rate(user=run.owner, action="run_launch")
         run = run_services.transition_run(run_id=run_id, status=RunStatus.QUEUED)
         enqueue_run(run_id=run_id)
         return run

@@ -108,8 +108,9 @@ def build_tool_executor(run: Run):
 
 def build_tool_executor_for(tools):
     """The HTTP tool executor (through the SSRF-safe outbound module) for these registered tools."""
-    from ..outbound.policy import policy_from_settings
-    from ..outbound.tools import HttpToolExecutor, ToolEndpoint
+    from trainer.outbound.tools import HttpToolExecutor, ToolEndpoint
+
+    from ..outbound import policy_from_settings
 
     endpoints = {
         tool.name: ToolEndpoint(
@@ -213,7 +214,7 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
     if result.stopped and keeper.cancel_requested:
         return finish(RunStatus.CANCELLED, run_state.cancelled_message(run.pk))
     if result.stopped and reporter.pause_requested:
-        from .watch import pause_message
+        from ..watch.flags import pause_message
 
         paused_by = Run.objects.filter(pk=run.pk).values_list("paused_by", flat=True).get() or {}
         return finish(RunStatus.PAUSED, pause_message(paused_by))

@@ -10,7 +10,6 @@ from django.views.decorators.http import require_POST
 
 from .. import selectors
 from ..forms.runs import RunForm
-from ..models import Tool
 from ..services import artifacts, run_launch
 from ..services.runs import RunStateError
 
@@ -24,14 +23,6 @@ def run_create(request):
     form = RunForm(request.POST or None, user=request.user, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        tools = list(data["tools"])
-        if not tools:
-            referenced = set()
-            for dataset in filter(None, (data["train_dataset"], data.get("eval_dataset"))):
-                referenced |= run_launch.tool_names_referenced(dataset)
-            tools = list(
-                Tool.objects.visible_to(request.user).filter(owner=request.user, name__in=referenced)
-            )
         try:
             run = run_launch.create_run(
                 owner=request.user,
@@ -39,7 +30,7 @@ def run_create(request):
                 base_model=form.base_model,
                 train_dataset=data["train_dataset"],
                 eval_dataset=data.get("eval_dataset"),
-                tools=tools,
+                tools=list(data["tools"]),
                 grader=data["grader"],
                 config=form.config(),
                 watch_config=form.watch_config(),
@@ -122,13 +113,10 @@ def download_merged(request, run_id: int):
 def build_merged(request, run_id: int):
     run = _owned_run(request, run_id)
     try:
-        artifacts.adapter_directory(run=run)
+        artifacts.request_merged_model(run=run)
     except artifacts.ArtifactMissing as exc:
         messages.error(request, str(exc))
     else:
-        from ..tasks import build_merged_model
-
-        build_merged_model.delay(run.pk)
         messages.info(
             request, "Building the merged model in a worker; the download appears here when it is ready."
         )

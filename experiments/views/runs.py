@@ -16,7 +16,7 @@ from .. import selectors
 from ..models import Trajectory
 from ..selectors import trajectories as rollout_selectors
 from ..selectors.metrics import X_AXES, metric_keys, run_log_events, run_progress, samples_per_step
-from ..services.watch import ROLLOUT_RULES
+from ..watch.rules import ROLLOUT_RULES
 
 # The run page's charts: which metric keys each one draws. `prefix` picks up keys that only appear
 # during the run (pass@k for each k, one series per grader error type).

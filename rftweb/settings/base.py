@@ -10,6 +10,8 @@ from pathlib import Path
 
 import environ
 
+from rftweb import queues
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 env = environ.Env()
 
@@ -22,7 +24,6 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[:
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -30,11 +31,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_htmx",
     "channels",
+    "axes",
     "experiments",
 ]
 
@@ -49,6 +50,15 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "experiments.middleware.LoginRequiredEverywhereMiddleware",
+    "experiments.middleware.RateLimitedMiddleware",
+    # Last: it answers the lockout (429 + Retry-After) for the login page and the token endpoint.
+    "axes.middleware.AxesMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out account or address before the password is even checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "rftweb.urls"
@@ -106,6 +116,15 @@ def channel_layer_hosts(redis_url: str) -> list[dict]:
     return [{"address": redis_url, "socket_timeout": 30, "socket_connect_timeout": 5}]
 
 
+# The cache is shared by every web process (login lockouts, rate limits, cached chart series).
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "rftweb",
+    }
+}
+
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -144,9 +163,40 @@ WHITENOISE_AUTOREFRESH = env.bool("WHITENOISE_AUTOREFRESH", default=False)
 
 # Uploads larger than this are refused with 413 before anything is stored.
 RFT_MAX_UPLOAD_BYTES = env.int("RFT_MAX_UPLOAD_BYTES", default=512 * 1024 * 1024)
-DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# Every other request body (forms, JSON): larger ones are refused with 413 (rftweb/request_guard.py).
+RFT_MAX_REQUEST_BYTES = env.int("RFT_MAX_REQUEST_BYTES", default=10 * 1024 * 1024)
+# URL names whose bodies may be as large as RFT_MAX_UPLOAD_BYTES (plus the multipart framing).
+RFT_UPLOAD_URL_NAMES = ["dataset-upload", "api-dataset-list"]
+DATA_UPLOAD_MAX_MEMORY_SIZE = RFT_MAX_REQUEST_BYTES
+# Request bodies past this stay on disk, not in memory (Django spools them; uploads go to temp files).
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = None
+
+# Brute-force protection (django-axes, counted in the Redis cache): after RFT_LOGIN_FAILURE_LIMIT
+# failed logins from one address, or for one account, both the login page and the token endpoint
+# answer 429 with Retry-After for RFT_LOGIN_LOCKOUT_SECONDS. A success resets the count.
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_FAILURE_LIMIT = env.int("RFT_LOGIN_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = env.float("RFT_LOGIN_LOCKOUT_SECONDS", default=900.0) / 3600  # hours
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "experiments.views.accounts.lockout_response"
+AXES_VERBOSE = False
+
+# API tokens expire this many days after they are created (0: never).
+RFT_API_TOKEN_DAYS = env.int("RFT_API_TOKEN_DAYS", default=90)
+
+# Per-user rate limits on expensive actions ("N/second|minute|hour|day", limits' syntax), counted
+# in Redis; over the limit the action answers 429 with Retry-After.
+RFT_RATE_LIMITS = {
+    "tool_try": env.str("RFT_RATE_TOOL_TRY", default="30/minute"),
+    "grader_run": env.str("RFT_RATE_GRADER_RUN", default="20/minute"),
+    "readiness": env.str("RFT_RATE_READINESS", default="10/hour"),
+    "audit": env.str("RFT_RATE_AUDIT", default="10/hour"),
+    "run_launch": env.str("RFT_RATE_RUN_LAUNCH", default="30/hour"),
+}
+# Runs a user may have queued or running at once (the hosted service: 1 running + 10 queued).
+RFT_MAX_ACTIVE_RUNS_PER_USER = env.int("RFT_MAX_ACTIVE_RUNS_PER_USER", default=11)
 
 # Secrets stored in the database (tool headers, signing secrets, judge API keys) are encrypted
 # with these Fernet keys, which are separate from SECRET_KEY. The first key encrypts; all decrypt
@@ -162,6 +212,11 @@ RFT_OUTBOUND_ALLOWLIST = env.list("RFT_OUTBOUND_ALLOWLIST", default=[])
 # chat-completions endpoint) and its key (a secret: give it through the environment only).
 RFT_JUDGE_BASE_URL = env.str("RFT_JUDGE_BASE_URL", default="") or None
 RFT_JUDGE_API_KEY = env.str("RFT_JUDGE_API_KEY", default="") or None
+# The default OpenAI-compatible embeddings endpoint for `text_similarity` graders with
+# `evaluation_metric: cosine` that name no `base_url`, its key (environment only) and model.
+RFT_EMBEDDINGS_BASE_URL = env.str("RFT_EMBEDDINGS_BASE_URL", default="") or None
+RFT_EMBEDDINGS_API_KEY = env.str("RFT_EMBEDDINGS_API_KEY", default="") or None
+RFT_EMBEDDINGS_MODEL = env.str("RFT_EMBEDDINGS_MODEL", default="text-embedding-3-large")
 
 # Runs: a worker renews its lease every RFT_HEARTBEAT_SECONDS; a run whose lease is older than
 # RFT_LEASE_TIMEOUT_SECONDS is declared lost.
@@ -176,11 +231,11 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_DEFAULT_QUEUE = queues.DEFAULT
 CELERY_TASK_ROUTES = {
-    "experiments.tasks.train_run": {"queue": "train"},
-    "experiments.tasks.build_merged_model": {"queue": "train"},
-    "experiments.tasks.compute_readiness": {"queue": "train"},
+    "experiments.tasks.train_run": {"queue": queues.TRAIN},
+    "experiments.tasks.build_merged_model": {"queue": queues.TRAIN},
+    "experiments.tasks.compute_readiness": {"queue": queues.TRAIN},
 }
 # Longer than the longest run: an unacknowledged training task is redelivered only after this.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -200,12 +255,13 @@ CELERY_BEAT_SCHEDULE = {
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        "experiments.api.authentication.ApiTokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "experiments.api.exceptions.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "rftweb API",
@@ -232,5 +288,5 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"httpx": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
+    "loggers": {"httpx": {"level": "WARNING"}, "uvicorn.access": {"level": "WARNING"}},
 }

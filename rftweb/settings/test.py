@@ -73,6 +73,13 @@ CHANNEL_LAYERS = {
         "CONFIG": {"hosts": channel_layer_hosts(REDIS_URL), "prefix": f"rftweb-test-{TEST_NAMESPACE}"},
     }
 }
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": f"rftweb-test-{TEST_NAMESPACE}",
+    }
+}
 CELERY_BROKER_URL = celery_broker_url(REDIS_URL)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     **CELERY_BROKER_TRANSPORT_OPTIONS,  # noqa: F405

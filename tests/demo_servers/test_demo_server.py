@@ -11,11 +11,11 @@ import urllib.request
 import pytest
 
 from experiments.demo_servers import PRODUCTS, REPOSITORY, TOOL_DEFINITIONS, DemoServer
-from experiments.outbound.client import OutboundClient
-from experiments.outbound.policy import OutboundPolicy
-from experiments.outbound.signing import sign_body
-from experiments.outbound.tools import HttpToolExecutor, ToolEndpoint
 from trainer.interfaces import ToolCall
+from trainer.outbound.client import OutboundClient
+from trainer.outbound.policy import OutboundPolicy
+from trainer.outbound.signing import sign_body
+from trainer.outbound.tools import HttpToolExecutor, ToolEndpoint
 
 DEV = OutboundPolicy(allow_loopback=True)
 

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 def test_rl_raises_the_reward_on_the_toy_task_over_http(toy_tool_server, reporter, tmp_path):
     from conftest import MODEL_CACHE
 
-    from experiments.outbound.policy import OutboundPolicy
-    from experiments.outbound.tools import HttpToolExecutor, ToolEndpoint
+    from trainer.outbound.policy import OutboundPolicy
+    from trainer.outbound.tools import HttpToolExecutor, ToolEndpoint
 
     started = time.perf_counter()
     model_dir = warm_start_toy_model(MODEL_CACHE / "toy-warm", base_dir=MODEL_CACHE / "tiny")

@@ -81,7 +81,8 @@ class Command(BaseCommand):
             "PYTHONUNBUFFERED": "1",
         }
         processes = [
-            ("web", [python, "-m", "daphne", "-b", host, "-p", str(port), "rftweb.asgi:application"]),
+            # The same server command as in production (README): uvicorn, streaming request bodies.
+            ("web", [python, "-m", "django", "serve", "--host", host, "--port", str(port)]),
             (
                 "worker-train",
                 [

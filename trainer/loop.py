@@ -292,6 +292,10 @@ class _Run:
         started = time.perf_counter()
         rollouts: list[Rollout] = []
         chunk_items = max(1, (config.prompts_per_step * config.group_size) // k)
+        total = len(self.eval_items)
+        # Said before anything is plotted: the run page shows it while the eval runs.
+        phase = "baseline eval" if step == 0 else f"eval at step {step}"
+        self.reporter.log("info", f"{phase}: evaluating {total} items × {k} rollouts")
         for chunk_start in range(0, len(self.eval_items), chunk_items):
             chunk = []
             for item_index in range(chunk_start, min(len(self.eval_items), chunk_start + chunk_items)):
@@ -301,6 +305,9 @@ class _Run:
             self.engine.run(chunk, sampling=sampling, generator=generator)
             self.grade(chunk)
             rollouts.extend(chunk)
+            done = min(total, chunk_start + chunk_items)
+            if done < total:
+                self.reporter.log("info", f"{phase}: evaluating {done}/{total} items done")
         metrics = eval_metrics(rollouts, k=k, threshold=config.eval_pass_threshold)
         metrics["eval/time_s"] = time.perf_counter() - started
         return metrics, rollouts

@@ -118,6 +118,13 @@
     if (totalSteps && perStep > 0) progress.eta.textContent = `ETA ${formatDuration(perStep * (totalSteps - current))}`;
   }
 
+  const phase = document.getElementById("progress-phase");
+  function showPhase(message) {
+    if (!phase) return;
+    phase.hidden = !message;
+    if (message) phase.textContent = message.charAt(0).toUpperCase() + message.slice(1);
+  }
+
   function appendLog(event, text) {
     // The page was rendered with the log up to some event; the socket may replay it: once is enough.
     if (log.querySelector(`[data-seq="${event.seq}"]`)) return;
@@ -196,6 +203,7 @@
         if (stepTimes.length > 20) stepTimes.shift();
       }
       updateProgress(event.step, m["progress/total_steps"]);
+      showPhase(null);
       if (p.rollouts && p.rollouts.count) histogram.stepArrived(event.step, p.rollouts.splits || []);
       watchPanel.stepArrived(m);
     } else if (event.kind === "status") {
@@ -214,11 +222,13 @@
       watchPanel.statusChanged(p);
       if (p.attempt !== undefined) document.getElementById("run-attempt").textContent = p.attempt;
       updateProgress(p.current_step, p.total_steps);
-      if (TERMINAL.includes(p.status)) progress.eta.textContent = statusBadge.textContent;
+      if (TERMINAL.includes(p.status)) { progress.eta.textContent = statusBadge.textContent; showPhase(null); }
       appendLog(event, `status → ${p.status}${p.error ? ": " + p.error : ""}`);
       refreshActions();
     } else if (event.kind === "log") {
       appendLog(event, `[${p.level}] ${p.message}`);
+      // The eval in progress, while the charts have nothing new to show (see selectors/run_state).
+      if (/^(baseline eval|eval at step \d+): evaluating/.test(p.message || "")) showPhase(p.message);
     } else if (event.kind === "checkpoint") {
       appendLog(event, `checkpoint at step ${event.step}`);
       refreshActions();

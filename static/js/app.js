@@ -29,7 +29,7 @@
   // A table that scrolls sideways (narrow screens, wide comparisons) must be reachable by keyboard.
   function markScrollers() {
     for (const node of document.querySelectorAll("main table, main pre, .table-scroll, .scroll-x, .eventlog")) {
-      const scrolls = node.scrollWidth > node.clientWidth + 1 && getComputedStyle(node).overflowX !== "visible";
+      const scrolls = node.scrollWidth > node.clientWidth && getComputedStyle(node).overflowX !== "visible";
       if (scrolls && !node.hasAttribute("tabindex")) {
         node.setAttribute("tabindex", "0");
         node.dataset.scrollFocus = "1";

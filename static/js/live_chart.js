@@ -205,7 +205,7 @@
     }
 
     emptyNote() {
-      return { text: "no data yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: { color: "#98a2b3", size: 13 } };
+      return { text: this.options.finished ? "no data in this run" : "no data yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: { color: "#98a2b3", size: 13 } };
     }
 
     pointCount() {

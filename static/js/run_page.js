@@ -37,7 +37,7 @@
   const stepTimes = [];
   let totalSteps = Number(progress.total && progress.total.textContent) || 0;
 
-  const charts = config.charts.map((spec) => new RftLiveChart(document.getElementById(`chart-${spec.id}`), spec, { xAxis, smoothing: 0 }));
+  const charts = config.charts.map((spec) => new RftLiveChart(document.getElementById(`chart-${spec.id}`), spec, { xAxis, smoothing: 0, finished: TERMINAL.includes(config.status) && config.status !== "paused" }));
 
   // ---- x axis ------------------------------------------------------------------------------
   function xFor(step, isoTime) {

@@ -83,6 +83,9 @@ def test_every_page_fits_and_is_clean(width_name, site, daphne, browser, screens
                 problems.append(
                     f"{where}: {size['scrollWidth']} px wide in {size['clientWidth']} px: {size['widest']}"
                 )
+            leaked = [marker for marker in ("{#", "#}", "{%", "{{") if marker in page.inner_text("body")]
+            if leaked:
+                problems.append(f"{where}: template syntax shown as text: {leaked}")
             if console_errors:
                 problems.append(f"{where}: console errors {console_errors}")
             if failed:

@@ -65,8 +65,28 @@
     const data = await response.json();
     for (const key of data.keys || []) knownKeys.add(key);
     t0 = data.t0 === undefined ? t0 : data.t0;
-    for (const chart of charts) chart.reset(data.series, xAxis);
+    await resetInViewFirst(data.series);
     flushBuffered();
+  }
+
+  // The charts on screen are drawn first and painted before the others (each below the fold in a
+  // task of its own), so the page shows curves before all twelve charts are done. Live events
+  // wait in `reloading` meanwhile.
+  function nearView(element) {
+    const box = element.getBoundingClientRect();
+    return box.bottom > -200 && box.top < window.innerHeight + 200;
+  }
+  const nextTask = () => new Promise((resolve) => setTimeout(resolve, 0));
+  async function resetInViewFirst(series) {
+    const later = [];
+    for (const chart of charts) {
+      if (nearView(chart.el)) chart.reset(series, xAxis);
+      else later.push(chart);
+    }
+    for (const chart of later) {
+      await nextTask();
+      chart.reset(series, xAxis);
+    }
   }
 
   function flushBuffered() {

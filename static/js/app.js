@@ -26,10 +26,13 @@
     if (question && !window.confirm(question)) event.preventDefault();
   }, true);
 
-  // A table that scrolls sideways (narrow screens, wide comparisons) must be reachable by keyboard.
+  // A region that scrolls (a table sideways on a phone, a long list in a bounded box) must be
+  // reachable by keyboard.
   function markScrollers() {
     for (const node of document.querySelectorAll("main table, main pre, .table-scroll, .scroll-x, .eventlog")) {
-      const scrolls = node.scrollWidth > node.clientWidth && getComputedStyle(node).overflowX !== "visible";
+      const style = getComputedStyle(node);
+      const scrolls = (node.scrollWidth > node.clientWidth && style.overflowX !== "visible")
+        || (node.scrollHeight > node.clientHeight && style.overflowY !== "visible");
       if (scrolls && !node.hasAttribute("tabindex")) {
         node.setAttribute("tabindex", "0");
         node.dataset.scrollFocus = "1";
@@ -45,6 +48,7 @@
   }
   markScrollers();
   window.addEventListener("resize", soon);
+  window.addEventListener("load", markScrollers); // after web fonts and late styles settled
   const main = document.querySelector("main");
   if (main && "MutationObserver" in window) new MutationObserver(soon).observe(main, { childList: true, subtree: true });
 

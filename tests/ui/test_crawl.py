@@ -83,7 +83,7 @@ def test_every_page_fits_and_is_clean(width_name, site, daphne, browser, screens
                 problems.append(
                     f"{where}: {size['scrollWidth']} px wide in {size['clientWidth']} px: {size['widest']}"
                 )
-            leaked = [marker for marker in ("{#", "#}", "{%", "{{") if marker in page.inner_text("body")]
+            leaked = [marker for marker in ("{#", "#}", "{%", "%}") if marker in page.inner_text("body")]
             if leaked:
                 problems.append(f"{where}: template syntax shown as text: {leaked}")
             if console_errors:
@@ -94,6 +94,12 @@ def test_every_page_fits_and_is_clean(width_name, site, daphne, browser, screens
             for violation in results.response["violations"]:
                 if violation["impact"] in BLOCKING_IMPACTS:
                     targets = [(node["target"], node["html"][:200]) for node in violation["nodes"][:3]]
+                    if violation["id"] == "scrollable-region-focusable" and os.environ.get("UI_CRAWL_DEBUG"):
+                        targets.append(
+                            page.evaluate(
+                                "[...document.querySelectorAll('.table-scroll')].map(e => [e.scrollWidth, e.clientWidth, e.scrollHeight, e.clientHeight, e.getAttribute('tabindex'), e.parentElement.id || e.parentElement.className])"
+                            )
+                        )
                     problems.append(f"{where}: axe {violation['id']} ({violation['impact']}) at {targets}")
             page.screenshot(path=str(out / f"{name}-{width_name}.png"), full_page=True)
         context.close()

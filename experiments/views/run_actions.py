@@ -16,6 +16,7 @@ from ..services.runs import RunStateError
 
 def run_create(request):
     initial = {}
+    source = None
     clone_of = request.GET.get("clone")
     if clone_of and clone_of.isdigit():
         source = get_object_or_404(selectors.runs_for(user=request.user), pk=int(clone_of))
@@ -42,7 +43,7 @@ def run_create(request):
         else:
             messages.success(request, f"Run “{run.name}” is queued.")
             return redirect("run-detail", run_id=run.pk)
-    return render(request, "experiments/run_form.html", {"form": form, "clone_of": clone_of})
+    return render(request, "experiments/run_form.html", {"form": form, "clone_of": clone_of, "clone_source": source})
 
 
 @require_POST

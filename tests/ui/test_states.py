@@ -199,3 +199,28 @@ def test_try_it_on_a_closed_port_says_a_run_would_retry():
     shown = re.search(r'data-testid="try-attempts">([^<]*)<', page.content.decode()).group(1)
     assert shown.startswith("sent once: Try it does not retry")
     assert "1 attempts" not in page.content.decode()
+
+
+def test_a_clone_lists_its_changed_settings_and_opens_their_sections():
+    user = UserFactory()
+    run = build_flagged_run(user, steps=1)
+    Run.objects.filter(pk=run.pk).update(config={**run.config, "kl_beta": 0.2, "lora_r": 32})
+    page = client_for(user).get(f"/runs/new/?clone={run.pk}").content.decode()
+    summary = page[
+        page.index('id="changed-settings"') : page.index("</section>", page.index('id="changed-settings"'))
+    ]
+    assert f"Settings copied from “{run.name}” that differ from the defaults" in summary
+    assert "KL beta" in summary and "0.2" in summary and "LoRA rank r" in summary
+    # The sections holding them are open; an untouched one stays closed.
+    assert re.search(r'<details class="card settings-group" data-group="LoRA" open>', page)
+    assert re.search(r'<details class="card settings-group" data-group="Optimisation" open>', page)
+    assert re.search(r'<details class="card settings-group" data-group="Hardware">', page)
+    # Steps, group size and the like are visible without opening anything.
+    visible = page[page.index("<h2>Length and pace</h2>") : page.index('id="tools-fieldset"')]
+    assert 'name="steps"' in visible and 'name="group_size"' in visible
+    # Tools: one heading, each checkbox before its own label.
+    assert page.count("<h2>Tools</h2>") == 1
+    assert re.search(
+        r'<label class="choice" for="id_tools_0"><input type="checkbox" name="tools"[^>]*id="id_tools_0"[^>]*><span class="mono">lookup</span></label>',
+        page,
+    )

@@ -114,3 +114,16 @@ def test_compare_selected_with_nothing_ticked_says_so():
 def test_the_favicon_is_served_to_anyone():
     response = Client().get("/favicon.ico")
     assert response.status_code == 301 and response["Location"].endswith("favicon.svg")
+
+
+def test_log_times_are_marked_for_one_clock_format():
+    """The server renders each log line's time as <time datetime=...> that app.js rewrites in the
+    reader's clock (24-hour), the same function the live lines use (run_page.js)."""
+    user = UserFactory()
+    run = build_flagged_run(user, steps=1)
+    log_run(run_id=run.pk, level="info", message="hello")
+    page = client_for(user).get(f"/runs/{run.pk}/").content.decode()
+    assert re.search(
+        r'<time datetime="\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[^"]*" data-local="time">\d\d:\d\d:\d\d</time>  \[info\] hello',
+        page,
+    )

@@ -238,6 +238,7 @@
       // "Cancel requested" and the like were about the state now replaced: drop them.
       if (TERMINAL.includes(p.status)) {
         for (const note of document.querySelectorAll(".messages .msg-run-pending")) note.remove();
+        for (const list of document.querySelectorAll("ul.messages")) if (!list.children.length) list.remove();
       }
       watchPanel.statusChanged(p);
       if (p.attempt !== undefined) document.getElementById("run-attempt").textContent = p.attempt;

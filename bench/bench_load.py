@@ -256,6 +256,8 @@ def stream_steps(run_id: int, *, rate: float, seconds: float, rollouts: int, rep
             pause = started + (step - 1) / rate - time.perf_counter()
             if pause > 0:
                 time.sleep(pause)
+            if time.perf_counter() - started > seconds:
+                break  # behind the asked rate: stop on time all the same (the watchers close after)
             record_step(
                 run_id=run_id, lease_owner=LEASE_OWNER, step=step, metrics=metrics, trajectories=records
             )
@@ -366,18 +368,22 @@ def read_stats(csv_prefix: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def lost_points(run_id: int, watchers: list[dict]) -> tuple[int, int, int]:
-    """(stored events the watchers should have had, of them received, lost)."""
+def lost_points(run_id: int, watchers: list[dict]) -> tuple[int, int, int, list[float]]:
+    """(stored events the watchers should have had, of them received, lost, delivery delays in ms:
+    arrival at the watcher minus the event's commit)."""
     from experiments.models import RunEvent
 
-    stored = list(RunEvent.objects.filter(run_id=run_id).values_list("seq", flat=True))
+    stored = dict(RunEvent.objects.filter(run_id=run_id).values_list("seq", "created_at"))
     expected = received = 0
+    delays: list[float] = []
     for watcher in watchers:
+        arrivals = dict(watcher["received"])
         wanted = {seq for seq in stored if seq > (watcher["after"] or 0)}
-        got = wanted & set(watcher["received"])
+        got = wanted & arrivals.keys()
         expected += len(wanted)
         received += len(got)
-    return expected, received, expected - received
+        delays += [(arrivals[seq] - stored[seq].timestamp()) * 1000 for seq in got]
+    return expected, received, expected - received, delays
 
 
 def main() -> None:
@@ -387,7 +393,7 @@ def main() -> None:
     parser.add_argument("--spawn-rate", type=float, default=50)
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument(
-        "--settle", type=float, default=6, help="the writer stops this long before the people"
+        "--settle", type=float, default=15, help="the writer stops this long before the people"
     )
     parser.add_argument("--rate", type=float, default=20, help="steps per second on the live run")
     parser.add_argument("--rollouts", type=int, default=50, help="rollouts per step")
@@ -465,7 +471,7 @@ def main() -> None:
         while people.is_alive():
             loads.append(os.getloadavg()[0])
             people.join(timeout=5)
-        writer.join(timeout=30)
+        writer.join()
         for thread in uploaders:
             thread.join(timeout=600)
         sampler.stop.set()
@@ -473,7 +479,7 @@ def main() -> None:
 
         stats = read_stats(work / "locust")
         watchers = json.loads(results_path.read_text()) if results_path.exists() else []
-        expected, received, lost = lost_points(config["stream_run"], watchers)
+        expected, received, lost, delays = lost_points(config["stream_run"], watchers)
         print(
             f"machine: {os.cpu_count()} CPUs; load average before {load_before[0]:.1f}, "
             f"during {min(loads, default=0):.1f}-{max(loads, default=0):.1f} (shared with other work: figures are noisy)"
@@ -512,11 +518,21 @@ def main() -> None:
             for result in uploads:
                 if result["status"] != 201:
                     print(f"  upload failed: {result['status']} {result['detail']!r}")
-        ws_errors = sum(len(watcher["errors"]) for watcher in watchers)
+        ws_errors = sum(len(watcher["errors"]) for watcher in watchers if watcher.get("connected", True))
+        unconnected = sum(1 for watcher in watchers if not watcher.get("connected", True))
         print(
-            f"websocket: {len(watchers)} watchers, {expected:,} points stored after their connect, "
-            f"{received:,} received, {lost:,} lost; {ws_errors} dropped connections"
+            f"websocket: {len(watchers)} watchers ({unconnected} could not connect: all their points lost), "
+            f"{expected:,} points stored after their connect, "
+            f"{received:,} received, {lost:,} lost (not received {args.settle:g} s after the last write); "
+            f"{ws_errors} dropped connections"
         )
+        if delays:
+            delays.sort()
+            print(
+                "websocket delivery (commit to arrival): "
+                f"p50 {_quantile(delays, 0.5):.0f} ms, p95 {_quantile(delays, 0.95):.0f} ms, "
+                f"max {delays[-1]:.0f} ms"
+            )
         print(
             f"web rss: idle {rss_idle / MB:.0f} MB, peak {sampler.peak_process / MB:.0f} MB (largest process), "
             f"{sampler.peak_total / MB:.0f} MB (all {args.workers + (1 if args.workers > 1 else 0)} processes)"
@@ -541,6 +557,10 @@ def main() -> None:
 
         connections.close_all()
         drop_database(admin_url, name)
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def _combined_p95(csv_prefix: Path, *, exclude_types: set[str]) -> float:

@@ -362,6 +362,9 @@ def main() -> None:
     loop = asyncio.new_event_loop()
     executors = {name: make_executor(name, url, args.latency_ms / 1000) for name in clients}
     walls: dict[str, list[float]] = {name: [] for name in clients}
+    # CPU seconds of this process per run: less disturbed by other jobs than wall time (with the
+    # default thread server it includes the server's handler threads).
+    cpus: dict[str, list[float]] = {name: [] for name in clients}
     try:
         # A warm-up run per client (connections, caches) that is not counted.
         for name in clients:
@@ -374,6 +377,7 @@ def main() -> None:
             )
         for repeat in range(args.repeats):
             for name in clients:
+                cpu_started = time.process_time()
                 wall, rollouts = run_once(
                     tokenizer=tokenizer,
                     executor=executors[name],
@@ -385,8 +389,9 @@ def main() -> None:
                 calls = sum(len(r.tool_results) for r in rollouts)
                 assert calls == args.rollouts * args.calls, calls
                 walls[name].append(wall)
+                cpus[name].append(time.process_time() - cpu_started)
                 print(
-                    f"run {repeat + 1} {name:>7}: {wall:.2f} s wall, {calls} calls, {failures} failed, "
+                    f"run {repeat + 1} {name:>7}: {wall:.2f} s wall, {cpus[name][-1]:.2f} s CPU, {calls} calls, {failures} failed, "
                     f"{wall / bound:.2f}x the {bound:.1f} s bound, load {os.getloadavg()[0]:.2f}"
                 )
     finally:
@@ -413,7 +418,8 @@ def main() -> None:
             pairs = [candidate / old for candidate, old in zip(walls[name], walls["old"], strict=True)]
             print(
                 f"{name} / old: {medians[name] / medians['old']:.2f}x by medians, pairwise runs "
-                f"{', '.join(f'{ratio:.2f}' for ratio in pairs)} (goal for the new stack <= 1.2x)"
+                f"{', '.join(f'{ratio:.2f}' for ratio in pairs)} (goal for the new stack <= 1.2x); "
+                f"CPU {statistics.median(cpus[name]) / statistics.median(cpus['old']):.2f}x by medians"
             )
 
 

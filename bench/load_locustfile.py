@@ -105,7 +105,7 @@ class RunWatcher(HttpUser):
         self.cookie, self.account = _session_of(CONFIG["stream_account"])
         self.client.cookies.set("sessionid", self.cookie)
         self.run_id = CONFIG["stream_run"]
-        self.received: set[int] = set()
+        self.received: dict[int, float] = {}  # seq -> when it arrived (epoch s)
         self.after = None
         self.errors: list[str] = []
         self.closed = False
@@ -126,6 +126,9 @@ class RunWatcher(HttpUser):
         except Exception as error:
             self._fire("ws: connect", started, error)
             self.socket = None
+            self.errors.append(f"connect: {type(error).__name__}: {error}")
+            with _lock:
+                WATCHERS.append(self)  # its points count as lost
             return
         self._fire("ws: connect", started, None)
         with _lock:
@@ -153,8 +156,9 @@ class RunWatcher(HttpUser):
                 return
             if not message:
                 continue
+            now = time.time()
             for event in json.loads(message).get("events", []):
-                self.received.add(event["seq"])
+                self.received.setdefault(event["seq"], now)
 
     @task
     def reload_api(self):
@@ -185,8 +189,9 @@ def _write_results(environment, **kwargs):
         results = [
             {
                 "after": watcher.after,
-                "received": sorted(watcher.received),
+                "received": sorted(watcher.received.items()),
                 "errors": watcher.errors,
+                "connected": watcher.socket is not None,
             }
             for watcher in WATCHERS
         ]

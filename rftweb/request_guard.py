@@ -22,6 +22,7 @@ import json
 from http.cookies import SimpleCookie
 from urllib.parse import quote
 
+from asgiref.sync import ThreadSensitiveContext
 from django.conf import settings
 from django.shortcuts import resolve_url
 from django.urls import Resolver404, resolve
@@ -53,12 +54,14 @@ class RequestBodyGuard:
         api = path.startswith("/api/") or "application/json" in headers.get("accept", "")
         if declared is not None and declared > limit:
             return await _refuse(send, 413, _too_large(limit), api=api)
-        if (
-            (chunked or (declared or 0) > SMALL_BODY_BYTES)
-            and _needs_login(match.func if match is not None else None)
-            and not await _authenticated(headers)
+        if (chunked or (declared or 0) > SMALL_BODY_BYTES) and _needs_login(
+            match.func if match is not None else None
         ):
-            return await _refuse_anonymous(scope, send, path)
+            # Its own sync thread, as Django gives each request: not the process's shared one.
+            async with ThreadSensitiveContext():
+                authenticated = await _authenticated(headers)
+            if not authenticated:
+                return await _refuse_anonymous(scope, send, path)
         if declared is not None:
             return await self.app(scope, receive, send)  # the server stops at Content-Length
         return await self._counted(scope, receive, send, limit, api=api)

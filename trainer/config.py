@@ -26,6 +26,7 @@ REWARD_SCALINGS = ("group", "batch", "none")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CHAT_TEMPLATES = ("auto", "model", "chatml_tools")
+SHARDINGS = ("none", "fsdp")
 
 # The sections of the configuration, in the order the run form and the comparison show them.
 GROUPS = (
@@ -111,6 +112,33 @@ class TrainerConfig:
             "help": "Nucleus sampling threshold (1 disables it).",
             "group": "Rollouts",
             "label": "Top-p",
+        },
+    )
+    rollout_deadline_s: float | None = field(
+        default=900.0,
+        metadata={
+            "help": "Wall time one rollout may take (generation and tools); past it, it ends as 'timeout'. "
+            "Empty: no deadline.",
+            "group": "Rollouts",
+            "label": "Rollout deadline (s)",
+        },
+    )
+    max_rollouts_in_flight: int = field(
+        default=128,
+        metadata={
+            "help": "Rollouts generating or waiting on tools at once, each holding its KV cache; the rest queue.",
+            "group": "Rollouts",
+            "advanced": True,
+        },
+    )
+    max_kv_cache_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens the generation KV cache may hold across rollouts in flight. Empty: half of the free "
+            "GPU memory, or a quarter of the free RAM on the CPU.",
+            "group": "Rollouts",
+            "label": "Max KV-cache tokens",
+            "advanced": True,
         },
     )
 
@@ -209,9 +237,14 @@ class TrainerConfig:
             "group": "Optimisation",
         },
     )
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata={"help": "Trade compute for memory on long rollouts.", "group": "Optimisation"},
+    # None (auto): on for bases of LARGE_BASE_PARAMETERS or more, where activations dominate memory.
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Trade compute for memory on long rollouts. Empty (auto): on for bases of 1B parameters "
+            "or more.",
+            "group": "Optimisation",
+        },
     )
     seed: int = field(
         default=0,
@@ -319,6 +352,28 @@ class TrainerConfig:
             "group": "Hardware",
         },
     )
+    devices: int | str = field(
+        default=1,
+        metadata={
+            "help": (
+                "Processes (one per GPU) that train this run together: a number, or auto for every GPU "
+                "the worker sees. Prompt groups are split between them."
+            ),
+            "group": "Hardware",
+        },
+    )
+    sharding: str = field(
+        default="none",
+        metadata={
+            "help": (
+                "none: every device holds the whole model and the LoRA gradients are summed (data "
+                "parallel). fsdp: the base weights are sharded over the devices (FSDP2), for bases "
+                "that do not fit on one."
+            ),
+            "group": "Hardware",
+            "choices": SHARDINGS,
+        },
+    )
 
     # --- Other ---------------------------------------------------------------------------------
     # Unknown keys are rejected by from_dict; this is the one place free-form extras may go.
@@ -359,6 +414,10 @@ class TrainerConfig:
         for setting in settings():
             if setting.choices is not None:
                 _one_of(setting.name, getattr(self, setting.name), setting.choices)
+        if self.devices != "auto" and (
+            isinstance(self.devices, bool) or not isinstance(self.devices, int) or self.devices < 1
+        ):
+            raise ConfigError(f"devices: a number >= 1 or 'auto', got {self.devices!r}")
         for name in (
             "lora_r",
             "lora_alpha",
@@ -380,6 +439,15 @@ class TrainerConfig:
             _at_least("steps", self.steps, 1)
         if not self.epochs > 0:
             raise ConfigError(f"epochs: must be > 0, got {self.epochs}")
+        _at_least("max_rollouts_in_flight", self.max_rollouts_in_flight, 1)
+        if self.max_kv_cache_tokens is not None:
+            _at_least("max_kv_cache_tokens", self.max_kv_cache_tokens, 1)
+        if self.rollout_deadline_s is not None and not (
+            math.isfinite(self.rollout_deadline_s) and self.rollout_deadline_s > 0
+        ):
+            raise ConfigError(
+                f"rollout_deadline_s: must be a number of seconds > 0, got {self.rollout_deadline_s}"
+            )
         if self.tool_call_budget is not None:
             _at_least("tool_call_budget", self.tool_call_budget, 0)
         for name in ("learning_rate", "weight_decay", "kl_beta", "tool_call_penalty", "max_grad_norm"):
@@ -502,6 +570,14 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
         raise ConfigError(f"{name}: must be a string or a list of strings, got {value!r}")
+    if base == "int | str":  # `devices`: a count or "auto"
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+            raise ConfigError(f"{name}: must be a number or 'auto', got {value!r}")
+        return int(value)
     if base == "dict[str, Any]":
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: must be an object, got {value!r}")

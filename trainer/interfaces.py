@@ -125,7 +125,7 @@ class TrajectoryRecord:
     prompt_tokens: int
     completion_tokens: int
     latency_ms: float  # wall time of the rollout incl. tool calls and grading
-    finish_reason: str  # "answer", "max_turns", "max_tokens", "budget", "error"
+    finish_reason: str  # "answer", "max_turns", "max_tokens", "budget", "timeout", "error"
 
 
 @runtime_checkable

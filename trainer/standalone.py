@@ -1,5 +1,6 @@
-"""What `python -m trainer <config>` needs besides the library: the tool executor, two simple graders
-and a JSONL reporter. No Django and nothing from `experiments`: the trainer stands alone.
+"""What `python -m trainer <config>` needs besides the library: the tool executor and a JSONL
+reporter. No Django and nothing from `experiments`: the trainer stands alone. Its graders are the web
+app's own (`trainer.graders`, built from the same grader JSON; see `trainer.__main__`).
 
 Tools are called through `trainer.outbound.HttpToolExecutor`, the same executor (wire format,
 signing, retries, caps, SSRF policy) the web app uses; only the policy differs: the app builds it
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import ConfigError
-from trainer.interfaces import GradeResult, TrajectoryRecord
+from trainer.interfaces import TrajectoryRecord
 from trainer.outbound.client import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT_S, validate_outbound_url
 from trainer.outbound.client import OutboundError as _OutboundError
 from trainer.outbound.policy import OutboundPolicy, OutboundPolicyError
@@ -84,41 +85,6 @@ def tool_endpoint(spec: Mapping[str, Any], *, where: str) -> ToolEndpoint:
 def tool_executor(endpoints: Mapping[str, ToolEndpoint], policy: OutboundPolicy) -> HttpToolExecutor:
     """The app's executor (3 retries with backoff for 5xx, timeouts and connection errors)."""
     return HttpToolExecutor(endpoints, policy)
-
-
-class MatchGrader:
-    """Built-in grader for scripts: 1.0 when the final answer equals ("exact_match") or contains
-    ("contains") the item's reference field, else 0.0."""
-
-    def __init__(self, *, kind: str, reference_field: str = "answer", case_sensitive: bool = False) -> None:
-        if kind not in ("exact_match", "contains"):
-            raise ConfigError(f"grader.type: must be exact_match or contains, got {kind!r}")
-        self.kind = kind
-        self.reference_field = reference_field
-        self.case_sensitive = case_sensitive
-
-    async def grade(
-        self, sample: Mapping[str, Any], item: Mapping[str, Any], *, trace_id: str
-    ) -> GradeResult:
-        if self.reference_field not in item:
-            return GradeResult(
-                score=None,
-                errors=[
-                    {
-                        "grader": self.kind,
-                        "type": "missing_reference",
-                        "message": f"item has no {self.reference_field!r}",
-                    }
-                ],
-            )
-        answer, reference = (
-            str(sample.get("output_text", "")).strip(),
-            str(item[self.reference_field]).strip(),
-        )
-        if not self.case_sensitive:
-            answer, reference = answer.lower(), reference.lower()
-        score = float(answer == reference if self.kind == "exact_match" else reference in answer)
-        return GradeResult(score=score, sub_scores={self.kind: score})
 
 
 class JsonlReporter:

@@ -124,7 +124,11 @@ class HostedGraderRunView(APIView):
     @extend_schema(
         operation_id="graders_run_hosted",
         request=HostedRunRequestSerializer,
-        responses={200: HostedRunResponseSerializer, 400: HOSTED_ERROR},
+        responses={
+            200: HostedRunResponseSerializer,
+            400: HOSTED_ERROR,
+            429: OpenApiResponse(description="Past the per-user grader-run rate limit (Retry-After)."),
+        },
         tags=["graders"],
     )
     def post(self, request):
@@ -134,7 +138,10 @@ class HostedGraderRunView(APIView):
         data = serializer.validated_data
         try:
             answer = grader_services.run_hosted(
-                grader_spec=data["grader"], model_sample=data["model_sample"], item=data["item"]
+                grader_spec=data["grader"],
+                model_sample=data["model_sample"],
+                item=data["item"],
+                user=request.user,
             )
         except grader_services.GraderValidationError as error:
             return _error_response(error)

@@ -10,7 +10,7 @@ from trainer.config import Setting, settings
 
 from .. import selectors
 from ..models import Dataset, Grader, Run, Tool
-from ..services import artifacts, run_launch
+from ..services import run_launch
 from ..services.runs import RunStateError
 from .common import OwnedReadOnlyViewSet
 
@@ -121,10 +121,6 @@ class RunCreateSerializer(serializers.Serializer):
     )
 
 
-class MergedBuildSerializer(serializers.Serializer):
-    detail = serializers.CharField()
-
-
 class RunEventSerializer(serializers.Serializer):
     seq = serializers.IntegerField()
     kind = serializers.CharField()
@@ -200,21 +196,6 @@ class RunViewSet(mixins.CreateModelMixin, OwnedReadOnlyViewSet):
     def resume(self, request, pk=None):
         """Resume a failed, cancelled or paused run from its last checkpoint (a new attempt)."""
         return self._lifecycle(run_launch.resume_run)
-
-    @extend_schema(request=None, responses={202: MergedBuildSerializer, 409: MergedBuildSerializer})
-    @action(detail=True, methods=["post"], url_path="merged")
-    def build_merged(self, request, pk=None):
-        """Build the merged model (base + the final or latest adapter) in a worker, as the run page's
-        "Build merged model" does; 409 while the run has no adapter yet."""
-        run = self.get_object()
-        try:
-            artifacts.request_merged_model(run=run)
-        except artifacts.ArtifactMissing as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        return Response(
-            {"detail": "Building the merged model in a worker; the run's log says when it is ready."},
-            status=status.HTTP_202_ACCEPTED,
-        )
 
     @extend_schema(
         parameters=[OpenApiParameter("after", int, description="Only events with seq greater than this.")],

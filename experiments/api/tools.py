@@ -9,6 +9,7 @@ from rest_framework.response import Response
 
 from ..fields import mask_secret
 from ..models import Tool
+from ..outbound import check_outbound_url
 from ..selectors import tools as tool_selectors
 from ..services import tools as tool_services
 from .common import OwnedModelViewSet
@@ -27,6 +28,12 @@ def as_drf_error(error: DjangoValidationError) -> serializers.ValidationError:
 
 
 class ToolSerializer(serializers.ModelSerializer):
+    # The outbound URL rule (http(s) only, checked as when the tool is called), not URLField's.
+    url = serializers.CharField(
+        max_length=2000,
+        validators=[check_outbound_url],
+        help_text="The endpoint: an absolute http:// or https:// URL without credentials.",
+    )
     # Header values and the signing secret are write-only: they are never sent back, only masked.
     headers = serializers.DictField(
         child=serializers.CharField(allow_blank=True, trim_whitespace=True),

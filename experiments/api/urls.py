@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 from rest_framework.routers import DefaultRouter
 
-from . import compare, metrics
+from . import compare, downloads, metrics
 from .auth import ObtainTokenView
 from .datasets import DatasetViewSet
 from .graders import GraderViewSet
@@ -31,6 +31,7 @@ urlpatterns = [
         name="api-graders-validate",
     ),
     *compare.urlpatterns,
+    *downloads.urlpatterns,  # before the router: /runs/{id}/download/..., /merged/, /checkpoints/
     *metrics.urlpatterns,  # before the router: /runs/{id}/metrics/ and /runs/{id}/series/
     *router.urls,
 ]

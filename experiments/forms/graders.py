@@ -214,13 +214,18 @@ class ScoreModelForm(GraderTypeForm):
             "input": data["input"],
             "range": [data["range_low"], data["range_high"]],
         }
+        return self.finish(self.with_endpoint(spec))
+
+    def with_endpoint(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The judge's base URL and key, when given (an empty key keeps the stored one)."""
+        data = self.cleaned_data
         if data["base_url"]:
             spec["base_url"] = data["base_url"]
         if data["api_key"]:
             spec["api_key"] = data["api_key"]
         elif self.stored_api_key_masked:
             spec["api_key"] = ""  # keep the stored key
-        return self.finish(spec)
+        return spec
 
 
 def _label_list(value: str) -> list[str]:
@@ -272,13 +277,7 @@ class LabelModelForm(ScoreModelForm):
             "labels": _label_list(data["labels"]),
             "passing_labels": _label_list(data["passing_labels"]),
         }
-        if data["base_url"]:
-            spec["base_url"] = data["base_url"]
-        if data["api_key"]:
-            spec["api_key"] = data["api_key"]
-        elif self.stored_api_key_masked:
-            spec["api_key"] = ""  # keep the stored key
-        return self.finish(spec)
+        return self.finish(self.with_endpoint(spec))
 
 
 class PythonForm(GraderTypeForm):

@@ -38,8 +38,18 @@ def _field_for(setting: Setting) -> forms.Field:
     base = setting.annotation.replace(" | None", "")
     # Optional fields may be left empty (None: the trainer's meaning, e.g. "unlimited").
     required = not setting.optional
+    if base == "bool" and setting.optional:  # empty means auto (the trainer decides)
+        return forms.TypedChoiceField(
+            choices=[("", "auto"), ("True", "on"), ("False", "off")],
+            coerce=lambda value: value == "True",
+            empty_value=None,
+            required=False,
+            **{**options, "help_text": f"{setting.help} Default: auto."},
+        )
     if base == "bool":
         return forms.BooleanField(required=False, **options)
+    if base == "int | str":  # a count or "auto" (devices)
+        return _CountOrAutoField(max_length=8, **{**options, "initial": str(default)})
     if base == "int":
         return forms.IntegerField(required=required, **options)
     if base == "float":
@@ -47,6 +57,18 @@ def _field_for(setting: Setting) -> forms.Field:
     if base == "str":
         return forms.CharField(required=required, **options)
     raise TypeError(f"the run form cannot show {setting.name} ({setting.annotation}); mark it advanced")
+
+
+class _CountOrAutoField(forms.CharField):
+    """A whole number ≥ 1, or "auto"."""
+
+    def to_python(self, value: Any) -> int | str:
+        text = (super().to_python(value) or "").strip().lower()
+        if text == "auto":
+            return "auto"
+        if not text.isdigit() or int(text) < 1:
+            raise forms.ValidationError("A number (1, 2, …) or auto.")
+        return int(text)
 
 
 class RunForm(forms.Form):

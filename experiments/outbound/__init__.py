@@ -17,3 +17,16 @@ def policy_from_settings() -> OutboundPolicy:
         allow_loopback=bool(getattr(settings, "RFT_OUTBOUND_ALLOW_LOOPBACK", False)),
         allowlist=tuple(allowlist),
     )
+
+
+def check_outbound_url(value: str) -> None:
+    """The outbound URL rule (`trainer.outbound.client.validate_outbound_url`) as a Django validator,
+    for forms, serializers and services: the same rule the client applies when it calls the URL."""
+    from django.core.exceptions import ValidationError
+
+    from trainer.outbound.client import OutboundError, validate_outbound_url
+
+    try:
+        validate_outbound_url(value)
+    except OutboundError as exc:
+        raise ValidationError(exc.message[:1].upper() + exc.message[1:] + ".", code="outbound_url") from exc

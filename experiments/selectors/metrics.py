@@ -563,6 +563,48 @@ def run_progress(run: Run) -> dict:
     }
 
 
+def run_devices(run: Run) -> dict:
+    """How the run is spread: devices asked for, the world size it ran with, sharding, and the last
+    step's per-rank times (a multi-device run reports them; see trainer/distributed.py)."""
+    config = run.config or {}
+    requested = config.get("devices", 1)
+    latest = (
+        MetricPoint.objects.filter(run_id=run.pk, key="world_size")
+        .order_by("-step")
+        .values_list("step", "value")
+        .first()
+    )
+    ranks: list[dict] = []
+    communication_s = None
+    if latest:
+        step, world_size = latest[0], int(latest[1])
+        values = dict(
+            MetricPoint.objects.filter(run_id=run.pk, step=step, key__startswith="timing/").values_list(
+                "key", "value"
+            )
+        )
+        communication_s = values.get("timing/communication_s")
+        ranks = [
+            {
+                "rank": rank,
+                "rollout_s": values.get(f"timing/rank{rank}/rollout_s"),
+                "update_s": values.get(f"timing/rank{rank}/update_s"),
+                "communication_s": values.get(f"timing/communication_s/rank{rank}"),
+            }
+            for rank in range(world_size)
+        ]
+    else:
+        step, world_size = None, (1 if requested == 1 else None)
+    return {
+        "requested": requested,
+        "world_size": world_size,
+        "sharding": config.get("sharding", "none"),
+        "step": step,
+        "ranks": ranks,
+        "communication_s": communication_s,
+    }
+
+
 def run_log_events(*, run_id: int, limit: int = 200) -> list[RunEvent]:
     """The run's latest status changes, log lines and checkpoints (not metrics), oldest first."""
     events = (

@@ -25,7 +25,7 @@ from .training import BUNDLED_MODEL
 
 logger = logging.getLogger(__name__)
 
-EXAMPLES_DIR = Path(settings.BASE_DIR) / "examples"
+EXAMPLES_DIR = Path(settings.ASSETS_DIR) / "examples"
 DEMO_EVAL_ITEMS = 4
 DEMO_TRAIN = "Demo · parts shop (train)"
 DEMO_EVAL = "Demo · parts shop (eval)"

@@ -465,14 +465,18 @@ def _hosted_errors(errors: list[dict[str, str]], types: Mapping[str, str]) -> di
     return flags
 
 
-def run_hosted(*, grader_spec: Any, model_sample: str, item: Mapping[str, Any] | None) -> dict[str, Any]:
+def run_hosted(
+    *, grader_spec: Any, model_sample: str, item: Mapping[str, Any] | None, user
+) -> dict[str, Any]:
     """Grade one model sample the way the hosted `graders/run` does, answering in its shape:
     {"reward", "metadata": {name, type, errors, execution_time, scores, token_usage,
     sampled_model_name}, "sub_rewards", "model_grader_token_usage_per_model"}.
 
     `reward` is null (never a silent 0) when grading failed; `metadata.errors` says why.
-    Raises GraderValidationError for a spec that cannot be built.
+    Raises GraderValidationError for a spec that cannot be built; rate-limited per user like the
+    "Run grader" panel (rate_limits.RateLimited).
     """
+    rate_limits.check_rate(user=user, action="grader_run")
     if not isinstance(grader_spec, dict):
         raise GraderValidationError({"": ['A grader is a JSON object, e.g. {"type": "string_check", ...}.']})
     public, secrets, problems = split_secrets(grader_spec)

@@ -24,6 +24,7 @@ from django.utils import timezone
 from ..models import Dataset, DatasetItem, Grader, ReadinessReport, ReadinessStatus, Run, Tool
 from ..selectors.readiness import UNMEASURED_SUMMARY
 from . import rate_limits
+from .graders import grader_needs
 
 # The verdict's thresholds (shown next to every reason, so a user can judge them).
 GRADER_ERROR_LIMIT = 0.05  # more grader errors than this: fix the grader before anything else
@@ -320,6 +321,7 @@ def create_readiness_report(
             problems.append(f"{thing} is not yours.")
     if dataset.item_count == 0:
         problems.append(f"Dataset {dataset.name!r} has no items.")
+    problems.extend(f"The grader {grader.name} cannot score here: {need}." for need in grader_needs(grader))
     if not 2 <= k <= 64:
         problems.append("k must be between 2 and 64 (variance needs at least 2 rollouts per item).")
     if max_items is not None and max_items < 1:

@@ -22,7 +22,7 @@ from trainer.outbound import ToolEndpoint, try_tool_call
 from trainer.outbound.tools import HttpToolExecutor, TryToolCallResult
 
 from ..models import Tool
-from ..outbound import policy_from_settings
+from ..outbound import check_outbound_url, policy_from_settings
 from . import rate_limits
 
 # RFC 9110 token characters: what a header name may contain.
@@ -307,7 +307,13 @@ def _check_name_free(*, owner, name: str, exclude_pk: int | None) -> None:
 
 def _save(tool: Tool) -> Tool:
     check_parameters(tool.parameters)
-    tool.full_clean(exclude=["owner"], validate_unique=False, validate_constraints=False)
+    # The URL obeys the outbound URL rule (the one the client applies when calling it), not
+    # URLField's validator, which takes ftp:// and refuses single-label hosts such as "tool-server".
+    tool.full_clean(exclude=["owner", "url"], validate_unique=False, validate_constraints=False)
+    try:
+        check_outbound_url(tool.url)
+    except ValidationError as exc:
+        raise ValidationError({"url": exc.messages}) from exc
     _check_name_free(owner=tool.owner, name=tool.name, exclude_pk=tool.pk)
     try:
         with transaction.atomic():

@@ -41,5 +41,5 @@ def run_actions(context, run):
         "queue_position": run_launch.queue_position(run=run),
         "checkpoints": checkpoints,
         "has_adapter": has_adapter,
-        "merged_ready": artifacts.merged_model_directory(run=run) is not None,
+        "merged": artifacts.merged_status(run=run),
     }

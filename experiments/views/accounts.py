@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import secrets
 
 from axes.helpers import get_cool_off
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.forms import AuthenticationForm
+from django.core.cache import cache
 from django.http import JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import path
@@ -50,10 +52,16 @@ def token_list(request):
     new_token = None
     error = None
     if request.method == "POST":
-        try:
-            new_token = api_tokens.create_token(user=request.user, name=request.POST.get("name", ""))
-        except api_tokens.TokenError as exc:
-            error = str(exc)
+        # A reload of this page re-sends the form: its one-time nonce makes that a no-op, not a
+        # second token (the first one's key was shown once and is not kept anywhere to show again).
+        nonce = request.POST.get("nonce", "")
+        if not nonce or not cache.add(f"token-form:{request.user.pk}:{nonce}", 1, timeout=24 * 3600):
+            error = "This form was already sent: its token was created and shown then. Create a new one if you need it."
+        else:
+            try:
+                new_token = api_tokens.create_token(user=request.user, name=request.POST.get("name", ""))
+            except api_tokens.TokenError as exc:
+                error = str(exc)
     # The new key is in this response only (never_cache: no copy in a browser or proxy cache); it is
     # not put in a message or the session, so reloading or coming back does not show it again.
     context = {
@@ -62,6 +70,7 @@ def token_list(request):
         "error": error,
         "now": timezone.now(),
         "token_days": settings.RFT_API_TOKEN_DAYS,
+        "nonce": secrets.token_urlsafe(16),
     }
     return render(request, "accounts/tokens.html", context, status=400 if error else 200)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
 from django.views.decorators.http import require_POST
 
 from .. import selectors
+from ..api.downloads import metrics_csv_response, rollouts_jsonl_response
 from ..forms.runs import RunForm
 from ..services import artifacts, run_launch
 from ..services.runs import RunStateError
@@ -43,7 +44,9 @@ def run_create(request):
         else:
             messages.success(request, f"Run “{run.name}” is queued.")
             return redirect("run-detail", run_id=run.pk)
-    return render(request, "experiments/run_form.html", {"form": form, "clone_of": clone_of, "clone_source": source})
+    return render(
+        request, "experiments/run_form.html", {"form": form, "clone_of": clone_of, "clone_source": source}
+    )
 
 
 @require_POST
@@ -125,19 +128,11 @@ def build_merged(request, run_id: int):
 
 
 def download_metrics_csv(request, run_id: int):
-    run = _owned_run(request, run_id)
-    response = StreamingHttpResponse(artifacts.metrics_csv_rows(run=run), content_type="text/csv")
-    response["Content-Disposition"] = f'attachment; filename="run-{run.pk}-metrics.csv"'
-    return response
+    return metrics_csv_response(_owned_run(request, run_id))
 
 
 def download_rollouts_jsonl(request, run_id: int):
-    run = _owned_run(request, run_id)
-    response = StreamingHttpResponse(
-        artifacts.rollouts_jsonl_lines(run=run), content_type="application/x-ndjson"
-    )
-    response["Content-Disposition"] = f'attachment; filename="run-{run.pk}-rollouts.jsonl"'
-    return response
+    return rollouts_jsonl_response(_owned_run(request, run_id))
 
 
 urlpatterns = [

@@ -16,7 +16,14 @@ from .. import selectors
 from ..models import Trajectory
 from ..selectors import run_state
 from ..selectors import trajectories as rollout_selectors
-from ..selectors.metrics import X_AXES, metric_keys, run_log_events, run_progress, samples_per_step
+from ..selectors.metrics import (
+    X_AXES,
+    metric_keys,
+    run_devices,
+    run_log_events,
+    run_progress,
+    samples_per_step,
+)
 from ..watch.rules import ROLLOUT_RULES
 
 # The run page's charts: which metric keys each one draws. `prefix` picks up keys that only appear
@@ -62,6 +69,28 @@ CHARTS = [
     },
 ]
 
+# Only for runs on several devices (trainer.distributed): per-rank times and collectives.
+RANKS_CHART = {
+    "id": "ranks",
+    "title": "Per-rank rollout and update time, communication (s)",
+    "keys": ["timing/communication_s"],
+    "prefix": ["timing/rank"],
+}
+
+
+def charts_for(run) -> list[dict]:
+    """The run's charts: the per-rank chart on several devices; KL says when it is not computed."""
+    config = run.config or {}
+    charts = []
+    for chart in CHARTS:
+        if chart["id"] == "kl" and not config.get("kl_beta"):
+            chart = {**chart, "title": "KL to the base model (not computed: kl_beta is 0)"}
+        charts.append(chart)
+    if config.get("devices", 1) != 1:
+        charts.insert(next(i for i, c in enumerate(charts) if c["id"] == "timings") + 1, RANKS_CHART)
+    return charts
+
+
 X_AXIS_LABELS = {
     "step": "Step",
     "samples": "Samples seen",
@@ -76,6 +105,7 @@ def _visible_run(request, run_id: int):
 
 def run_detail(request, run_id: int):
     run = _visible_run(request, run_id)
+    charts = charts_for(run)
     page_config = {
         "runId": run.pk,
         "status": run.status,
@@ -86,7 +116,7 @@ def run_detail(request, run_id: int):
         "socketPath": f"/ws/runs/{run.pk}/",
         "samplesPerStep": samples_per_step(run.config or {}),
         "metricKeys": metric_keys(run.pk),
-        "charts": CHARTS,
+        "charts": charts,
         "xAxes": [{"value": value, "label": X_AXIS_LABELS[value]} for value in X_AXES],
     }
     context = {
@@ -96,7 +126,8 @@ def run_detail(request, run_id: int):
         "log_events": run_log_events(run_id=run.pk),
         "config_items": sorted((run.config or {}).items()),
         "page_config": page_config,
-        "charts": CHARTS,
+        "charts": charts,
+        "devices": run_devices(run),
         "x_axes": page_config["xAxes"],
         "rollout_step_range": rollout_selectors.rollout_step_range(
             run_id=run.pk, split=Trajectory.Split.TRAIN

@@ -6,17 +6,32 @@ Modes: `local` (the embedded default: SQLite, an embedded Redis, loopback tools 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import environ
 
 from rftweb import queues
 
-BASE_DIR = Path(__file__).resolve().parent.parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the rftweb package
+BASE_DIR = PACKAGE_DIR.parent
 env = environ.Env()
 
+# Running from a checkout (make up, the tests): templates/ and static/ are the top-level folders
+# and data lives in ./data. Installed (pip install rftweb / the wheel): the build copied templates/
+# and static/ into the package, and data goes to the user's data directory.
+IN_CHECKOUT = (BASE_DIR / "manage.py").is_file() and (BASE_DIR / "templates").is_dir()
+ASSETS_DIR = BASE_DIR if IN_CHECKOUT else PACKAGE_DIR
+
+
+def _default_data_dir() -> Path:
+    if IN_CHECKOUT:
+        return BASE_DIR / "data"
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "rftweb"
+
+
 # Where uploads, checkpoints, the SQLite database and the embedded Redis socket live.
-DATA_DIR = Path(env.str("RFTWEB_DATA_DIR", default=str(BASE_DIR / "data"))).resolve()
+DATA_DIR = Path(env.str("RFTWEB_DATA_DIR", default=str(_default_data_dir()))).resolve()
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
@@ -68,7 +83,7 @@ ASGI_APPLICATION = "rftweb.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        "DIRS": [ASSETS_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -91,6 +106,18 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Under ASGI every request runs its ORM calls on a thread of its own, and persistent connections
+    # are per thread: 200 requests at once held 200 connections and PostgreSQL refused the rest
+    # ("too many clients", bench/bench_load.py). A pool per process bounds them; requests past it wait.
+    _pool_size = env.int("RFT_DB_POOL_SIZE", default=20)
+    if _pool_size > 0:
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": _pool_size,
+            "timeout": env.float("RFT_DB_POOL_TIMEOUT_SECONDS", default=30.0),
+        }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
@@ -147,7 +174,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_DIRS = [ASSETS_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "staticfiles"
 MEDIA_ROOT = DATA_DIR / "uploads"
 # Checkpoints, adapters and merged models, one folder per run. GPU workers on several hosts need

@@ -431,3 +431,29 @@ def test_spec_error_paths_group_by_field():
             }
         )
     assert info.value.by_field() == {"graders.a.reference": ["required"]}
+
+
+@pytest.mark.parametrize(
+    ("answer", "label"),
+    [
+        ('{"label": "neutral"}', "neutral"),
+        ('```json\n{"label": "Negative"}\n```', "negative"),
+        ("positive", "positive"),
+        ("  POSITIVE. ", "positive"),
+        ("The statement is clearly negative.", "negative"),
+    ],
+)
+def test_judge_labels_are_read_from_json_or_text(answer, label):
+    from trainer.graders.types import parse_judge_label
+
+    assert parse_judge_label(answer, ["positive", "neutral", "negative"]) == label
+
+
+@pytest.mark.parametrize("answer", ["positive or negative, hard to say", "no idea", '{"label": "great"}'])
+def test_a_judge_answer_naming_no_single_label_is_a_grader_error(answer):
+    from trainer.graders import GraderError
+    from trainer.graders.types import parse_judge_label
+
+    with pytest.raises(GraderError) as error:
+        parse_judge_label(answer, ["positive", "neutral", "negative"])
+    assert error.value.error_type == "invalid_response"

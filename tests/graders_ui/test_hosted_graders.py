@@ -11,11 +11,11 @@ import json
 import math
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from experiments.models import DatasetItem, Grader
 from experiments.models.dataset import DatasetStatus
+from experiments.services.api_tokens import create_token
 from experiments.services.run_launch import RunValidationError, create_run
 from tests.factories import DatasetFactory
 from tests.http_test_server import Reply, ScriptedServer
@@ -108,6 +108,22 @@ MULTI_WITHOUT_NAME = {
     "calculate_output": "(name + email) / 2",
 }
 
+STRING_CHECK = {
+    "type": "string_check",
+    "name": "Example string check grader",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.label}}",
+    "operation": "eq",
+}
+
+FUZZY = {
+    "type": "text_similarity",
+    "name": "Example text similarity grader",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.reference_answer}}",
+    "evaluation_metric": "fuzzy_match",
+}
+
 # --- a real OpenAI-compatible server ------------------------------------------------------------------------
 
 # Embeddings chosen so that the cosines are easy to compute by hand.
@@ -178,7 +194,7 @@ def alice(django_user_model):
 def token_api(alice):
     """An API client authenticated by token only (no session), as a script would be."""
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=alice).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {create_token(user=alice, name='test').key}")
     return client
 
 
@@ -192,6 +208,10 @@ def _hosted_run(api, grader, model_sample, item, path="/api/v1/graders/run"):
 
 # (grader, model sample, item, reward, sub_rewards) — worked out by hand:
 HAND_COMPUTED = [
+    (STRING_CHECK, "positive", {"label": "positive"}, 1.0, {}),
+    (STRING_CHECK, "Positive", {"label": "positive"}, 0.0, {}),  # eq is case-sensitive
+    # one deletion turns "John Doe" into "Jon Doe": 1 - 1/15 (Indel distance over 15 characters)
+    (FUZZY, "John Doe", {"reference_answer": "Jon Doe"}, 14 / 15, {}),
     # the judge picks "positive", a passing label
     (LABEL_MODEL, "", {"response": "I love this product"}, 1.0, {}),
     # the judge answers "negative" in plain text (ignoring response_format): not a passing label
@@ -438,6 +458,14 @@ def test_without_endpoints_graders_are_saved_shown_as_needing_them_and_runs_refu
             start=False,
         )
     assert any("needs a judge endpoint" in message for message in refused.value.errors["grader"])
+    # A readiness check scores with the grader too: refused for the same reason.
+    from experiments.services.readiness import ReadinessError, create_readiness_report
+
+    with pytest.raises(ReadinessError) as not_ready:
+        create_readiness_report(
+            owner=alice, base_model="tiny", dataset=dataset, tools=[], grader=judge, start=False
+        )
+    assert "needs a judge endpoint" in str(not_ready.value)
 
 
 # --- the trainer side: pass rates and score ranges ---------------------------------------------------------
@@ -483,3 +511,27 @@ def test_each_type_declares_its_score_range():
     assert build_grader({**SCORE_MODEL, "range": [1, 7]}, context=context).score_range() == (1.0, 7.0)
     assert build_grader({**COSINE, "evaluation_metric": "bleu"}).score_range() == (0.0, 1.0)
     assert isinstance(build_grader(MULTI_WITHOUT_NAME), GraderBase)
+
+
+def test_pages_show_no_template_comment_text(client, alice):
+    # A {# #} comment over two lines is not a comment in Django: it would print on every page.
+    client.force_login(alice)
+    assert "Settle at once" not in client.get("/graders/").content.decode()
+
+
+def test_hosted_run_is_rate_limited_like_the_run_panel(token_api, settings):
+    settings.RFT_RATE_LIMITS = {**settings.RFT_RATE_LIMITS, "grader_run": "2/minute"}
+    grader = {
+        "type": "string_check",
+        "name": "s",
+        "input": "{{sample.output_text}}",
+        "reference": "a",
+        "operation": "eq",
+    }
+    body = {"grader": grader, "model_sample": "a"}
+    assert [token_api.post("/api/v1/graders/run", body, format="json").status_code for _ in range(2)] == [
+        200,
+        200,
+    ]
+    limited = token_api.post("/api/v1/graders/run", body, format="json")
+    assert limited.status_code == 429 and int(limited["Retry-After"]) > 0

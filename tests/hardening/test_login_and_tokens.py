@@ -153,13 +153,21 @@ def test_only_a_digest_is_stored():
 
 def test_tokens_page_shows_a_new_token_once_lists_and_revokes(client, user):
     client.force_login(user)
-    created = client.post("/account/tokens/", {"name": "CI pipeline"})
+    form = client.get("/account/tokens/")
+    nonce = form.context["nonce"]
+    created = client.post("/account/tokens/", {"name": "CI pipeline", "nonce": nonce})
     assert created.status_code == 200
     assert "no-store" in created["Cache-Control"]
     token = ApiToken.objects.get(user=user)
     key = created.context["new_token"].key
     assert key in created.content.decode()
     assert "it will not be shown again" in created.content.decode()
+
+    # The same form sent again (a reload): no second token.
+    again = client.post("/account/tokens/", {"name": "CI pipeline", "nonce": nonce})
+    assert again.status_code == 400 and "This form was already sent" in again.content.decode()
+    assert key not in again.content.decode()
+    assert ApiToken.objects.filter(user=user).count() == 1
 
     listing = client.get("/account/tokens/")
     page = listing.content.decode()
@@ -188,7 +196,7 @@ def test_a_user_cannot_revoke_or_see_anothers_token(client, user):
 
 def test_a_token_needs_a_name(client, user):
     client.force_login(user)
-    response = client.post("/account/tokens/", {"name": "  "})
+    response = client.post("/account/tokens/", {"name": "  ", "nonce": "n1"})
     assert response.status_code == 400
     assert "Give the token a name" in response.content.decode()
     assert not ApiToken.objects.filter(user=user).exists()

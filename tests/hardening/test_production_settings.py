@@ -20,7 +20,9 @@ SECRETS = {
 
 def start(env: dict[str, str]) -> subprocess.CompletedProcess:
     """`manage.py check --deploy` in a fresh process with exactly these variables."""
-    clean = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL")}
+    # DJANGO_ALLOW_ASYNC_UNSAFE: set by the browser tests for their own process, not a deployment's.
+    dropped = ("DATABASE_URL", "REDIS_URL", "DJANGO_ALLOW_ASYNC_UNSAFE")
+    clean = {key: value for key, value in os.environ.items() if key not in dropped}
     clean.update({"DJANGO_SETTINGS_MODULE": "rftweb.settings.production", **SECRETS, **env})
     return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy"],

@@ -55,12 +55,11 @@ def test_the_trainers_bounds_are_reported_on_the_field_and_only_changes_are_stor
     django_capture_on_commit_callbacks,
 ):
     owner = UserFactory()
-    train = DatasetFactory(owner=owner, item_count=1, status="ready")
-    DatasetItemFactory(dataset=train, index=0)
-    grader = GraderFactory(owner=owner)
     client = Client()
     client.force_login(owner)
-    base = {"name": "settings", "train_dataset": train.pk, "grader": grader.pk}
+    train = DatasetFactory(owner=owner, item_count=1, status="ready")
+    DatasetItemFactory(dataset=train, index=0)
+    base = {"name": "settings", "train_dataset": train.pk, "grader": GraderFactory(owner=owner).pk}
 
     refused = client.post("/runs/new/", form_data(RunForm(user=owner), **base, group_size="1", steps="0"))
     assert refused.status_code == 200

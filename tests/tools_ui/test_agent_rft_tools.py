@@ -13,11 +13,11 @@ import json
 import orjson
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from experiments.dataset_format import LineError, ParsedItem, parse_line
 from experiments.models import DatasetItem, Tool
+from experiments.services.api_tokens import create_token
 
 pytestmark = [pytest.mark.django_db]
 
@@ -56,7 +56,7 @@ def alice(django_user_model):
 @pytest.fixture
 def api(alice):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=alice).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {create_token(user=alice, name='test').key}")
     return client
 
 

@@ -22,8 +22,8 @@ class GraderSpecError(ValueError):
 class GraderError(Exception):
     """Grading failed; recorded as {"grader", "type", "message"} and never turned into a score of 0.
 
-    Types: template, exception, timeout, memory, output_too_large, invalid_score, sandbox, formula,
-    http_4xx, http_5xx, connection, blocked, too_large, invalid_response.
+    Types: template, exception, timeout, memory, output_too_large, invalid_score, out_of_range,
+    sandbox, formula, http_4xx, http_5xx, connection, blocked, too_large, invalid_response.
     """
 
     def __init__(self, error_type: str, message: str) -> None:

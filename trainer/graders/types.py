@@ -402,14 +402,18 @@ _LABELLED_NUMBER = re.compile(
 _ANY_NUMBER = re.compile(_NUMBER)
 
 
+def _judge_json(text: str) -> tuple[str, Any]:
+    """The judge's answer stripped, and its JSON value (None when it is not JSON; ``` fences allowed)."""
+    stripped = text.strip()
+    try:
+        return stripped, json.loads(re.sub(r"^```(?:json)?\s*|\s*```$", "", stripped))
+    except ValueError:
+        return stripped, None
+
+
 def parse_judge_score(text: str) -> float:
     """The number a judge model answered: JSON {"score"|"result"|"rating"}, "Score: x", or the first number."""
-    stripped = text.strip()
-    fenced = re.sub(r"^```(?:json)?\s*|\s*```$", "", stripped)
-    try:
-        parsed = json.loads(fenced)
-    except ValueError:
-        parsed = None
+    stripped, parsed = _judge_json(text)
     if isinstance(parsed, int | float) and not isinstance(parsed, bool):
         return float(parsed)
     if isinstance(parsed, dict):
@@ -553,12 +557,7 @@ class LabelModelGrader(_ModelGrader):
 
 def parse_judge_label(text: str, labels: list[str]) -> str:
     """The label a judge answered: JSON {"label": ...}, the bare label, or the one label it names."""
-    stripped = text.strip()
-    fenced = re.sub(r"^```(?:json)?\s*|\s*```$", "", stripped)
-    try:
-        parsed = json.loads(fenced)
-    except ValueError:
-        parsed = None
+    stripped, parsed = _judge_json(text)
     candidate = parsed.get("label") if isinstance(parsed, dict) else parsed
     by_fold = {label.casefold(): label for label in labels}
     if isinstance(candidate, str) and candidate.strip().casefold() in by_fold:

@@ -9,7 +9,9 @@ from trainer.outbound.client import (
     OutboundClient,
     OutboundError,
     OutboundResponse,
+    policy_http_client,
     run_sync,
+    validate_outbound_url,
 )
 from trainer.outbound.policy import OutboundPolicy
 from trainer.outbound.signing import sign_body, verify_signature
@@ -23,8 +25,10 @@ __all__ = [
     "OutboundPolicy",
     "OutboundResponse",
     "ToolEndpoint",
+    "policy_http_client",
     "run_sync",
     "sign_body",
     "try_tool_call",
+    "validate_outbound_url",
     "verify_signature",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import http.cookiejar
 import ipaddress
 import logging
 import random
@@ -155,8 +156,25 @@ def display_url(url: str) -> str:
     return f"{describe_destination(url)}{parsed.path}"
 
 
+MAX_URL_LENGTH = 2000
+# The characters of an (IDNA-encoded) host name; "_" as DNS allows it (docker service names).
+_HOST_NAME = re.compile(r"[A-Za-z0-9._-]{1,253}")
+
+
 def validate_outbound_url(url: str) -> httpx2.URL:
-    """The parsed URL if it is an absolute http(s) URL with a host and no credentials."""
+    """The one URL rule of every outbound URL (tools, endpoint graders, judges, run files): checked
+    the same way when a URL is registered and when it is called.
+
+    An absolute http:// or https:// URL of at most MAX_URL_LENGTH characters, with a host name or
+    IP literal, a port in 1..65535 and no credentials. Returns the parsed URL; raises
+    InvalidURLError with a message that names the problem (and never echoes the URL: it may hold a
+    secret)."""
+    if not isinstance(url, str) or not url:
+        raise InvalidURLError("not a valid URL")
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidURLError(f"the URL is longer than {MAX_URL_LENGTH} characters")
+    if url != url.strip():
+        raise InvalidURLError("the URL starts or ends with a space")
     try:
         parsed = httpx2.URL(url)
     except Exception as exc:
@@ -167,6 +185,14 @@ def validate_outbound_url(url: str) -> httpx2.URL:
         raise InvalidURLError("the URL has no host")
     if parsed.userinfo:
         raise InvalidURLError("credentials in the URL are not allowed; use a header instead")
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise InvalidURLError("the port must be between 1 and 65535")
+    host = parsed.raw_host.decode("ascii", errors="replace")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if _HOST_NAME.fullmatch(host) is None:
+            raise InvalidURLError("the host is not a valid host name or IP address") from None
     return parsed
 
 
@@ -718,3 +744,47 @@ class SentRequest:
     url: str
     headers: dict[str, str] = field(default_factory=dict)
     body: Any = None
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that keeps nothing: one server's Set-Cookie never follows later requests."""
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return
+
+
+def policy_http_client(
+    policy: OutboundPolicy,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    max_connections: int = 20,
+    ssl_context: ssl.SSLContext | None = None,
+    **client_options: Any,
+) -> httpx2.AsyncClient:
+    """An `httpx2.AsyncClient` on the same network backend as `OutboundClient`, for protocols that
+    need httpx2 itself (the `mcp` SDK's streamable HTTP transport takes one): every connection is
+    resolved once, vetted by `policy` and made to a vetted address; no proxy from the environment,
+    no cookie jar, no redirects followed (a redirect would be vetted again at connect time anyway).
+    Its connection pool is httpcore2's own: fine for a few long-lived sessions, not for the
+    hundreds of concurrent tool calls `OutboundClient` serves."""
+    transport = httpx2.AsyncHTTPTransport(verify=ssl_context or True, trust_env=False)
+    # httpx2's transport takes no network backend: give it a pool that has ours.
+    transport._pool = httpcore2.AsyncConnectionPool(
+        ssl_context=ssl_context or httpx2.create_ssl_context(trust_env=False),
+        max_connections=max_connections,
+        http1=True,
+        http2=False,
+        network_backend=VettedNetworkBackend(policy, connect_timeout_s=connect_timeout_s),
+    )
+    return httpx2.AsyncClient(
+        transport=transport,
+        trust_env=False,
+        follow_redirects=False,
+        cookies=_NoCookies(),
+        timeout=timeout_s,
+        **client_options,
+    )

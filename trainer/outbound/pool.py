@@ -117,5 +117,5 @@ class ConnectionPool:
         idle = [connection for connections in self._idle.values() for connection in connections]
         self._idle.clear()
         self._idle_count = 0
-        for connection in idle:
-            await self._discard(connection)
+        # Concurrently: a TLS close waits (briefly) for its close_notify to go out.
+        await asyncio.gather(*(self._discard(connection) for connection in idle))

@@ -45,5 +45,8 @@ class Command(BaseCommand):
             proxy_headers=True,
             forwarded_allow_ips=options["forwarded_allow_ips"],
             server_header=False,
+            # Longer than people's pauses between clicks (and than an event loop's lag under load):
+            # a keep-alive connection closed just as the client reuses it fails that request.
+            timeout_keep_alive=30,
             access_log=False,
         )

@@ -15,8 +15,10 @@ def _differs(bound_field) -> bool:
     value, default = bound_field.value(), bound_field.field.initial
     if value in (None, "") and default in (None, ""):
         return False
+    field = bound_field.field
     try:
-        return bound_field.field.to_python(value) != default
+        # Both through the field: a text field's default may be written as a number (devices = 1).
+        return field.to_python(value) != field.to_python(default)
     except Exception:  # an invalid value typed in: it differs, and its error shows at the field
         return True
 

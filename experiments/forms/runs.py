@@ -49,7 +49,11 @@ def _field_for(setting: Setting) -> forms.Field:
     if base == "bool":
         return forms.BooleanField(required=False, **options)
     if base == "int | str":  # a count or "auto" (devices)
-        return _CountOrAutoField(max_length=8, **{**options, "initial": str(default)})
+        # The length cap on the widget only: the field's value is an int, which a max_length
+        # validator cannot measure (it raised TypeError and the form answered 500).
+        return _CountOrAutoField(
+            widget=forms.TextInput(attrs={"maxlength": 8}), **{**options, "initial": str(default)}
+        )
     if base == "int":
         return forms.IntegerField(required=required, **options)
     if base == "float":
@@ -67,7 +71,7 @@ class _CountOrAutoField(forms.CharField):
         if text == "auto":
             return "auto"
         if not text.isdigit() or int(text) < 1:
-            raise forms.ValidationError("A number (1, 2, …) or auto.")
+            raise forms.ValidationError("A number of devices (1, 2, …) or auto.")
         return int(text)
 
 

@@ -368,7 +368,13 @@ class _Run:
         started = time.perf_counter()
         rollouts: list[Rollout] = []
         chunk_items = max(1, (config.prompts_per_step * config.group_size) // k)
+        total = len(self.eval_items)
+        # Said before anything is plotted: the run page shows it while the eval runs (rank 0 speaks
+        # for its own share of the items; the other ranks' reporters are silent).
+        phase = "baseline eval" if step == 0 else f"eval at step {step}"
+        self.reporter.log("info", f"{phase}: evaluating {total} items × {k} rollouts")
         mine = self._my_groups(len(self.eval_items))
+        share = "" if len(mine) == total else " of this process's share"
         with full_weights_for_generation(self.model, self.world):
             for chunk_start in range(mine.start, mine.stop, chunk_items):
                 chunk = []
@@ -382,6 +388,9 @@ class _Run:
                     )
                 self.engine.run(chunk, sampling=sampling, generator=generator, grade=self.grade_rollout)
                 rollouts.extend(chunk)
+                done = min(mine.stop, chunk_start + chunk_items) - mine.start
+                if done < len(mine):
+                    self.reporter.log("info", f"{phase}: evaluating {done}/{len(mine)} items done{share}")
         gathered = self.world.gather_to_rank_zero(rollouts)
         if gathered is None:
             return {}, []

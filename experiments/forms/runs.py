@@ -49,7 +49,9 @@ def _field_for(setting: Setting) -> forms.Field:
     if base == "bool":
         return forms.BooleanField(required=False, **options)
     if base == "int | str":  # a count or "auto" (devices)
-        return _CountOrAutoField(**options)
+        # The length cap on the widget only: the field's value is an int, which a max_length
+        # validator cannot measure.
+        return _CountOrAutoField(widget=forms.TextInput(attrs={"maxlength": 8}), **options)
     if base == "int":
         return forms.IntegerField(required=required, **options)
     if base == "float":

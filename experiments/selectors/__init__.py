@@ -31,3 +31,20 @@ def run_events_after(*, run_id: int, after: int, limit: int = 5000) -> list[dict
     """The run's stored events with seq > after, oldest first, as the messages the live view sends."""
     events = RunEvent.objects.filter(run_id=run_id, seq__gt=after).order_by("seq")[:limit]
     return [event.as_message() for event in events]
+
+
+def dashboard_counts(*, user) -> dict[str, int]:
+    """The dashboard's tiles. Rejected uploads are not datasets: they are counted apart."""
+    from ..models import RunStatus
+    from ..models.dataset import DatasetStatus
+
+    datasets = datasets_for(user=user)
+    return {
+        "dataset_count": datasets.filter(status=DatasetStatus.READY).count(),
+        "rejected_upload_count": datasets.exclude(status=DatasetStatus.READY).count(),
+        "tool_count": tools_for(user=user).count(),
+        "grader_count": graders_for(user=user).count(),
+        "active_run_count": runs_for(user=user)
+        .filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING])
+        .count(),
+    }

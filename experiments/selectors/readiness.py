@@ -59,3 +59,59 @@ def run_watch_summary(*, run: Run) -> dict[str, Any]:
         "pause": config["pause"],
         "paused_by": run.paused_by or None,
     }
+
+
+# --- the report page ---------------------------------------------------------------------------------
+
+UNMEASURED_SUMMARY = (
+    "Cannot judge the learning signal: with one graded rollout per item, reward variance cannot be "
+    "measured. Run a readiness check with k ≥ 2."
+)
+
+
+def variance_measurable(results: dict[str, Any]) -> bool:
+    """Whether any item had the 2+ graded rollouts that reward variance needs (not with k = 1)."""
+    return bool((results.get("zero_variance") or {}).get("items"))
+
+
+def displayed_verdict(results: dict[str, Any]) -> dict[str, Any]:
+    """The stored verdict, except that a report that could not measure variance is never called
+    ready or trainable (reports stored before the "unmeasured" level existed said so)."""
+    verdict = dict(results.get("verdict") or {})
+    if (
+        results.get("rollouts")
+        and not variance_measurable(results)
+        and verdict.get("level") in ("ready", "weak")
+    ):
+        verdict["level"] = "unmeasured"
+        verdict["summary"] = UNMEASURED_SUMMARY
+    return verdict
+
+
+def report_page(*, report: ReadinessReport, user) -> dict[str, Any]:
+    """Everything the readiness report page shows, derived from the stored results."""
+    results = report.results or {}
+    measurable = variance_measurable(results)
+    per_item = sorted(
+        results.get("per_item", []), key=lambda row: (row["variance"] is None, -(row["variance"] or 0))
+    )
+    comparable = comparable_reports(report=report, user=user)
+    for other in comparable:
+        other_results = other.results or {}
+        curve = other_results.get("best_of_k") or []
+        other.curve_ends = (curve[0]["value"], curve[-1]["value"]) if curve else None
+        other.zero = other_results.get("zero_variance") or {} if variance_measurable(other_results) else {}
+        other.error_rate = (other_results.get("grader_errors") or {}).get("rate")
+    return {
+        "report": report,
+        "results": results,
+        "verdict": displayed_verdict(results),
+        "variance_measurable": measurable,
+        "per_item": per_item,
+        "chart_data": {
+            "bestOfK": results.get("best_of_k", []),
+            "zeroVariance": results.get("zero_variance", {}) if measurable else None,
+            "toolCalls": results.get("tool_calls", {}).get("histogram", []),
+        },
+        "comparable": comparable,
+    }

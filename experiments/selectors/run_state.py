@@ -53,3 +53,25 @@ def cancelled_message(run_id: int, *, while_paused: bool = False) -> str:
     if checkpoint is None:
         return f"{how} before the first checkpoint: there is nothing to resume from. Clone the run to start again."
     return f"{how}; the checkpoint of step {checkpoint.step} is kept: Resume continues from it."
+
+
+EVAL_PHASE_PREFIXES = ("baseline eval: evaluating", "eval at step")
+
+
+def current_phase(run: Run) -> str | None:
+    """What a running run is doing when its charts cannot show it yet: the eval in progress (the
+    trainer logs "baseline eval: evaluating 8 items × 4 rollouts", then "3/8 items done"), or its
+    start. None once a step's metrics came after the latest such line, or when it is not running."""
+    from ..models import RunEvent
+
+    if run.status != RunStatus.RUNNING:
+        return None
+    logs = RunEvent.objects.filter(run=run, kind=RunEvent.Kind.LOG).order_by("-seq")
+    for event in logs[:50]:
+        message = (event.payload or {}).get("message", "")
+        if message.startswith(EVAL_PHASE_PREFIXES) and ": evaluating" in message:
+            later_metrics = RunEvent.objects.filter(run=run, kind=RunEvent.Kind.METRICS, seq__gt=event.seq)
+            return None if later_metrics.exists() else message[:1].upper() + message[1:]
+    if not RunEvent.objects.filter(run=run, kind=RunEvent.Kind.METRICS).exists():
+        return "Starting: loading the model and the datasets…"
+    return None

@@ -45,6 +45,7 @@ TABLE_FIELDS = (
     "completion_tokens",
     "latency_ms",
     "finish_reason",
+    "final_answer",
     "flags",
     "created_at",
 )
@@ -381,3 +382,63 @@ def rollout_turns(messages: list[dict]) -> list[TurnView]:
             turn.tool_calls.append(call)
         turns.append(turn)
     return turns
+
+
+def rollout_neighbours(rollout: Trajectory) -> tuple[str | None, str | None]:
+    """The trace ids before and after this rollout among its step's rollouts of the same split, in
+    the order a reader goes through them (group, then sample)."""
+    same_step = Trajectory.objects.filter(run_id=rollout.run_id, split=rollout.split, step=rollout.step)
+    position = (rollout.group_index, rollout.sample_index, rollout.pk)
+    before = (
+        same_step.filter(
+            Q(group_index__lt=position[0])
+            | Q(group_index=position[0], sample_index__lt=position[1])
+            | Q(group_index=position[0], sample_index=position[1], pk__lt=position[2])
+        )
+        .order_by("-group_index", "-sample_index", "-pk")
+        .values_list("trace_id", flat=True)
+        .first()
+    )
+    after = (
+        same_step.filter(
+            Q(group_index__gt=position[0])
+            | Q(group_index=position[0], sample_index__gt=position[1])
+            | Q(group_index=position[0], sample_index=position[1], pk__gt=position[2])
+        )
+        .order_by("group_index", "sample_index", "pk")
+        .values_list("trace_id", flat=True)
+        .first()
+    )
+    return before, after
+
+
+def tools_offered(rollout: Trajectory) -> list[dict[str, Any]]:
+    """The tool definitions the model was given for this rollout: the item's own `tools`, else the
+    run's tools (as registered now: a tool edited since the run shows its new definition)."""
+    from trainer.rollout import item_tools
+
+    run_tools = [tool.openai_schema() for tool in rollout.run.tools.all()]
+    offered = item_tools(rollout.item.data if rollout.item is not None else {}, run_tools)
+    shown = []
+    for tool in offered:
+        function = tool.get("function", tool)
+        shown.append(
+            {
+                "name": function.get("name", "?"),
+                "description": function.get("description", ""),
+                "parameters": json.dumps(function.get("parameters", {}), indent=2, ensure_ascii=False),
+            }
+        )
+    return shown
+
+
+def system_prompts(rollout: Trajectory) -> list[str]:
+    """The system (and developer) messages the model was given: from the stored conversation, or
+    from the dataset item when the stored conversation starts after them."""
+    roles = ("system", "developer")
+    stored = [m for m in rollout.messages or [] if isinstance(m, dict) and m.get("role") in roles]
+    if not stored and rollout.item is not None:
+        stored = [
+            m for m in rollout.item.data.get("messages", []) if isinstance(m, dict) and m.get("role") in roles
+        ]
+    return [_text(message.get("content")) for message in stored]

@@ -22,6 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..models import Dataset, DatasetItem, Grader, ReadinessReport, ReadinessStatus, Run, Tool
+from ..selectors.readiness import UNMEASURED_SUMMARY
 from . import rate_limits
 from .graders import grader_needs
 
@@ -144,7 +145,8 @@ def readiness_statistics(
 
 
 def verdict(statistics: Mapping[str, Any], *, tools_available: bool = True) -> dict[str, Any]:
-    """A plain-language verdict: "ready", "weak" (train, but look at the reasons) or "not_ready"."""
+    """A plain-language verdict: "ready", "weak" (train, but look at the reasons), "not_ready", or
+    "unmeasured" (fewer than 2 graded rollouts per item: the learning signal cannot be judged)."""
     reasons: list[dict[str, str]] = []
 
     def say(severity: str, text: str) -> None:
@@ -210,10 +212,13 @@ def verdict(statistics: Mapping[str, Any], *, tools_available: bool = True) -> d
         )
     severities = {reason["severity"] for reason in reasons}
     level = "not_ready" if "block" in severities else "weak" if "warn" in severities else "ready"
+    if level != "not_ready" and not zero["items"]:
+        level = "unmeasured"  # k = 1: no variance to judge, so neither ready nor trainable
     summary = {
         "ready": "Ready: RL should have signal here.",
         "weak": "Trainable, with caveats: read the reasons below.",
         "not_ready": "Not ready: fix what is listed below before training.",
+        "unmeasured": UNMEASURED_SUMMARY,
     }[level]
     return {
         "level": level,

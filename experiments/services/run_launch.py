@@ -233,7 +233,7 @@ def cancel_run(*, run_id: int) -> Run:
 
 def resume_run(*, run_id: int) -> Run:
     """Put a failed, cancelled or paused run back in the queue as a new attempt; it continues from
-    its last checkpoint. Resuming a paused run acknowledges the review: the watch's pause rule only
+    its last checkpoint (a cancelled run without one has nothing to resume: clone it). Resuming a paused run acknowledges the review: the watch's pause rule only
     counts the steps trained after it."""
     with transaction.atomic():
         run = Run.objects.select_for_update().get(pk=run_id)
@@ -248,6 +248,11 @@ def resume_run(*, run_id: int) -> Run:
         active = _active_run_count(run.owner)
         if active >= settings.RFT_MAX_ACTIVE_RUNS_PER_USER:
             raise run_services.RunStateError(run_cap_message(active))
+        if run_state.run_actions_state(run).nothing_to_resume:
+            raise run_services.RunStateError(
+                "This run was cancelled before its first checkpoint: there is nothing to resume. "
+                "Clone it to start again."
+            )
         rate_limits.check_rate(user=run.owner, action="run_launch")
         run = run_services.transition_run(run_id=run_id, status=RunStatus.QUEUED)
         enqueue_run(run_id=run_id)

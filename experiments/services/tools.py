@@ -8,6 +8,7 @@ user typed.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -18,7 +19,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from trainer.outbound import ToolEndpoint, try_tool_call
-from trainer.outbound.tools import TryToolCallResult
+from trainer.outbound.tools import HttpToolExecutor, TryToolCallResult
 
 from ..models import Tool
 from ..outbound import check_outbound_url, policy_from_settings
@@ -434,6 +435,24 @@ def try_tool(
     )
 
 
+# What a run does with a failed tool call (HttpToolExecutor's default), told next to a Try it result.
+RUN_TOOL_RETRIES = inspect.signature(HttpToolExecutor).parameters["max_retries"].default
+RETRIED_ERROR_TYPES = frozenset({"timeout", "connection"})
+
+
+def attempts_note(result: TryToolCallResult) -> str:
+    """How many times the call was sent, in words that match what happened (Try it sends once)."""
+    retryable = result.error_type in RETRIED_ERROR_TYPES or (result.status_code or 0) >= 500
+    if result.attempts > 1:
+        return f"sent {result.attempts} times: retried after {result.error_type or 'a server error'}"
+    if retryable:
+        return (
+            f"sent once: Try it does not retry; during a run this call would be retried up to "
+            f"{RUN_TOOL_RETRIES} times"
+        )
+    return "sent once"
+
+
 def try_result_as_dict(result: TryToolCallResult) -> dict[str, Any]:
     """JSON-safe form of a "Try it" result for the API and templates (header values already masked)."""
     return {
@@ -444,6 +463,7 @@ def try_result_as_dict(result: TryToolCallResult) -> dict[str, Any]:
         "error_type": result.error_type,
         "error": result.error,
         "attempts": result.attempts,
+        "attempts_note": attempts_note(result),
         "trace_id": result.trace_id,
         "request": {
             "method": result.request.method,

@@ -98,7 +98,10 @@ def compare(request):
         ids = compare_selectors.parse_run_ids(",".join(picked))
         return HttpResponseRedirect(f"{reverse('compare')}?{urlencode({'runs': ','.join(map(str, ids))})}")
     selection = _selection(request)
+    # The picker's form sent with nothing ticked: say what to do instead of showing the same page.
+    nothing_picked = "picked" in request.GET and not picked and not selection.runs
     context = {
+        "nothing_picked": nothing_picked,
         "selection": selection,
         "runs": selection.runs,
         "all_runs": selectors.runs_for(user=request.user)[:200],

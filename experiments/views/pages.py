@@ -7,7 +7,6 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from .. import selectors
-from ..models import RunStatus
 from ..services import demo
 from ..services.run_launch import RunValidationError
 
@@ -15,10 +14,7 @@ from ..services.run_launch import RunValidationError
 def dashboard(request):
     runs = selectors.runs_for(user=request.user)
     context = {
-        "dataset_count": selectors.datasets_for(user=request.user).count(),
-        "tool_count": selectors.tools_for(user=request.user).count(),
-        "grader_count": selectors.graders_for(user=request.user).count(),
-        "active_run_count": runs.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).count(),
+        **selectors.dashboard_counts(user=request.user),
         "recent_runs": runs[:10],
         "demo_available": demo.demo_available(owner=request.user),
     }

@@ -56,28 +56,7 @@ def _initial(request) -> dict:
 
 def readiness_detail(request, report_id: int):
     report = get_object_or_404(readiness_selectors.reports_for(user=request.user), pk=report_id)
-    results = report.results or {}
-    per_item = sorted(
-        results.get("per_item", []), key=lambda row: (row["variance"] is None, -(row["variance"] or 0))
-    )
-    comparable = readiness_selectors.comparable_reports(report=report, user=request.user)
-    for other in comparable:
-        other_results = other.results or {}
-        curve = other_results.get("best_of_k") or []
-        other.curve_ends = (curve[0]["value"], curve[-1]["value"]) if curve else None
-        other.zero = other_results.get("zero_variance") or {}
-        other.error_rate = (other_results.get("grader_errors") or {}).get("rate")
-    context = {
-        "report": report,
-        "results": results,
-        "per_item": per_item,
-        "chart_data": {
-            "bestOfK": results.get("best_of_k", []),
-            "zeroVariance": results.get("zero_variance", {}),
-            "toolCalls": results.get("tool_calls", {}).get("histogram", []),
-        },
-        "comparable": comparable,
-    }
+    context = readiness_selectors.report_page(report=report, user=request.user)
     return render(request, "experiments/readiness_detail.html", context)
 
 

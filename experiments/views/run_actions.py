@@ -17,6 +17,7 @@ from ..services.runs import RunStateError
 
 def run_create(request):
     initial = {}
+    source = None
     clone_of = request.GET.get("clone")
     if clone_of and clone_of.isdigit():
         source = get_object_or_404(selectors.runs_for(user=request.user), pk=int(clone_of))
@@ -45,7 +46,9 @@ def run_create(request):
         else:
             messages.success(request, f"Run “{run.name}” is queued.")
             return redirect("run-detail", run_id=run.pk)
-    return render(request, "experiments/run_form.html", {"form": form, "clone_of": clone_of})
+    return render(
+        request, "experiments/run_form.html", {"form": form, "clone_of": clone_of, "clone_source": source}
+    )
 
 
 @require_POST
@@ -56,12 +59,15 @@ def run_cancel(request, run_id: int):
     except RunStateError as exc:
         messages.error(request, str(exc))
     else:
-        messages.info(
-            request,
-            "Cancelled."
-            if run.is_terminal
-            else "Cancel requested: the run stops after the current rollouts.",
-        )
+        if run.is_terminal:
+            messages.info(request, "Cancelled.")
+        else:
+            # Tagged so that the run page drops it once the run has actually stopped.
+            messages.info(
+                request,
+                "Cancel requested: the run stops after the current rollouts.",
+                extra_tags="run-pending",
+            )
     return redirect("run-detail", run_id=run_id)
 
 

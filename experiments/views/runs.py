@@ -14,6 +14,7 @@ from django.urls import path, reverse
 
 from .. import selectors
 from ..models import Trajectory
+from ..selectors import run_state
 from ..selectors import trajectories as rollout_selectors
 from ..selectors.environments import environment_counts, environment_view
 from ..selectors.metrics import (
@@ -158,6 +159,7 @@ def run_detail(request, run_id: int):
     context = {
         "run": run,
         "progress": run_progress(run),
+        "phase": run_state.current_phase(run),
         "log_events": run_log_events(run_id=run.pk),
         "config_items": sorted((run.config or {}).items()),
         "page_config": page_config,
@@ -281,12 +283,17 @@ def run_rollout(request, run_id: int, trace_id: str):
         item_fields = {
             key: value for key, value in rollout.item.data.items() if key not in ("messages", "tools")
         }
+    previous_id, next_id = rollout_selectors.rollout_neighbours(rollout)
     context = {
         "run": run,
         "rollout": rollout,
         "turns": rollout_selectors.rollout_turns(rollout.messages),
         "item_fields": sorted(item_fields.items()),
         "environment": environment_view(rollout.environment),
+        "previous_id": previous_id,
+        "next_id": next_id,
+        "tools_offered": rollout_selectors.tools_offered(rollout),
+        "system_prompts": rollout_selectors.system_prompts(rollout),
     }
     return render(request, "experiments/rollout_view.html", context)
 

@@ -282,12 +282,20 @@
   async function loadAll() {
     if (!state.keys.length) return;
     const data = await fetchSeries(state.keys);
-    for (const chart of charts.values()) {
+    // Charts on screen first; each one below the fold in a task of its own, after a paint.
+    const ordered = [...charts.values()].sort((a, b) => onScreen(b.el) - onScreen(a.el));
+    for (const [index, chart] of ordered.entries()) {
+      if (index > 0 && !onScreen(chart.el)) await new Promise((resolve) => setTimeout(resolve, 0));
       chart.range = null;
       chart.revision += 1;
       chart.load(data.runs);
       chart.draw(false);
     }
+  }
+
+  function onScreen(element) {
+    const box = element.getBoundingClientRect();
+    return Number(box.bottom > -200 && box.top < window.innerHeight + 200);
   }
 
   async function addChart(key) {

@@ -48,6 +48,7 @@
       next();
     },
   };
+  const SPARSE_POINTS = 40; // below this many points a trace shows its markers
   const COLORS = ["#3b5bdb", "#e67700", "#2b8a3e", "#c92a2a", "#7048e8", "#0b7285", "#d6336c", "#5c940d"];
   const PLOT_CONFIG = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
 
@@ -143,11 +144,13 @@
         const fill = "rgba(59, 91, 219, 0.15)";
         traces.push({ x: mean.x.slice(), y: upper, mode: "lines", line: { width: 0 }, name: "+1 std", hoverinfo: "skip", showlegend: false });
         traces.push({ x: mean.x.slice(), y: lower, mode: "lines", line: { width: 0 }, fill: "tonexty", fillcolor: fill, name: "± std", hoverinfo: "skip" });
-        traces.push({ x: mean.x, y: mean.y, mode: "lines", line: { color: COLORS[0], width: 1.8 }, name: "reward" });
+        traces.push({ x: mean.x, y: mean.y, mode: mean.y.length < SPARSE_POINTS ? "lines+markers" : "lines", line: { color: COLORS[0], width: 1.8 }, marker: { color: COLORS[0], size: 5 }, name: "reward" });
         const last = mean.step.length ? mean.step[mean.step.length - 1] : -Infinity;
         this.keys.set(this.band.mean, { index: 2, lastStep: last });
       } else {
-        const keys = Object.keys(series).filter((key) => this.wants(key)).sort((a, b) => {
+        // A per-rule or per-error-type series that is all zeros says nothing and only adds a legend
+        // row: it gets its trace when it first leaves zero (see append).
+        const keys = Object.keys(series).filter((key) => this.wants(key) && !this.silent(key, series[key].y)).sort((a, b) => {
           const order = this.spec.keys || [];
           const ia = order.indexOf(a), ib = order.indexOf(b);
           return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib) || a.localeCompare(b, undefined, { numeric: true });
@@ -169,20 +172,40 @@
         layout.xaxis.visible = false;
         layout.yaxis.visible = false;
       }
+      this.fitLegend(layout, traces);
       Plotly.react(this.el, traces, layout, PLOT_CONFIG);
       this.drawn = true;
       this.el.dataset.points = String(this.pointCount());
     }
 
+    silent(key, values) {
+      const fixed = (this.spec.keys || []).includes(key);
+      return !fixed && values.every((value) => value === 0);
+    }
+
+    // A horizontal legend under the plot takes rows; grow the chart by them instead of shrinking
+    // the plot (the watch chart has a trace per rule). A single trace needs no legend at all.
+    fitLegend(layout, traces) {
+      const named = traces.filter((trace) => trace.showlegend !== false);
+      if (named.length <= 1) { layout.showlegend = false; layout.margin.b = 30; return; }
+      const width = this.el.clientWidth || 360;
+      const perRow = Math.max(1, Math.floor(width / 130));
+      const rows = Math.ceil(named.length / perRow);
+      layout.height = 230 + 20 * rows;
+      layout.legend = { orientation: "h", yanchor: "top", y: -0.2, font: { size: 11 } };
+      layout.margin.b = 30 + 20 * rows;
+    }
+
     traceFor(key, index, x, y) {
       const color = COLORS[index % COLORS.length];
-      // Sparse series (evals every few steps, rare error types) need markers: a lone point has no line.
-      const mode = this.spec.markers ? "lines+markers" : "lines";
+      // Sparse series (evals every few steps, rare error types) and young ones need markers: a
+      // lone point drawn as a line is invisible. Dense ones lose them as they grow (see flush).
+      const mode = this.spec.markers || (y || []).length < SPARSE_POINTS ? "lines+markers" : "lines";
       return { x: x || [], y: y || [], mode, name: label(key), line: { color, width: 1.6 }, marker: { color, size: 4 } };
     }
 
     emptyNote() {
-      return { text: "no data yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: { color: "#98a2b3", size: 13 } };
+      return { text: this.options.finished ? "no data in this run" : "no data yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: { color: "#98a2b3", size: 13 } };
     }
 
     pointCount() {
@@ -232,6 +255,7 @@
         for (const key of Object.keys(metrics)) {
           if (!this.wants(key)) continue;
           let known = this.keys.get(key);
+          if (!known && this.silent(key, [metrics[key]])) continue;
           if (!known) {
             // A key that first appears now (a new grader error type, pass@k): add its trace.
             known = { index: this.el.data.length, lastStep: -Infinity };
@@ -258,6 +282,10 @@
       }
       this.pending.clear();
       Plotly.extendTraces(this.el, { x: xs, y: ys }, indices);
+      if (!this.spec.markers) {
+        const grown = indices.filter((i) => this.el.data[i].mode === "lines+markers" && this.el.data[i].y.length >= SPARSE_POINTS);
+        if (grown.length) Plotly.restyle(this.el, { mode: "lines" }, grown);
+      }
       if (!this.hasPoints) {
         this.hasPoints = true;
         Plotly.relayout(this.el, { annotations: [], "xaxis.visible": true, "yaxis.visible": true });

@@ -27,7 +27,11 @@
     config
   );
 
-  const zero = data.zeroVariance || {};
+  // Absent when the report could not measure variance (k = 1): the page says so instead of a chart.
+  const zero = data.zeroVariance;
+  if (zero) drawSignal(zero);
+
+  function drawSignal(zero) {
   const varies = Math.max(0, 1 - (zero.total || 0));
   const labels = ["varies", "always 0", "always 1", "other constant"];
   const values = [varies, zero.always_0 || 0, zero.always_1 || 0, zero.other || 0];
@@ -47,6 +51,7 @@
     layout({ yaxis: { title: { text: "share of items" }, tickformat: ".0%", range: [0, 1] } }),
     config
   );
+  }
 
   const histogram = data.toolCalls || [];
   Plotly.newPlot(

@@ -37,7 +37,7 @@
   const stepTimes = [];
   let totalSteps = Number(progress.total && progress.total.textContent) || 0;
 
-  const charts = config.charts.map((spec) => new RftLiveChart(document.getElementById(`chart-${spec.id}`), spec, { xAxis, smoothing: 0 }));
+  const charts = config.charts.map((spec) => new RftLiveChart(document.getElementById(`chart-${spec.id}`), spec, { xAxis, smoothing: 0, finished: TERMINAL.includes(config.status) && config.status !== "paused" }));
 
   // ---- x axis ------------------------------------------------------------------------------
   function xFor(step, isoTime) {
@@ -65,8 +65,28 @@
     const data = await response.json();
     for (const key of data.keys || []) knownKeys.add(key);
     t0 = data.t0 === undefined ? t0 : data.t0;
-    for (const chart of charts) chart.reset(data.series, xAxis);
+    await resetInViewFirst(data.series);
     flushBuffered();
+  }
+
+  // The charts on screen are drawn first and painted before the others (each below the fold in a
+  // task of its own), so the page shows curves before all twelve charts are done. Live events
+  // wait in `reloading` meanwhile.
+  function nearView(element) {
+    const box = element.getBoundingClientRect();
+    return box.bottom > -200 && box.top < window.innerHeight + 200;
+  }
+  const nextTask = () => new Promise((resolve) => setTimeout(resolve, 0));
+  async function resetInViewFirst(series) {
+    const later = [];
+    for (const chart of charts) {
+      if (nearView(chart.el)) chart.reset(series, xAxis);
+      else later.push(chart);
+    }
+    for (const chart of later) {
+      await nextTask();
+      chart.reset(series, xAxis);
+    }
   }
 
   function flushBuffered() {
@@ -118,12 +138,26 @@
     if (totalSteps && perStep > 0) progress.eta.textContent = `ETA ${formatDuration(perStep * (totalSteps - current))}`;
   }
 
+  const phase = document.getElementById("progress-phase");
+  function showPhase(message) {
+    if (!phase) return;
+    phase.hidden = !message;
+    if (message) phase.textContent = message.charAt(0).toUpperCase() + message.slice(1);
+  }
+
   function appendLog(event, text) {
+    // The page was rendered with the log up to some event; the socket may replay it: once is enough.
+    if (log.querySelector(`[data-seq="${event.seq}"]`)) return;
     const line = document.createElement("div");
     line.dataset.seq = event.seq;
     line.className = `log-${event.kind}${event.payload && event.payload.level ? " log-" + event.payload.level : ""}`;
-    const time = event.time ? new Date(event.time).toLocaleTimeString() : "";
-    line.textContent = `${time}  ${text}`;
+    if (event.time) {
+      const time = document.createElement("time");
+      time.dateTime = event.time;
+      time.textContent = window.RftClock ? window.RftClock.time(new Date(event.time)) : event.time;
+      line.append(time);
+    }
+    line.append(`  ${text}`);
     log.appendChild(line);
     log.scrollTop = log.scrollHeight;
   }
@@ -189,6 +223,7 @@
         if (stepTimes.length > 20) stepTimes.shift();
       }
       updateProgress(event.step, m["progress/total_steps"]);
+      showPhase(null);
       if (p.rollouts && p.rollouts.count) histogram.stepArrived(event.step, p.rollouts.splits || []);
       watchPanel.stepArrived(m);
     } else if (event.kind === "status") {
@@ -197,15 +232,24 @@
       statusBadge.className = "badge " + p.status;
       progress.fill.className = "progress-fill " + p.status;
       errorBox.textContent = p.error || "";
+      // Only a failure is an error; a cancel or a finished run's note is a plain notice.
+      errorBox.className = p.status === "failed" ? "error-box" : "notice-box";
       errorBox.classList.toggle("hidden", !p.error || p.status === "paused");
+      // "Cancel requested" and the like were about the state now replaced: drop them.
+      if (TERMINAL.includes(p.status)) {
+        for (const note of document.querySelectorAll(".messages .msg-run-pending")) note.remove();
+        for (const list of document.querySelectorAll("ul.messages")) if (!list.children.length) list.remove();
+      }
       watchPanel.statusChanged(p);
       if (p.attempt !== undefined) document.getElementById("run-attempt").textContent = p.attempt;
       updateProgress(p.current_step, p.total_steps);
-      if (TERMINAL.includes(p.status)) progress.eta.textContent = statusBadge.textContent;
+      if (TERMINAL.includes(p.status)) { progress.eta.textContent = statusBadge.textContent; showPhase(null); }
       appendLog(event, `status → ${p.status}${p.error ? ": " + p.error : ""}`);
       refreshActions();
     } else if (event.kind === "log") {
       appendLog(event, `[${p.level}] ${p.message}`);
+      // The eval in progress, while the charts have nothing new to show (see selectors/run_state).
+      if (/^(baseline eval|eval at step \d+): evaluating/.test(p.message || "")) showPhase(p.message);
     } else if (event.kind === "checkpoint") {
       appendLog(event, `checkpoint at step ${event.step}`);
       refreshActions();

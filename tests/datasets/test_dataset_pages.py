@@ -49,7 +49,7 @@ def test_upload_redirects_to_the_dataset_page_with_stats_and_items(client):
     html = page.content.decode()
     assert page.status_code == 200
     assert "Imported “shop”: 30 items." in html
-    assert 'id="chart-messages"' in html and "vendor/plotly.min.js" in html
+    assert 'id="chart-messages"' in html and "vendor/plotly-basic.min.js" in html
     assert "Question 0: which files compute totals?" in html and "Item 19" in html and "Item 20" not in html
     assert '<code class="ds-tool">grep</code>' in html
     next_page = client.get(f"/datasets/{dataset.pk}/", {"after": 19}, headers={"HX-Request": "true"})

@@ -84,7 +84,7 @@ def test_up_serves_login_and_dashboard_and_ctrl_c_stops_every_process(tmp_path):
             )
             assert dashboard.status_code == 200
             assert "<h1>Dashboard</h1>" in dashboard.text
-            assert browser.get("/static/vendor/plotly.min.js").status_code == 200
+            assert browser.get("/static/vendor/plotly-basic.min.js").status_code == 200
     finally:
         os.kill(up.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         up.wait(timeout=60)

@@ -45,9 +45,15 @@ def test_the_run_page_shows_the_flag_counter_rules_and_chart(flagged):
     assert 'data-rule="hedged_answer"' in page and "chart-watch" in page
     assert 'id="paused-banner"' in page and "paused-banner hidden" in page
     # both trends of the hedging run are active at its last step, and say what they mean
-    assert 'class="trend active" title="Train reward rises while the flagged share rises."' in page
-    assert 'class="trend active" title="Train reward rises while eval reward falls."' in page
-    assert 'class="trend" title="frac_reward_zero_std' in page
+    assert (
+        'data-trend="reward_up_flagged_up" data-state="fired">▲ reward_up_flagged_up</span> Train reward rises while the flagged share rises.'
+        in page
+    )
+    assert (
+        'data-trend="reward_up_eval_down" data-state="fired">▲ reward_up_eval_down</span> Train reward rises while eval reward falls.'
+        in page
+    )
+    assert 'class="trend quiet" title="frac_reward_zero_std' in page
 
 
 def test_a_paused_run_shows_the_rule_that_fired_and_can_be_resumed_or_cancelled():

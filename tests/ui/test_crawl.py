@@ -5,7 +5,6 @@ violation. A screenshot of each page at each width is kept under docs/screenshot
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
@@ -47,14 +46,16 @@ def _overflow(page) -> dict:
     )
 
 
-def test_every_page_fits_and_is_clean_at_phone_and_desktop_width(site, daphne, browser, screenshot_dir):
+@pytest.mark.parametrize("width_name", list(WIDTHS))
+def test_every_page_fits_and_is_clean(width_name, site, daphne, browser, screenshot_dir):
     user, pages = site
     cookie = session_cookie_for(user)
     axe = Axe()
     out = screenshot_dir / "ui"
     out.mkdir(exist_ok=True)
     problems: list[str] = []
-    for width_name, viewport in WIDTHS.items():
+    only = os.environ.get("UI_CRAWL_ONLY")  # a comma-separated subset of page names, when iterating
+    for viewport in [WIDTHS[width_name]]:
         context = browser.new_context(viewport=viewport)
         context.add_cookies([{"name": "sessionid", "value": cookie, "url": daphne.url}])
         page = context.new_page()
@@ -69,6 +70,8 @@ def test_every_page_fits_and_is_clean_at_phone_and_desktop_width(site, daphne, b
             ),
         )
         for name, path in pages.items():
+            if only and name not in only.split(","):
+                continue
             console_errors.clear()
             failed.clear()
             response = page.goto(daphne.url + path)
@@ -80,6 +83,9 @@ def test_every_page_fits_and_is_clean_at_phone_and_desktop_width(site, daphne, b
                 problems.append(
                     f"{where}: {size['scrollWidth']} px wide in {size['clientWidth']} px: {size['widest']}"
                 )
+            leaked = [marker for marker in ("{#", "#}", "{%", "%}") if marker in page.inner_text("body")]
+            if leaked:
+                problems.append(f"{where}: template syntax shown as text: {leaked}")
             if console_errors:
                 problems.append(f"{where}: console errors {console_errors}")
             if failed:
@@ -87,10 +93,17 @@ def test_every_page_fits_and_is_clean_at_phone_and_desktop_width(site, daphne, b
             results = axe.run(page)
             for violation in results.response["violations"]:
                 if violation["impact"] in BLOCKING_IMPACTS:
-                    targets = [node["target"] for node in violation["nodes"][:3]]
+                    targets = [(node["target"], node["html"][:200]) for node in violation["nodes"][:3]]
+                    if violation["id"] == "scrollable-region-focusable" and os.environ.get("UI_CRAWL_DEBUG"):
+                        targets.append(
+                            page.evaluate(
+                                "[...document.querySelectorAll('.table-scroll')].map(e => [e.scrollWidth, e.clientWidth, e.scrollHeight, e.clientHeight, e.getAttribute('tabindex'), e.parentElement.id || e.parentElement.className])"
+                            )
+                        )
                     problems.append(f"{where}: axe {violation['id']} ({violation['impact']}) at {targets}")
             page.screenshot(path=str(out / f"{name}-{width_name}.png"), full_page=True)
         context.close()
     if os.environ.get("UI_CRAWL_REPORT"):  # the whole list, for working through it
-        Path(os.environ["UI_CRAWL_REPORT"]).write_text("\n".join(problems))
+        with open(os.environ["UI_CRAWL_REPORT"], "a") as report:
+            report.write("".join(f"{problem}\n" for problem in problems))
     assert not problems, "\n".join(problems)

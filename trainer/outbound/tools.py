@@ -276,10 +276,11 @@ class HttpToolExecutor:
         return ToolResult(
             call_id=call.call_id,
             name=call.name,
-            output=f"Error: the tool {call.name} failed (HTTP {status}) after {response.attempts} attempts.",
+            output=f"Error: the tool {call.name} failed (HTTP {status}) after {_attempts(response.attempts)}.",
             ok=False,
             error_type="http_5xx",
-            error=f"{describe_destination(endpoint.url)} answered {status} on every attempt"
+            error=f"{describe_destination(endpoint.url)} answered {status}"
+            + (f" on all {response.attempts} attempts" if response.attempts > 1 else "")
             + (f": {detail}" if detail else ""),
             latency_ms=latency_ms,
             status_code=status,
@@ -287,17 +288,21 @@ class HttpToolExecutor:
         )
 
 
+def _attempts(count: int) -> str:
+    return "1 attempt" if count == 1 else f"{count} attempts"
+
+
 def _model_message_for(exc: OutboundError, *, tool: str, endpoint: ToolEndpoint) -> str:
     """A short, secret-free explanation the model can act on."""
     if exc.error_type == "timeout":
-        return f"Error: the tool {tool} did not answer within {endpoint.timeout_s:g} s ({exc.attempts} attempts)."
+        return f"Error: the tool {tool} did not answer within {endpoint.timeout_s:g} s ({_attempts(exc.attempts)})."
     if exc.error_type == "too_large":
         return f"Error: the tool {tool} returned more than {endpoint.max_response_bytes} bytes."
     if exc.error_type == "blocked":
         return f"Error: the tool {tool} cannot be called (its address is not allowed by the server)."
     if exc.error_type == "invalid_response":
         return f"Error: the tool {tool} returned a response that could not be read."
-    return f"Error: the tool {tool} could not be reached ({exc.attempts} attempts)."
+    return f"Error: the tool {tool} could not be reached ({_attempts(exc.attempts)})."
 
 
 @dataclass

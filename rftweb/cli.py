@@ -56,15 +56,9 @@ def _worker(arguments: list[str]) -> None:
 
 
 def _web(arguments: list[str]) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="rftweb web", description="Run the ASGI server (daphne).")
-    parser.add_argument("--host", default=os.environ.get("RFTWEB_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("RFTWEB_PORT", "8000")))
-    options = parser.parse_args(arguments)
-    from daphne.cli import CommandLineInterface
-
-    CommandLineInterface().run(["-b", options.host, "-p", str(options.port), "rftweb.asgi:application"])
+    # The same server as `make up` and the README's production command: `manage.py serve` (uvicorn,
+    # which streams request bodies to the app instead of buffering them whole).
+    _django_command(["serve", *arguments])
 
 
 def main(argv: list[str] | None = None) -> None:

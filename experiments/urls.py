@@ -5,6 +5,7 @@ from .views import pages
 urlpatterns = [
     path("", pages.dashboard, name="dashboard"),
     path("demo/start/", pages.start_demo_run, name="demo-start"),
+    path("demo/quick/", pages.start_quick_demo_run, name="demo-quick-start"),
     path("datasets/", include("experiments.views.datasets")),
     path("tools/", include("experiments.views.tools")),
     path("graders/", include("experiments.views.graders")),

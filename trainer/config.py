@@ -82,6 +82,15 @@ class TrainerConfig:
     eval_pass_threshold: float = 1.0  # an eval rollout "passes" when its score reaches this
     checkpoint_interval: int = 10  # steps between checkpoints (and one at the end)
     keep_checkpoints: int = 2  # older checkpoint directories are deleted; 0 keeps all
+    keep_best_checkpoints: int = field(
+        default=3,
+        metadata={
+            "help": "Also keep the checkpoints with the k highest eval rewards (besides the latest ones); "
+            "0 keeps only the latest",
+            "group": "schedule",
+            "label": "Keep best checkpoints (by eval reward)",
+        },
+    )
     export_merged: bool = False  # also write the merged model (base + adapter) at the end
     seed: int = 0
 
@@ -133,7 +142,7 @@ class TrainerConfig:
         ):
             _at_least(name, getattr(self, name), 1)
         _at_least("group_size", self.group_size, 2, why="GRPO compares rollouts within a group")
-        for name in ("warmup_steps", "keep_checkpoints"):
+        for name in ("warmup_steps", "keep_checkpoints", "keep_best_checkpoints"):
             _at_least(name, getattr(self, name), 0)
         if self.steps is not None:
             _at_least("steps", self.steps, 1)

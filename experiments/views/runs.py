@@ -16,6 +16,7 @@ from .. import selectors
 from ..models import Trajectory
 from ..selectors import trajectories as rollout_selectors
 from ..selectors.metrics import X_AXES, metric_keys, run_log_events, run_progress, samples_per_step
+from ..services import demo
 from ..services.watch import ROLLOUT_RULES
 
 # The run page's charts: which metric keys each one draws. `prefix` picks up keys that only appear
@@ -93,6 +94,7 @@ def run_detail(request, run_id: int):
         "progress": run_progress(run),
         "log_events": run_log_events(run_id=run.pk),
         "config_items": sorted((run.config or {}).items()),
+        "model_note": demo.model_note(run),
         "page_config": page_config,
         "charts": CHARTS,
         "x_axes": page_config["xAxes"],

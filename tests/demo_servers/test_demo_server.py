@@ -63,11 +63,34 @@ async def get_json(url):
 
 async def test_tool_definitions_are_openai_functions(demo):
     definitions = await get_json(f"{demo.url}/tools")
-    assert [d["function"]["name"] for d in definitions] == ["calculator", "lookup", "list_files", "grep"]
+    names = [d["function"]["name"] for d in definitions]
+    assert names == ["calculator", "lookup", "list_files", "grep", "peek"]
     for definition in definitions:
         assert definition["type"] == "function"
         assert definition["function"]["parameters"]["type"] == "object"
-        assert definition["function"]["parameters"]["required"]
+        # peek takes no arguments: it reads the rollout's item
+        assert (
+            definition["function"]["parameters"].get("required") or definition["function"]["name"] == "peek"
+        )
+
+
+async def test_peek_shows_the_items_secret_colour_and_needs_the_item(demo):
+    from trainer.toy import swatch
+
+    executor = executor_for(demo)
+    try:
+        [shown] = await executor.execute(
+            [ToolCall(call_id="call_1", name="peek", arguments="{}")],
+            item={"answer": "gold"},
+            trace_id="trace_peek",
+        )
+        [refused] = await executor.execute(
+            [ToolCall(call_id="call_2", name="peek", arguments="{}")], item={}, trace_id="trace_peek"
+        )
+    finally:
+        await executor.aclose()
+    assert shown.ok and shown.output == swatch("gold")
+    assert not refused.ok and "item" in refused.output
 
 
 @pytest.mark.parametrize(
@@ -204,7 +227,7 @@ def test_runs_as_a_module_with_a_port():
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise
                 time.sleep(0.05)
-        assert len(definitions) == 4
+        assert len(definitions) == 5
         body = json.dumps(
             {"type": "function_call", "call_id": "c", "name": "lookup", "arguments": '{"key": "SKU-1003"}'}
         )

@@ -17,13 +17,15 @@ def test_seeding_is_complete_and_idempotent_and_follows_the_demo_server():
     assert Tool.objects.get(owner=admin, name="lookup").url == "http://127.0.0.1:8765/tools/lookup"
     again = demo.seed_demo(owner=admin, tool_base_url="http://127.0.0.1:9999")
     assert again.train.pk == first.train.pk
-    assert Dataset.objects.filter(owner=admin).count() == 4
-    assert Grader.objects.filter(owner=admin).count() == len(demo.DEMO_GRADERS) == 4
+    assert Dataset.objects.filter(owner=admin).count() == 6  # 4 demo + the quick demo's train/eval
+    assert Grader.objects.filter(owner=admin).count() == len(demo.DEMO_GRADERS) + 1 == 5
     holed = Grader.objects.get(owner=admin, name=demo.DEMO_HOLED_GRADER)
     assert holed.spec["operation"] == "ilike"  # the deliberate hole the watch catches
     assert Tool.objects.get(owner=admin, name="lookup").url == "http://127.0.0.1:9999/tools/lookup"
-    assert demo.demo_available(owner=admin)
+    assert demo.demo_available(owner=admin) and demo.quick_demo_available(owner=admin)
     assert not demo.demo_available(owner=UserFactory(username="someone-else"))
+    assert not demo.quick_demo_available(owner=UserFactory(username="another-one"))
+    assert Tool.objects.get(owner=admin, name="peek").url == "http://127.0.0.1:9999/tools/peek"
 
 
 def test_dashboard_button_starts_a_demo_run_on_the_bundled_model(client, django_capture_on_commit_callbacks):
@@ -40,3 +42,27 @@ def test_dashboard_button_starts_a_demo_run_on_the_bundled_model(client, django_
     assert run.config["steps"] == 30
     assert run.watch_config["pause"]["enabled"]
     assert len(enqueued) >= 1  # the train task is sent when the transaction commits
+
+
+def test_quick_demo_button_starts_the_warm_started_toy_model_on_the_peek_task(
+    client, django_capture_on_commit_callbacks
+):
+    admin = UserFactory(username="admin")
+    demo.seed_demo(owner=admin, tool_base_url="http://127.0.0.1:8765")
+    client.force_login(admin)
+    assert b'id="start-quick-demo"' in client.get("/").content
+    with django_capture_on_commit_callbacks(execute=False) as enqueued:
+        response = client.post("/demo/quick/")
+    run = Run.objects.get(owner=admin)
+    assert response.status_code == 302 and response["Location"] == f"/runs/{run.pk}/"
+    assert run.base_model == demo.BUNDLED_TOY_MODEL and run.name == "Quick demo 1"
+    assert list(run.tools.values_list("name", flat=True)) == ["peek"]
+    assert run.grader.spec["operation"] == "eq" and run.config["steps"] == 40
+    assert run.eval_dataset.item_count == demo.QUICK_EVAL_ITEMS
+    assert len(enqueued) >= 1
+    page = client.get(f"/runs/{run.pk}/").content.decode()
+    assert 'id="model-note"' in page and "peek" in page  # what the model is, why it learns fast
+    # Other runs get no such note.
+    assert (
+        'id="model-note"' not in client.get(f"/runs/{demo.start_demo_run(owner=admin).pk}/").content.decode()
+    )

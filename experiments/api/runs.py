@@ -8,13 +8,15 @@ from rest_framework.response import Response
 
 from .. import selectors
 from ..models import Dataset, Grader, Run, Tool
-from ..services import run_launch
+from ..selectors import checkpoints as checkpoint_selectors
+from ..services import forks, run_launch
 from ..services.runs import RunStateError
 from .common import OwnedReadOnlyViewSet
 
 
 class RunSerializer(serializers.ModelSerializer):
     queue_position = serializers.SerializerMethodField()
+    forks = serializers.SerializerMethodField(help_text="Ids of the runs forked from this one.")
 
     class Meta:
         model = Run
@@ -38,6 +40,9 @@ class RunSerializer(serializers.ModelSerializer):
             "watch_config",
             "paused_by",
             "queue_position",
+            "parent",
+            "parent_step",
+            "forks",
             "created_at",
             "queued_at",
             "started_at",
@@ -47,6 +52,30 @@ class RunSerializer(serializers.ModelSerializer):
 
     def get_queue_position(self, run: Run) -> int | None:
         return run_launch.queue_position(run=run)
+
+    def get_forks(self, run: Run) -> list[int]:
+        return [fork.pk for fork in checkpoint_selectors.run_lineage(run=run)["forks"]]
+
+
+class CheckpointSerializer(serializers.Serializer):
+    step = serializers.IntegerField()
+    reward = serializers.FloatField(allow_null=True)
+    eval_reward = serializers.FloatField(allow_null=True)
+    eval = serializers.DictField(child=serializers.FloatField(), help_text="Eval reward and pass@k.")
+    available = serializers.BooleanField(help_text="False once pruned (not among the latest or k best).")
+    eval_rank = serializers.IntegerField(allow_null=True, help_text="1 = the best kept by eval reward.")
+    created_at = serializers.DateTimeField()
+
+
+class RunForkSerializer(serializers.Serializer):
+    step = serializers.IntegerField(
+        required=False, allow_null=True, help_text="The checkpoint's step; omitted: the final adapter."
+    )
+    name = serializers.CharField(max_length=200, required=False)
+    config = serializers.DictField(
+        required=False,
+        help_text="The fork's settings; omitted: the parent's. The LoRA shape must stay the parent's.",
+    )
 
 
 class OwnedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
@@ -156,6 +185,37 @@ class RunViewSet(mixins.CreateModelMixin, OwnedReadOnlyViewSet):
     def resume(self, request, pk=None):
         """Resume a failed, cancelled or paused run from its last checkpoint (a new attempt)."""
         return self._lifecycle(run_launch.resume_run)
+
+    @extend_schema(responses=CheckpointSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def checkpoints(self, request, pk=None):
+        """The run's checkpoints, newest first, with eval metrics and whether each is still kept."""
+        run = self.get_object()
+        rows = checkpoint_selectors.run_checkpoints(run=run)
+        return Response(CheckpointSerializer(rows, many=True).data)
+
+    @extend_schema(request=RunForkSerializer, responses={201: RunSerializer})
+    @action(detail=True, methods=["post"])
+    def fork(self, request, pk=None):
+        """A new run starting from this run's adapter at `step`, with the given settings."""
+        parent = self.get_object()
+        serializer = RunForkSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        step = data.get("step")
+        try:
+            run = forks.fork_run(
+                owner=request.user,
+                parent=parent,
+                step=step,
+                name=data.get("name") or f"{parent.name} (fork @ {step if step is not None else 'final'})",
+                config=data["config"] if "config" in data else parent.config,
+            )
+        except run_launch.RunValidationError as exc:
+            raise ValidationError(exc.errors) from exc
+        return Response(
+            RunSerializer(run, context=self.get_serializer_context()).data, status=status.HTTP_201_CREATED
+        )
 
     @extend_schema(
         parameters=[OpenApiParameter("after", int, description="Only events with seq greater than this.")],

@@ -183,6 +183,11 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
     reporter = DatabaseReporter(run_id=run.pk, lease_owner=worker_id, item_ids={**train_ids, **eval_ids})
     checkpoint = latest_checkpoint(run.pk)
     resume_from = checkpoint.path if checkpoint else None
+    start_from_adapter = None
+    if resume_from is None and run.parent_id is not None:
+        from .forks import start_adapter_dir
+
+        start_from_adapter = str(start_adapter_dir(run.pk))
     if run.attempt > 1:
         discard_steps_after(run_id=run.pk, lease_owner=worker_id, step=checkpoint.step if checkpoint else -1)
     output_dir = run_output_dir(run.pk)
@@ -194,6 +199,7 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
             f"attempt {run.attempt} on {worker_id} (pid {os.getpid()}): {len(train_items)} train / "
             f"{len(eval_items)} eval items, {len(tools)} tools"
             + (f", resuming from {Path(resume_from).name}" if resume_from else "")
+            + (f", forked from run {run.parent_id} at step {run.parent_step}" if start_from_adapter else "")
         ),
         lease_owner=worker_id,
     )
@@ -209,6 +215,7 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
             should_stop=lambda: keeper.should_stop() or reporter.should_stop(),
             output_dir=str(output_dir),
             resume_from=resume_from,
+            start_from_adapter=start_from_adapter,
         )
     except run_services.LeaseLost:
         logger.warning("run %s: lease lost by %s; stopping without writing", run.pk, worker_id)

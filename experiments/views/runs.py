@@ -14,6 +14,7 @@ from django.urls import path, reverse
 
 from .. import selectors
 from ..models import Trajectory
+from ..selectors import checkpoints as checkpoint_selectors
 from ..selectors import trajectories as rollout_selectors
 from ..selectors.metrics import X_AXES, metric_keys, run_log_events, run_progress, samples_per_step
 from ..services import demo
@@ -95,6 +96,7 @@ def run_detail(request, run_id: int):
         "log_events": run_log_events(run_id=run.pk),
         "config_items": sorted((run.config or {}).items()),
         "model_note": demo.model_note(run),
+        "lineage": checkpoint_selectors.run_lineage(run=run),
         "page_config": page_config,
         "charts": CHARTS,
         "x_axes": page_config["xAxes"],

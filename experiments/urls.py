@@ -13,5 +13,6 @@ urlpatterns = [
     path("runs/", include("experiments.views.run_actions")),
     path("runs/", include("experiments.views.runs")),
     path("compare/", include("experiments.views.compare")),
+    path("playground/", include("experiments.views.playground")),
     path("", include("experiments.views.readiness")),
 ]

@@ -1,6 +1,7 @@
 from .base import OwnedQuerySet
 from .dataset import Dataset, DatasetItem
 from .grader import Grader
+from .playground import PlaygroundSession, PlaygroundStatus
 from .readiness import GraderAudit, ReadinessReport, ReadinessStatus
 from .run import Checkpoint, MetricPoint, MetricRollup, Run, RunEvent, RunStatus
 from .tool import Tool
@@ -15,6 +16,8 @@ __all__ = [
     "MetricPoint",
     "MetricRollup",
     "OwnedQuerySet",
+    "PlaygroundSession",
+    "PlaygroundStatus",
     "ReadinessReport",
     "ReadinessStatus",
     "Run",

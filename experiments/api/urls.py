@@ -5,6 +5,7 @@ from rest_framework.routers import DefaultRouter
 from . import compare, metrics
 from .datasets import DatasetViewSet
 from .graders import GraderViewSet
+from .playground import PlaygroundViewSet
 from .readiness import GraderAuditViewSet, ReadinessReportViewSet
 from .runs import RunViewSet
 from .tools import ToolViewSet
@@ -18,6 +19,7 @@ router.register("runs", RunViewSet, basename="api-run")
 router.register("trajectories", TrajectoryViewSet, basename="api-trajectory")
 router.register("readiness", ReadinessReportViewSet, basename="api-readiness")
 router.register("audits", GraderAuditViewSet, basename="api-audit")
+router.register("playground", PlaygroundViewSet, basename="api-playground")
 
 urlpatterns = [
     path("auth/token/", obtain_auth_token, name="api-token"),

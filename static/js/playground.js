@@ -34,7 +34,7 @@
     badge.className = "badge " + status;
     document.body.dataset.playgroundStatus = status;
     if (FINISHED.includes(status)) {
-      stopButton.hidden = true;
+      stopButton.closest("form").style.display = "none";  // a button's display beats [hidden]
       for (const side of Object.values(sides)) side.current && side.current.classList.remove("pg-cursor");
     }
     if (error) {

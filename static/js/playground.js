@@ -39,7 +39,7 @@
     }
     if (error) {
       errorBox.textContent = error;
-      errorBox.classList.remove("hidden");
+      errorBox.style.display = "";
     }
   }
 
@@ -169,7 +169,7 @@
     socket.onclose = () => {
       if (!FINISHED.includes(document.body.dataset.playgroundStatus || "")) {
         errorBox.textContent = "The live connection closed; reload the page to see the result.";
-        errorBox.classList.remove("hidden");
+        errorBox.style.display = "";
       }
     };
   }

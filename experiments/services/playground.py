@@ -42,9 +42,12 @@ def create_session(
     if run.owner_id != owner.pk and not owner.is_staff:
         raise PlaygroundError("Not one of your runs.")
     try:
-        adapter_directory(run=run, step=step)
+        adapter = adapter_directory(run=run, step=step)
     except ArtifactMissing as exc:
         raise PlaygroundError(str(exc)) from exc
+    if step is None:  # no final adapter yet: say which checkpoint plays instead
+        checkpoint = run.checkpoints.filter(path=str(adapter)).first()
+        step = checkpoint.step if checkpoint else None
     item = None
     prompt = (prompt or "").strip()
     if item_id is not None:

@@ -8,6 +8,7 @@ from django.views.decorators.http import require_POST
 
 from .. import selectors
 from ..models import RunStatus
+from ..selectors.demo import measured_step_seconds
 from ..services import demo
 from ..services.run_launch import RunValidationError
 
@@ -22,6 +23,14 @@ def dashboard(request):
         "recent_runs": runs[:10],
         "demo_available": demo.demo_available(owner=request.user),
         "quick_demo_available": demo.quick_demo_available(owner=request.user),
+        "demo_step_time": measured_step_seconds(
+            user=request.user, base_model=demo.BUNDLED_MODEL, config_steps=demo.DEMO_RUN_CONFIG["steps"]
+        ),
+        "quick_demo_steps": demo.QUICK_DEMO_CONFIG["steps"],
+        "demo_steps": demo.DEMO_RUN_CONFIG["steps"],
+        "quick_demo_step_time": measured_step_seconds(
+            user=request.user, base_model=demo.BUNDLED_TOY_MODEL, config_steps=demo.QUICK_DEMO_CONFIG["steps"]
+        ),
     }
     return render(request, "experiments/dashboard.html", context)
 

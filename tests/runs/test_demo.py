@@ -66,3 +66,23 @@ def test_quick_demo_button_starts_the_warm_started_toy_model_on_the_peek_task(
     assert (
         'id="model-note"' not in client.get(f"/runs/{demo.start_demo_run(owner=admin).pk}/").content.decode()
     )
+
+
+def test_the_dashboard_says_the_measured_time_per_step_before_a_demo_starts(client):
+    from django.utils import timezone
+
+    from experiments.models import MetricPoint
+
+    admin = UserFactory(username="admin")
+    demo.seed_demo(owner=admin, tool_base_url="http://127.0.0.1:8765")
+    client.force_login(admin)
+    page = client.get("/").content.decode()
+    assert "not measured on this machine yet" in page and "not run on this machine yet" in page
+    earlier = demo.start_demo_run(owner=admin)
+    for step, seconds in enumerate([30.0, 32.0, 90.0], start=1):
+        MetricPoint.objects.create(
+            run=earlier, seq=step, step=step, key="step_time", value=seconds, wall_time=timezone.now()
+        )
+    page = client.get("/").content.decode()
+    # The median of the measured steps (32 s), times the demo's 30 steps: 16 minutes.
+    assert "about 32 s per step on this machine (median of your last 3 steps), so about 16 minutes" in page

@@ -69,6 +69,8 @@ def start_worker(log_path: Path) -> subprocess.Popen:
         f"bench-playground-{os.getpid()}@%h",
         "--without-gossip",
         "--without-mingle",
+        "--loglevel",
+        "INFO",
     ]
     log = open(log_path, "wb")  # kept open for the worker's lifetime
     process = subprocess.Popen(

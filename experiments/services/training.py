@@ -7,6 +7,7 @@ turns true on cancel or when the lease is lost.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -91,6 +92,26 @@ def resolve_base_model(base_model: str) -> str:
     if base_model == BUNDLED_TOY_MODEL:
         return str(toy_model_dir())
     return base_model
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int | None):
+    """Run with `count` torch intra-op threads, then restore (a prefork worker process is reused).
+
+    The quick demo's tiny model gains nothing from a second thread, and on a busy 2-core machine the
+    threads' synchronisation made steps 5-60x slower: in the quick demo's browser test at load ~10,
+    7-17 steps in two minutes with 2 threads, 26 steps in 43 s with 1."""
+    if count is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def latest_checkpoint(run_id: int) -> Checkpoint | None:
@@ -204,19 +225,20 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
         lease_owner=worker_id,
     )
     try:
-        result = train(
-            config=config,
-            train_items=train_items,
-            eval_items=eval_items,
-            tools=tools,
-            tool_executor=executor,
-            grader=grader,
-            reporter=reporter,
-            should_stop=lambda: keeper.should_stop() or reporter.should_stop(),
-            output_dir=str(output_dir),
-            resume_from=resume_from,
-            start_from_adapter=start_from_adapter,
-        )
+        with _torch_threads(1 if run.base_model == BUNDLED_TOY_MODEL else None):
+            result = train(
+                config=config,
+                train_items=train_items,
+                eval_items=eval_items,
+                tools=tools,
+                tool_executor=executor,
+                grader=grader,
+                reporter=reporter,
+                should_stop=lambda: keeper.should_stop() or reporter.should_stop(),
+                output_dir=str(output_dir),
+                resume_from=resume_from,
+                start_from_adapter=start_from_adapter,
+            )
     except run_services.LeaseLost:
         logger.warning("run %s: lease lost by %s; stopping without writing", run.pk, worker_id)
         return None

@@ -117,6 +117,8 @@ def make_run(owner, tool_url: str):
 
 
 def python_peer(url: str, headers: dict, latencies: list, done: threading.Event) -> None:
+    seen: list = []
+
     async def listen() -> None:
         import websockets
 
@@ -127,6 +129,7 @@ def python_peer(url: str, headers: dict, latencies: list, done: threading.Event)
                 for event in frame.get("events", []):
                     if event["kind"] == "token":
                         latencies.append((now - event["t"]) * 1000)
+                        seen.append((event["seq"], event["side"], (now - event["t"]) * 1000))
                     if event["side"] == "session" and event.get("status") in (
                         "succeeded",
                         "stopped",
@@ -139,6 +142,9 @@ def python_peer(url: str, headers: dict, latencies: list, done: threading.Event)
     try:
         asyncio.run(listen())
     finally:
+        slow = [(seq, side, round(ms)) for seq, side, ms in seen if ms > 100]
+        if slow:
+            print(f"  slow tokens (seq, side, ms) of {len(seen)}: {slow}")
         done.set()
 
 

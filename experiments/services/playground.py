@@ -142,7 +142,7 @@ def execute_session(*, session_id: int) -> str | None:
     from trainer.playground import load_playground_model, play_rollout
     from trainer.rollout import RolloutLimits, StopRequested
 
-    from .training import build_run_grader, build_tool_executor_for, resolve_base_model
+    from .training import build_run_grader, build_tool_executor_for, resolve_base_model, torch_threads
 
     if not PlaygroundSession.objects.filter(pk=session_id, status=PlaygroundStatus.QUEUED).update(
         status=PlaygroundStatus.RUNNING
@@ -226,10 +226,13 @@ def execute_session(*, session_id: int) -> str | None:
 
     watch.start()
     threads = [threading.Thread(target=play, args=(side,), name=f"playground-{side}") for side in SIDES]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    # One intra-op thread per side: the two sides run at once, and oversubscribed torch threads
+    # make every token wait on the others (see training._torch_threads).
+    with torch_threads(1):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     watch.done.set()
     if watch.stop.is_set():
         status = PlaygroundStatus.STOPPED

@@ -95,7 +95,7 @@ def resolve_base_model(base_model: str) -> str:
 
 
 @contextlib.contextmanager
-def _torch_threads(count: int | None):
+def torch_threads(count: int | None):
     """Run with `count` torch intra-op threads, then restore (a prefork worker process is reused).
 
     The quick demo's tiny model gains nothing from a second thread, and on a busy 2-core machine the
@@ -225,7 +225,7 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
         lease_owner=worker_id,
     )
     try:
-        with _torch_threads(1 if run.base_model == BUNDLED_TOY_MODEL else None):
+        with torch_threads(1 if run.base_model == BUNDLED_TOY_MODEL else None):
             result = train(
                 config=config,
                 train_items=train_items,

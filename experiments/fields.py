@@ -61,6 +61,6 @@ class EncryptedJSONField(models.TextField):
 
 def mask_secret(value: str | None) -> str:
     """How a stored secret is shown back: never the value, at most its last four characters."""
-    from .outbound.client import mask_secret as mask
+    from trainer.outbound.client import mask_secret as mask
 
     return mask(value) if value else ""

@@ -14,3 +14,28 @@ class LoginRequiredEverywhereMiddleware(LoginRequiredMiddleware):
         if request.path_info.startswith("/api/"):
             return None
         return super().process_view(request, view_func, view_args, view_kwargs)
+
+
+class RateLimitedMiddleware:
+    """A per-user rate limit hit in a service (RateLimited) becomes 429 with Retry-After on the pages:
+    the message in the panel that asked (htmx swaps 429, see base.html), or on a page of its own."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        from django.shortcuts import render
+
+        from .services.rate_limits import RateLimited
+
+        if not isinstance(exception, RateLimited):
+            return None
+        template = (
+            "experiments/_rate_limited.html" if request.headers.get("HX-Request") else "rate_limited.html"
+        )
+        response = render(request, template, {"message": str(exception)}, status=429)
+        response["Retry-After"] = str(exception.retry_after)
+        return response

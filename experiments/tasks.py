@@ -86,3 +86,11 @@ def run_playground(session_id: int) -> str | None:
     status = execute_session(session_id=session_id)
     logger.info("run_playground %s ended as %s after %.1f s", session_id, status, time.monotonic() - started)
     return status
+
+
+@shared_task(name="experiments.tasks.sweep_environment_ends")
+def sweep_environment_ends() -> int:
+    """Deliver the environment ends a dead worker left behind (their lease has expired)."""
+    from .services.environments import sweep_environment_ends as sweep
+
+    return sweep()

@@ -1,4 +1,8 @@
-"""ASGI entry point: HTTP through Django, WebSockets through Channels (session-authenticated)."""
+"""ASGI entry point: HTTP through Django, WebSockets through Channels (session-authenticated).
+
+Served by uvicorn (`manage.py serve`), which streams request bodies to the app; RequestBodyGuard
+judges each request's headers before any of its body is read (see rftweb/request_guard.py).
+"""
 
 import os
 
@@ -12,10 +16,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from experiments.routing import websocket_urlpatterns  # noqa: E402
+from rftweb.request_guard import RequestBodyGuard  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": RequestBodyGuard(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -5,9 +5,11 @@ import os
 from celery import Celery
 from kombu import Queue
 
+from rftweb import queues
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rftweb.settings.local")
 
 app = Celery("rftweb")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.task_queues = (Queue("default"), Queue("train"))
+app.conf.task_queues = (Queue(queues.DEFAULT), Queue(queues.TRAIN))
 app.autodiscover_tasks()

@@ -166,7 +166,7 @@ def free_port() -> int:
 
 
 class Daphne:
-    """A real Daphne process serving the ASGI app (HTTP + WebSocket) on the test database."""
+    """A real server process (`manage.py serve`) serving the ASGI app (HTTP + WebSocket) on the test database."""
 
     def __init__(self, log_dir: Path):
         self.port = free_port()
@@ -184,16 +184,8 @@ class Daphne:
             "REDIS_URL": settings.REDIS_URL,
             "PYTHONUNBUFFERED": "1",
         }
-        command = [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "rftweb.asgi:application",
-        ]
+        # The production server command (uvicorn); the fixture keeps its old name.
+        command = [sys.executable, "-m", "django", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 40

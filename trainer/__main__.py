@@ -10,7 +10,20 @@ The file (YAML or JSON) holds:
     tools:                                       # each tool: its schema and its HTTP endpoint
       - {name: peek, description: ..., parameters: {...}, url: http://127.0.0.1:8001/peek,
          headers: {}, signing_secret: null, timeout_s: 30}
-    grader: {type: exact_match, field: answer}   # or type: contains; case_sensitive: false
+    outbound: {allow_loopback: true, allowlist: ["10.0.0.0/8", "tools.corp.example"]}   # optional
+    grader:                                      # grader JSON, exactly as the web app takes it
+      {type: string_check, name: exact, input: "{{sample.output_text}}", reference: "{{item.answer}}",
+       operation: eq}
+    grader_endpoints:                            # optional: defaults for graders that name none
+      judge_base_url: http://127.0.0.1:8001/v1   #   score_model / label_model (chat completions)
+      embeddings_base_url: http://127.0.0.1:8001/v1   # text_similarity with cosine
+      embeddings_model: text-embedding-3-large
+
+The tools' `server_url` (agent-RFT tool definitions) works as well as `url`. The graders are the web
+app's own (`trainer.graders`: every type, same JSON, same scores), calling out under the same
+`outbound` policy as the tools. Judge and embeddings API keys come from the environment only
+(RFT_JUDGE_API_KEY, RFT_EMBEDDINGS_API_KEY), as do default endpoints the file does not give
+(RFT_JUDGE_BASE_URL, RFT_EMBEDDINGS_BASE_URL).
 
 Relative paths are relative to the config file. SIGINT/SIGTERM stop cleanly after the current turn
 and keep a checkpoint. The result is written to stdout as one JSON line.
@@ -28,9 +41,35 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import ConfigError, TrainerConfig
-from trainer.standalone import HttpTool, JsonlReporter, MatchGrader, SimpleHttpToolExecutor, read_jsonl
+from trainer.graders import GraderContext, GraderSpecError, build_grader, unmet_requirements
+from trainer.outbound.tools import ToolEndpoint
+from trainer.standalone import (
+    JsonlReporter,
+    read_jsonl,
+    script_policy,
+    tool_endpoint,
+    tool_executor,
+)
 
-TOP_LEVEL_KEYS = {"trainer", "train_file", "eval_file", "output_dir", "resume_from", "tools", "grader"}
+TOP_LEVEL_KEYS = {
+    "trainer",
+    "train_file",
+    "eval_file",
+    "output_dir",
+    "resume_from",
+    "tools",
+    "grader",
+    "grader_endpoints",
+    "outbound",
+}
+GRADER_ENDPOINT_KEYS = {"judge_base_url", "embeddings_base_url", "embeddings_model"}
+# The shorthand graders of earlier run files, and the grader JSON that replaces them.
+LEGACY_GRADERS = {
+    "exact_match": '{"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", '
+    '"reference": "{{item.answer}}", "operation": "eq"}',
+    "contains": '{"type": "string_check", "name": "contains", "input": "{{sample.output_text}}", '
+    '"reference": "{{item.answer}}", "operation": "ilike"}',
+}
 
 
 def load_run_file(path: Path) -> dict[str, Any]:
@@ -52,19 +91,22 @@ def load_run_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def build_tools(specs: Any) -> tuple[list[dict[str, Any]], dict[str, HttpTool]]:
+def build_tools(specs: Any) -> tuple[list[dict[str, Any]], dict[str, ToolEndpoint]]:
     if specs is None:
         return [], {}
     if not isinstance(specs, list):
         raise ConfigError("tools: must be a list")
     schemas, endpoints = [], {}
     for index, spec in enumerate(specs):
+        if isinstance(spec, dict) and "server_url" in spec and "url" not in spec:
+            spec = {**spec, "url": spec["server_url"]}  # agent-RFT tool definitions name it so
+            spec.pop("server_url")
         if (
             not isinstance(spec, dict)
             or not isinstance(spec.get("name"), str)
             or not isinstance(spec.get("url"), str)
         ):
-            raise ConfigError(f"tools[{index}]: needs a 'name' and a 'url'")
+            raise ConfigError(f"tools[{index}]: needs a 'name' and a 'url' (or 'server_url')")
         schemas.append(
             {
                 "type": "function",
@@ -75,14 +117,51 @@ def build_tools(specs: Any) -> tuple[list[dict[str, Any]], dict[str, HttpTool]]:
                 },
             }
         )
-        endpoints[spec["name"]] = HttpTool(
-            url=spec["url"],
-            headers=dict(spec.get("headers") or {}),
-            signing_secret=spec.get("signing_secret"),
-            timeout_s=float(spec.get("timeout_s", 30.0)),
-            max_response_bytes=int(spec.get("max_response_bytes", 1_000_000)),
-        )
+        endpoints[spec["name"]] = tool_endpoint(spec, where=f"tools[{index}]")
     return schemas, endpoints
+
+
+def build_run_grader(data: dict[str, Any], environ: Any = None):
+    """The run file's grader JSON built by the web app's grader code (raises ConfigError)."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    spec = data["grader"]
+    if not isinstance(spec, dict):
+        raise ConfigError("grader: must be a mapping (grader JSON)")
+    if spec.get("type") in LEGACY_GRADERS:
+        raise ConfigError(
+            f"grader: type {spec['type']!r} is gone; the trainer takes grader JSON as the web app does, "
+            f"e.g. {LEGACY_GRADERS[spec['type']]}"
+        )
+    endpoints = data.get("grader_endpoints") or {}
+    if not isinstance(endpoints, dict):
+        raise ConfigError("grader_endpoints: must be a mapping")
+    unknown = sorted(set(endpoints) - GRADER_ENDPOINT_KEYS)
+    if unknown:
+        raise ConfigError(f"grader_endpoints: unknown key(s) {', '.join(unknown)}")
+    context = GraderContext(
+        policy=script_policy(data.get("outbound")),
+        judge_base_url=endpoints.get("judge_base_url") or environ.get("RFT_JUDGE_BASE_URL") or None,
+        judge_api_key=environ.get("RFT_JUDGE_API_KEY") or None,
+        embeddings_base_url=(
+            endpoints.get("embeddings_base_url") or environ.get("RFT_EMBEDDINGS_BASE_URL") or None
+        ),
+        embeddings_api_key=environ.get("RFT_EMBEDDINGS_API_KEY") or None,
+        embeddings_model=(
+            endpoints.get("embeddings_model")
+            or environ.get("RFT_EMBEDDINGS_MODEL")
+            or "text-embedding-3-large"
+        ),
+    )
+    try:
+        grader = build_grader(spec, context=context)
+    except GraderSpecError as error:
+        raise ConfigError("grader: " + "; ".join(error.errors)) from error
+    needs = unmet_requirements(grader)
+    if needs:
+        raise ConfigError("grader: cannot score: " + "; ".join(needs))
+    return grader
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,14 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         train_items = read_jsonl(resolve(data["train_file"]))
         eval_items = read_jsonl(resolve(data["eval_file"])) if data.get("eval_file") else []
         schemas, endpoints = build_tools(data.get("tools"))
-        grader_spec = data["grader"]
-        if not isinstance(grader_spec, dict):
-            raise ConfigError("grader: must be a mapping")
-        grader = MatchGrader(
-            kind=grader_spec.get("type", "exact_match"),
-            reference_field=grader_spec.get("field", "answer"),
-            case_sensitive=bool(grader_spec.get("case_sensitive", False)),
-        )
+        policy = script_policy(data.get("outbound"))
+        grader = build_run_grader(data)
     except (ConfigError, OSError, ValueError) as error:
         sys.stderr.write(f"error: {error}\n")
         return 2
@@ -141,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         train_items=train_items,
         eval_items=eval_items,
         tools=schemas,
-        tool_executor=SimpleHttpToolExecutor(tools=endpoints),
+        tool_executor=tool_executor(endpoints, policy),
         grader=grader,
         reporter=JsonlReporter(output_dir),
         should_stop=lambda: stop_requested["value"],

@@ -1,14 +1,18 @@
-"""Generation backends: turn a batch of token sequences into one assistant turn each.
+"""The generation interface the rollout engine talks to, and the sampling rule every backend shares.
 
-The rollout engine only sees `GenerationBackend`. The default backend runs all active rollouts in
-one batched forward per token (left padding, attention mask, position ids, KV cache) and records
-the log-probability of every sampled token under the temperature-scaled distribution.
+A backend opens one `GenerationSession` per batch of rollouts. A session owns a fixed number of
+sequence slots (the cap on rollouts in flight); each rollout holds one slot for its whole life and
+asks it for one assistant turn at a time, passing only the tokens appended since its last turn
+(the prompt at first, then tool results and chat scaffolding). The model backend lives in
+`trainer/engine.py` (continuous batching, KV cache kept across turns); `ScriptedBackend` below
+answers from a script (tests, benchmarks, demos).
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,17 +30,62 @@ class GeneratedTurn:
     stopped: bool  # True when the turn ended with a stop token (not at the length limit)
 
 
+@dataclass
+class EngineStats:
+    """What a session did, for the step's metrics."""
+
+    slots: int = 0  # sequences the session could hold at once (rollouts in flight)
+    decode_steps: int = 0  # batched forwards that advanced running sequences by one token
+    decode_rows: int = 0  # sequences summed over those forwards (occupancy = rows / steps / slots)
+    prefill_forwards: int = 0
+    prefill_tokens: int = 0  # tokens run through the model that were not the previous sampled token
+    shared_prefix_tokens: int = 0  # prompt tokens copied from a sibling's cache instead of prefilled
+    generated_tokens: int = 0
+    busy_s: float = 0.0  # wall time inside forwards and sampling
+
+    @property
+    def batch_occupancy(self) -> float:
+        if not self.decode_steps or not self.slots:
+            return 0.0
+        return self.decode_rows / self.decode_steps / self.slots
+
+
+class GenerationSequence(Protocol):
+    async def generate(
+        self, new_token_ids: Sequence[int], *, max_new_tokens: int, generator: Any
+    ) -> GeneratedTurn:
+        """The next assistant turn after appending `new_token_ids`; `generator` is this rollout's
+        torch.Generator (on the model's device) for sampling."""
+        ...
+
+
+class GenerationSession(Protocol):
+    stats: EngineStats
+
+    def sequence(self) -> contextlib.AbstractAsyncContextManager[GenerationSequence]:
+        """Waits for a free slot (backpressure) and holds it until the block ends."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stops the driver and frees the cache; no task of the session runs after it returns."""
+        ...
+
+
 class GenerationBackend(Protocol):
-    def generate(
+    def open_session(
         self,
-        prompts: Sequence[Sequence[int]],
         *,
-        max_new_tokens: Sequence[int],
         sampling: SamplingParams,
-        generator: Any,
-    ) -> list[GeneratedTurn]:
-        """One turn for every prompt; `max_new_tokens[i]` bounds row i; `generator` is a torch.Generator
-        on the model's device."""
+        slots: int,
+        max_sequence_tokens: int,
+        on_step: Callable[[], None] | None = None,
+    ) -> GenerationSession:
+        """`max_sequence_tokens` bounds prompt plus completion of every sequence; `on_step` is called
+        on the event loop after every token step (the rollout engine checks for a stop there)."""
+        ...
+
+    def auto_cache_tokens(self) -> int | None:
+        """The KV-cache token budget to use when the config leaves it to us (None: no cache)."""
         ...
 
 
@@ -55,15 +104,14 @@ def left_pad(sequences: Sequence[Sequence[int]], *, pad_id: int, device: Any) ->
     return input_ids.to(device), attention_mask.to(device), position_ids.to(device)
 
 
-def sample_next_tokens(logits: Any, *, sampling: SamplingParams, generator: Any) -> tuple[Any, Any]:
-    """logits (batch, vocab) -> (tokens (batch,), logprobs (batch,)) under the temperature-scaled softmax."""
+def token_distribution(logits: Any, *, sampling: SamplingParams) -> tuple[Any, Any]:
+    """logits (batch, vocab) -> (logprobs under the temperature-scaled softmax, sampling probabilities
+    after top-p); probabilities are None for greedy decoding."""
     import torch
 
     logits = logits.float()
     if sampling.temperature <= 0:
-        logprobs = torch.log_softmax(logits, dim=-1)
-        tokens = logits.argmax(dim=-1)
-        return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+        return torch.log_softmax(logits, dim=-1), None
     logprobs = torch.log_softmax(logits / sampling.temperature, dim=-1)
     probs = logprobs.exp()
     if sampling.top_p < 1.0:
@@ -72,116 +120,29 @@ def sample_next_tokens(logits: Any, *, sampling: SamplingParams, generator: Any)
         mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
         sorted_probs = sorted_probs.masked_fill(mass_before >= sampling.top_p, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, sorted_index, sorted_probs)
-    # The generator lives on the model's device (copying (batch, vocab) probabilities to the CPU every
-    # token would cost more than the sampling itself on a GPU).
-    tokens = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    return logprobs, probs
+
+
+def sample_next_tokens(logits: Any, *, sampling: SamplingParams, generator: Any) -> tuple[Any, Any]:
+    """logits (batch, vocab) -> (tokens (batch,), logprobs (batch,)) under the temperature-scaled softmax."""
+    import torch
+
+    logprobs, probs = token_distribution(logits, sampling=sampling)
+    if probs is None:
+        tokens = logits.float().argmax(dim=-1)
+    else:
+        # The generator lives on the model's device (copying (batch, vocab) probabilities to the CPU
+        # every token would cost more than the sampling itself on a GPU).
+        tokens = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
-
-
-class KVCacheBackend:
-    """Batched token-by-token sampling with the model's KV cache (transformers DynamicCache)."""
-
-    def __init__(self, *, model: Any, pad_id: int, stop_ids: Sequence[int]) -> None:
-        self.model = model
-        self.pad_id = pad_id
-        self.stop_ids = list(stop_ids)
-        # transformers 5 renamed the cache argument `past_key_values` -> `cache`.
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self._cache_argument = (
-            "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-        )
-
-    def generate(
-        self,
-        prompts: Sequence[Sequence[int]],
-        *,
-        max_new_tokens: Sequence[int],
-        sampling: SamplingParams,
-        generator: Any,
-    ) -> list[GeneratedTurn]:
-        import torch
-
-        if not prompts:
-            return []
-        device = next(self.model.parameters()).device
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                return self._generate(prompts, max_new_tokens, sampling, generator, device)
-        finally:
-            self.model.train(was_training)
-
-    def _generate(self, prompts, max_new_tokens, sampling, generator, device) -> list[GeneratedTurn]:
-        import torch
-
-        batch = len(prompts)
-        input_ids, prompt_mask, position_ids = left_pad(prompts, pad_id=self.pad_id, device=device)
-        limits = torch.tensor(list(max_new_tokens), device=device)
-        steps = int(limits.max().item())
-        stop_ids = torch.tensor(self.stop_ids, device=device)
-        # Preallocated so the per-token loop does no Python work per row.
-        new_tokens = torch.full((batch, max(steps, 1)), self.pad_id, dtype=torch.long, device=device)
-        new_logprobs = torch.zeros((batch, max(steps, 1)), dtype=torch.float32, device=device)
-        lengths = torch.zeros(batch, dtype=torch.long, device=device)
-        stopped = torch.zeros(batch, dtype=torch.bool, device=device)
-        attention_mask = torch.cat(
-            [prompt_mask, torch.zeros((batch, steps), dtype=torch.long, device=device)], dim=1
-        )
-        prompt_length = prompt_mask.shape[1]
-        finished = limits <= 0
-        if steps > 0:
-            output = self.model(
-                input_ids=input_ids,
-                attention_mask=prompt_mask,
-                position_ids=position_ids,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            cache = _returned_cache(output)
-            logits = output.logits[:, -1, :]
-            next_positions = position_ids[:, -1:] + 1
-        for step in range(steps):
-            tokens, logprobs = sample_next_tokens(logits, sampling=sampling, generator=generator)
-            active = ~finished
-            new_tokens[:, step] = tokens.masked_fill(finished, self.pad_id)
-            new_logprobs[:, step] = logprobs.masked_fill(finished, 0.0)
-            lengths += active.long()
-            is_stop = active & torch.isin(tokens, stop_ids)
-            stopped |= is_stop
-            finished = finished | is_stop | (step + 1 >= limits)
-            if step + 1 == steps or bool(finished.all()):
-                break
-            attention_mask[:, prompt_length + step] = (~finished).long()
-            output = self.model(
-                input_ids=new_tokens[:, step : step + 1],
-                attention_mask=attention_mask[:, : prompt_length + step + 1],
-                position_ids=next_positions,
-                use_cache=True,
-                **{self._cache_argument: cache},
-            )
-            cache = _returned_cache(output)
-            logits = output.logits[:, -1, :]
-            next_positions = next_positions + 1
-        token_rows, logprob_rows = new_tokens.tolist(), new_logprobs.tolist()
-        return [
-            GeneratedTurn(
-                token_ids=token_rows[row][:length], logprobs=logprob_rows[row][:length], stopped=bool(stop)
-            )
-            for row, (length, stop) in enumerate(zip(lengths.tolist(), stopped.tolist(), strict=True))
-        ]
-
-
-def _returned_cache(output: Any) -> Any:
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output.past_key_values
 
 
 class ScriptedBackend:
     """A stand-in policy that answers from a script instead of a model (benchmarks, tests, demos).
 
-    `respond(prompt_ids)` returns the text of the next assistant turn; the backend encodes it, ends it
-    with the stop token, and honours the per-row token limit exactly as a model backend does.
+    `respond(token_ids)` gets the whole conversation so far (prompt and completion) and returns the
+    text of the next assistant turn; the backend encodes it, ends it with the stop token, and honours
+    the per-turn token limit exactly as the model backend does.
     """
 
     def __init__(self, *, tokenizer: Any, stop_id: int, respond: Any) -> None:
@@ -189,18 +150,56 @@ class ScriptedBackend:
         self.stop_id = stop_id
         self.respond = respond
 
-    def generate(
+    def auto_cache_tokens(self) -> int | None:
+        return None
+
+    def open_session(
         self,
-        prompts: Sequence[Sequence[int]],
         *,
-        max_new_tokens: Sequence[int],
         sampling: SamplingParams,
-        generator: Any,
-    ) -> list[GeneratedTurn]:
-        turns = []
-        for prompt, limit in zip(prompts, max_new_tokens, strict=True):
-            ids = self.tokenizer.encode(self.respond(list(prompt)), add_special_tokens=False) + [self.stop_id]
-            stopped = len(ids) <= limit
-            ids = ids[: max(limit, 0)]
-            turns.append(GeneratedTurn(token_ids=ids, logprobs=[0.0] * len(ids), stopped=stopped))
-        return turns
+        slots: int,
+        max_sequence_tokens: int,
+        on_step: Callable[[], None] | None = None,
+    ) -> _ScriptedSession:
+        return _ScriptedSession(self, slots=slots, on_step=on_step)
+
+
+class _ScriptedSequence:
+    def __init__(self, session: _ScriptedSession) -> None:
+        self.session = session
+        self.history: list[int] = []
+
+    async def generate(
+        self, new_token_ids: Sequence[int], *, max_new_tokens: int, generator: Any
+    ) -> GeneratedTurn:
+        backend, stats = self.session.backend, self.session.stats
+        self.history.extend(new_token_ids)
+        stats.prefill_tokens += len(new_token_ids)
+        ids = backend.tokenizer.encode(backend.respond(list(self.history)), add_special_tokens=False)
+        ids.append(backend.stop_id)
+        stopped = len(ids) <= max_new_tokens
+        ids = ids[: max(max_new_tokens, 0)]
+        self.history.extend(ids)
+        stats.generated_tokens += len(ids)
+        stats.decode_steps += 1
+        stats.decode_rows += 1
+        if self.session.on_step is not None:
+            self.session.on_step()
+        await asyncio.sleep(0)  # a turn is a scheduling point, as it is for the model backend
+        return GeneratedTurn(token_ids=ids, logprobs=[0.0] * len(ids), stopped=stopped)
+
+
+class _ScriptedSession:
+    def __init__(self, backend: ScriptedBackend, *, slots: int, on_step: Callable[[], None] | None) -> None:
+        self.backend = backend
+        self.on_step = on_step
+        self.stats = EngineStats(slots=slots)
+        self._slots = asyncio.Semaphore(slots)
+
+    @contextlib.asynccontextmanager
+    async def sequence(self) -> AsyncIterator[_ScriptedSequence]:
+        async with self._slots:
+            yield _ScriptedSequence(self)
+
+    async def aclose(self) -> None:
+        return None

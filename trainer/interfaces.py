@@ -23,6 +23,7 @@ TOOL_ERROR_TYPES = (
     "too_large",  # the response exceeded the tool's size cap
     "invalid_response",  # a 2xx whose body could not be understood
     "blocked",  # the outbound policy refused the address (SSRF protection)
+    "tool_error",  # an MCP tool answered isError; its text is shown to the model
 )
 
 
@@ -70,12 +71,16 @@ class GradeResult:
 
     `score` is None when grading failed: such a rollout is excluded from the update, never scored 0.
     `errors` lists {"grader": name, "type": error_type, "message": text}.
+    `passed` says, for each grader with a pass threshold, whether its score reached it.
+    `token_usage` sums what judge/embedding models reported ({"prompt_tokens": n, ...}).
     """
 
     score: float | None
     sub_scores: dict[str, float] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)
     latency_ms: float = 0.0
+    passed: dict[str, bool] = field(default_factory=dict)
+    token_usage: dict[str, int] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -121,7 +126,10 @@ class TrajectoryRecord:
     prompt_tokens: int
     completion_tokens: int
     latency_ms: float  # wall time of the rollout incl. tool calls and grading
-    finish_reason: str  # "answer", "max_turns", "max_tokens", "budget", "error"
+    finish_reason: str  # "answer", "max_turns", "max_tokens", "budget", "timeout", "env_error", "error"
+    # The per-rollout environment: started_at/ended_at (unix s), start_ms/end_ms, context, error
+    # ({"phase", "type", "message"}), end_error; None for runs without an environment.
+    environment: dict[str, Any] | None = None
 
 
 @runtime_checkable
@@ -143,3 +151,39 @@ class Reporter(Protocol):
     def log(self, level: str, message: str) -> None:
         """A log line for the run's log view ("info", "warning", "error")."""
         ...
+
+
+@dataclass
+class EnvironmentStart:
+    """What an environment's start answered for one rollout."""
+
+    context: str = ""  # appended to the system prompt ("Environment:\n<context>")
+    tools: list[dict[str, Any]] | None = None  # per-rollout tool schemas
+    tools_mode: str = "add"  # "add" to the run's tools (same name replaces) or "replace" them
+
+
+class EnvironmentCallError(Exception):
+    """A start (or end) that failed; `error_type` is a TOOL_ERROR_TYPE-like word for counting."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+
+
+@runtime_checkable
+class RolloutEnvironment(Protocol):
+    """A fresh environment per rollout (a sandbox, a VM, a file tree), joined by `trace_id`.
+
+    The engine calls `start(rollout)` before the rollout's first turn, with at most `max_live`
+    environments alive at once, and `end(rollout)` exactly once after grading, cancellation or a
+    failure, for every rollout whose start was sent. `start` raises EnvironmentCallError to exclude
+    the rollout; `end` raises it when the end could not be delivered (the implementation keeps it
+    for a later retry). The rollout's trace_id, item, split, finish_reason, reward and score are read.
+    """
+
+    max_live: int
+
+    async def start(self, rollout: Any) -> EnvironmentStart: ...
+
+    async def end(self, rollout: Any) -> None: ...

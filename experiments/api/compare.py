@@ -2,7 +2,7 @@
 series; the per-item comparison; one item's rollouts side by side.
 
 GET /api/v1/compare/?runs=3,7,9&baseline=7&differences_only=true
-GET /api/v1/compare/series/?runs=3,7,9&keys=reward,kl&x=step&smoothing=0.6&step_min=&step_max=
+GET /api/v1/compare/series/?runs=3,7,9&keys=reward,kl&x=step&step_min=&step_max=
 GET /api/v1/compare/items/?runs=3,7,9&baseline=7&against=9&status=regressed&sort=delta&tolerance=0.05
 GET /api/v1/compare/items/{item}/rollouts/?runs=3,7,9&baseline=7
 
@@ -46,6 +46,7 @@ class CompareRunSerializer(serializers.Serializer):
 class ConfigRowSerializer(serializers.Serializer):
     field = serializers.CharField()
     group = serializers.CharField()
+    help = serializers.CharField(help_text="The setting's one-line help (empty for identity rows).")
     values = serializers.ListField(child=serializers.CharField(), help_text="Shown value per run, in order.")
     raw = serializers.ListField(
         child=serializers.JSONField(), help_text="Stored value per run (defaults filled in)."
@@ -118,18 +119,21 @@ class CompareSeriesQuerySerializer(SelectionQuerySerializer):
     max_points = serializers.IntegerField(required=False, min_value=3, max_value=MAX_POINTS_LIMIT)
     step_min = serializers.IntegerField(required=False)
     step_max = serializers.IntegerField(required=False)
-    smoothing = serializers.FloatField(required=False, min_value=0, max_value=0.999)
+
+    def validate(self, attrs):
+        # Smoothing moved to the charts (one implementation, static/js/live_chart.js): say so rather
+        # than answer an old client's request with unsmoothed points it did not expect.
+        if "smoothing" in self.initial_data:
+            raise serializers.ValidationError(
+                {"smoothing": "Series are returned as stored; smooth them on the client (debiased EMA)."}
+            )
+        return super().validate(attrs)
 
 
 class CompareSeriesSerializer(serializers.Serializer):
     x = serializers.ListField(child=serializers.JSONField())
     y = serializers.ListField(child=serializers.FloatField())
     step = serializers.ListField(child=serializers.IntegerField())
-    y_smooth = serializers.ListField(
-        child=serializers.FloatField(allow_null=True),
-        required=False,
-        help_text="The debiased EMA of y (only with smoothing > 0).",
-    )
 
 
 class CompareRunSeriesSerializer(serializers.Serializer):
@@ -268,7 +272,7 @@ class CompareView(GenericAPIView):
 
 class CompareSeriesView(GenericAPIView):
     """Overlaid metric series of several runs, downsampled on the server (per bucket of steps the
-    minimum, the maximum and the last point), optionally with the debiased EMA."""
+    minimum, the maximum and the last point), as stored: smoothing is the charts' display setting."""
 
     serializer_class = CompareSeriesResponseSerializer
 
@@ -283,7 +287,6 @@ class CompareSeriesView(GenericAPIView):
             ),
             OpenApiParameter("step_min", int, description="Only steps from this one (zoom)."),
             OpenApiParameter("step_max", int, description="Only steps up to this one (zoom)."),
-            OpenApiParameter("smoothing", float, description="EMA factor in [0, 1); adds y_smooth."),
         ],
         responses=CompareSeriesResponseSerializer,
     )
@@ -298,7 +301,6 @@ class CompareSeriesView(GenericAPIView):
                 max_points=params.get("max_points", DEFAULT_MAX_POINTS),
                 step_min=params.get("step_min"),
                 step_max=params.get("step_max"),
-                smoothing=params.get("smoothing", 0.0),
             )
         except SeriesRequestError as error:
             raise serializers.ValidationError({"x": str(error)}) from None

@@ -16,16 +16,27 @@ class GraderSerializer(serializers.ModelSerializer):
     spec = serializers.JSONField(
         help_text=(
             "Grader JSON in the widely used shape (string_check, text_similarity, set_match, score_model, "
-            "python, endpoint, multi). API keys, header values and signing secrets are write-only: they "
+            "label_model, python, endpoint, multi). API keys, header values and signing secrets are write-only: they "
             "are stored encrypted and read back masked (••••1234); sending a masked or empty value keeps "
             "the stored one."
         )
     )
 
+    needs = serializers.SerializerMethodField(
+        help_text=(
+            'What the server lacks for this grader to score, e.g. "needs a judge endpoint: ..." for a '
+            "score_model or label_model without a judge; empty when it can score. Runs using a grader "
+            "with needs are refused."
+        )
+    )
+
     class Meta:
         model = Grader
-        fields = ["id", "name", "type", "spec", "version", "created_at", "updated_at"]
-        read_only_fields = ["id", "name", "type", "version", "created_at", "updated_at"]
+        fields = ["id", "name", "type", "spec", "needs", "version", "created_at", "updated_at"]
+        read_only_fields = ["id", "name", "type", "needs", "version", "created_at", "updated_at"]
+
+    def get_needs(self, instance: Grader) -> list[str]:
+        return grader_services.grader_needs(instance)
 
     def to_representation(self, instance: Grader) -> dict:
         data = super().to_representation(instance)
@@ -58,10 +69,6 @@ class GraderSerializer(serializers.ModelSerializer):
         )
 
 
-class GraderValidateSerializer(serializers.Serializer):
-    spec = serializers.JSONField(help_text="Grader JSON to check (nothing is saved).")
-
-
 class GraderValidateResultSerializer(serializers.Serializer):
     valid = serializers.BooleanField()
     type = serializers.CharField(allow_null=True)
@@ -70,6 +77,27 @@ class GraderValidateResultSerializer(serializers.Serializer):
         child=serializers.ListField(child=serializers.CharField()),
         help_text='Messages by field path, e.g. {"graders.a.reference": ["required"]}; "spec" for the whole.',
     )
+
+
+def validate_spec_payload(spec) -> dict:
+    """rftweb's own validate answer: {valid, type, name, errors by field path}."""
+    try:
+        checked = grader_services.check_spec(spec)
+    except grader_services.GraderValidationError as error:
+        payload = {
+            "valid": False,
+            "type": None,
+            "name": None,
+            "errors": {path or "spec": msgs for path, msgs in error.by_path.items()},
+        }
+    else:
+        payload = {
+            "valid": True,
+            "type": checked.spec["type"],
+            "name": checked.spec.get("name") or grader_services.derived_multi_name(checked.spec),
+            "errors": {},
+        }
+    return GraderValidateResultSerializer(payload).data
 
 
 class GraderRunSerializer(serializers.Serializer):
@@ -120,31 +148,6 @@ class GraderViewSet(OwnedModelViewSet):
         except grader_services.GraderInUseError as exc:
             raise Conflict(str(exc)) from exc
 
-    @extend_schema(request=GraderValidateSerializer, responses=GraderValidateResultSerializer)
-    @action(detail=False, methods=["post"])
-    def validate(self, request):
-        """Check pasted grader JSON; errors point at the field (e.g. `graders.a.operation`)."""
-        serializer = GraderValidateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        spec = serializer.validated_data["spec"]
-        try:
-            checked = grader_services.check_spec(spec)
-        except grader_services.GraderValidationError as error:
-            payload = {
-                "valid": False,
-                "type": None,
-                "name": None,
-                "errors": {path or "spec": msgs for path, msgs in error.by_path.items()},
-            }
-        else:
-            payload = {
-                "valid": True,
-                "type": checked.spec["type"],
-                "name": checked.spec["name"],
-                "errors": {},
-            }
-        return Response(GraderValidateResultSerializer(payload).data)
-
     @extend_schema(request=GraderRunSerializer, responses=GraderRunResultSerializer)
     @action(detail=True, methods=["post"])
     def run(self, request, pk=None):
@@ -160,7 +163,11 @@ class GraderViewSet(OwnedModelViewSet):
                 raise serializers.ValidationError({"dataset_item": "No such item in your datasets."})
         try:
             report = grader_services.run_stored_grader(
-                grader=grader, output_text=data["output_text"], output_tools=data["output_tools"], item=item
+                grader=grader,
+                output_text=data["output_text"],
+                output_tools=data["output_tools"],
+                item=item,
+                user=request.user,
             )
         except grader_services.GraderValidationError as error:
             raise serializers.ValidationError(

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
+from trainer.config import Setting, settings
+
 from .. import selectors
-from ..models import Dataset, Grader, Run, Tool
+from ..models import Dataset, Environment, Grader, Run, Tool
 from ..selectors import checkpoints as checkpoint_selectors
 from ..services import forks, run_launch
 from ..services.runs import RunStateError
@@ -29,6 +31,8 @@ class RunSerializer(serializers.ModelSerializer):
             "train_dataset",
             "eval_dataset",
             "tools",
+            "mcp_tools",
+            "environment",
             "grader",
             "attempt",
             "max_attempts",
@@ -57,16 +61,6 @@ class RunSerializer(serializers.ModelSerializer):
         return [fork.pk for fork in checkpoint_selectors.run_lineage(run=run)["forks"]]
 
 
-class CheckpointSerializer(serializers.Serializer):
-    step = serializers.IntegerField()
-    reward = serializers.FloatField(allow_null=True)
-    eval_reward = serializers.FloatField(allow_null=True)
-    eval = serializers.DictField(child=serializers.FloatField(), help_text="Eval reward and pass@k.")
-    available = serializers.BooleanField(help_text="False once pruned (not among the latest or k best).")
-    eval_rank = serializers.IntegerField(allow_null=True, help_text="1 = the best kept by eval reward.")
-    created_at = serializers.DateTimeField()
-
-
 class RunForkSerializer(serializers.Serializer):
     step = serializers.IntegerField(
         required=False, allow_null=True, help_text="The checkpoint's step; omitted: the final adapter."
@@ -85,6 +79,39 @@ class OwnedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
         return self.queryset.visible_to(self.context["request"].user)
 
 
+def _schema_field(setting: Setting) -> serializers.Field:
+    options = {
+        "required": False,
+        "allow_null": setting.optional,
+        "help_text": f"{setting.help} Default: {'null' if setting.default is None else setting.default}.",
+    }
+    base = setting.annotation.replace(" | None", "")
+    if setting.choices is not None:
+        return serializers.ChoiceField(choices=setting.choices, **options)
+    fields = {
+        "bool": serializers.BooleanField,
+        "int": serializers.IntegerField,
+        "float": serializers.FloatField,
+        "str": serializers.CharField,
+        "dict[str, Any]": serializers.DictField,
+    }
+    return fields.get(base, serializers.JSONField)(**options)
+
+
+# The API schema of `config`, one property per trainer setting with its help, choices and default
+# (read from the trainer's field metadata). Values are validated by the trainer itself.
+TrainerConfigSchema = type(
+    "TrainerConfig",
+    (serializers.Serializer,),
+    {setting.name: _schema_field(setting) for setting in settings()},
+)
+
+
+@extend_schema_field(TrainerConfigSchema)
+class TrainerConfigField(serializers.DictField):
+    pass
+
+
 class RunCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     base_model = serializers.CharField(
@@ -92,9 +119,27 @@ class RunCreateSerializer(serializers.Serializer):
     )
     train_dataset = OwnedPrimaryKeyField(queryset=Dataset.objects.all())
     eval_dataset = OwnedPrimaryKeyField(queryset=Dataset.objects.all(), required=False, allow_null=True)
-    tools = OwnedPrimaryKeyField(queryset=Tool.objects.all(), many=True, required=False)
+    tools = OwnedPrimaryKeyField(
+        queryset=Tool.objects.all(),
+        many=True,
+        required=False,
+        help_text="Tool ids; omitted or empty: every one of your tools that the datasets' items name.",
+    )
     grader = OwnedPrimaryKeyField(queryset=Grader.objects.all())
-    config = serializers.DictField(
+    environment = OwnedPrimaryKeyField(
+        queryset=Environment.objects.all(),
+        required=False,
+        allow_null=True,
+        help_text="A per-rollout environment (start/end lifecycle) for every rollout of the run.",
+    )
+    mcp_tools = serializers.ListField(
+        child=serializers.DictField(),
+        required=False,
+        default=list,
+        help_text='MCP tools the run may use: [{"server": <MCP server id>, "name": "<tool>"}]; the run '
+        "records their schemas as last refreshed.",
+    )
+    config = TrainerConfigField(
         required=False,
         default=dict,
         help_text="Trainer hyperparameters (TrainerConfig fields); omitted ones take the defaults.",
@@ -145,6 +190,8 @@ class RunViewSet(mixins.CreateModelMixin, OwnedReadOnlyViewSet):
                 config=data.get("config", {}),
                 start=data["start"],
                 watch_config=data.get("watch_config") or {},
+                environment=data.get("environment"),
+                mcp_tools=data.get("mcp_tools") or [],
             )
         except run_launch.RunValidationError as exc:
             raise ValidationError(exc.errors) from exc
@@ -185,14 +232,6 @@ class RunViewSet(mixins.CreateModelMixin, OwnedReadOnlyViewSet):
     def resume(self, request, pk=None):
         """Resume a failed, cancelled or paused run from its last checkpoint (a new attempt)."""
         return self._lifecycle(run_launch.resume_run)
-
-    @extend_schema(responses=CheckpointSerializer(many=True))
-    @action(detail=True, methods=["get"])
-    def checkpoints(self, request, pk=None):
-        """The run's checkpoints, newest first, with eval metrics and whether each is still kept."""
-        run = self.get_object()
-        rows = checkpoint_selectors.run_checkpoints(run=run)
-        return Response(CheckpointSerializer(rows, many=True).data)
 
     @extend_schema(request=RunForkSerializer, responses={201: RunSerializer})
     @action(detail=True, methods=["post"])

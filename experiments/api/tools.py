@@ -9,6 +9,7 @@ from rest_framework.response import Response
 
 from ..fields import mask_secret
 from ..models import Tool
+from ..outbound import check_outbound_url
 from ..selectors import tools as tool_selectors
 from ..services import tools as tool_services
 from .common import OwnedModelViewSet
@@ -27,6 +28,12 @@ def as_drf_error(error: DjangoValidationError) -> serializers.ValidationError:
 
 
 class ToolSerializer(serializers.ModelSerializer):
+    # The outbound URL rule (http(s) only, checked as when the tool is called), not URLField's.
+    url = serializers.CharField(
+        max_length=2000,
+        validators=[check_outbound_url],
+        help_text="The endpoint: an absolute http:// or https:// URL without credentials.",
+    )
     # Header values and the signing secret are write-only: they are never sent back, only masked.
     headers = serializers.DictField(
         child=serializers.CharField(allow_blank=True, trim_whitespace=True),
@@ -47,6 +54,11 @@ class ToolSerializer(serializers.ModelSerializer):
     clear_signing_secret = serializers.BooleanField(
         write_only=True, required=False, default=False, help_text="Remove the stored signing secret."
     )
+    server_url = serializers.CharField(
+        write_only=True,
+        required=False,
+        help_text="Instead of `url`, as agent-RFT tool definitions name it.",
+    )
     headers_masked = serializers.SerializerMethodField(
         help_text="Header names with masked values (••••1234)."
     )
@@ -60,6 +72,7 @@ class ToolSerializer(serializers.ModelSerializer):
             "description",
             "parameters",
             "url",
+            "server_url",
             "headers",
             "headers_masked",
             "signing_secret",
@@ -71,6 +84,13 @@ class ToolSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = ["id", "created_at", "updated_at"]
+
+    def to_internal_value(self, data):
+        # Agent-RFT tool definitions name the endpoint `server_url`.
+        if hasattr(data, "keys") and "server_url" in data and "url" not in data:
+            data = {**data, "url": data["server_url"]}
+            data.pop("server_url")
+        return super().to_internal_value(data)
 
     def get_headers_masked(self, tool: Tool) -> dict[str, str]:
         return {name: mask_secret(value) for name, value in (tool.headers or {}).items()}
@@ -147,10 +167,21 @@ class ToolImportSerializer(serializers.Serializer):
     definition = serializers.JSONField(help_text="An OpenAI function definition (either shape).")
 
 
+class ToolListImportSerializer(serializers.Serializer):
+    tools = serializers.ListField(
+        child=serializers.JSONField(),
+        help_text=(
+            'The tool list of an agent-RFT job: [{"name", "server_url", "headers"}, ...] (optionally with '
+            '"description" and "parameters"). The body may also be the bare JSON array.'
+        ),
+    )
+
+
 class ToolImportResultSerializer(serializers.Serializer):
     name = serializers.CharField()
     description = serializers.CharField(allow_blank=True)
     parameters = serializers.JSONField()
+    url = serializers.CharField(required=False, help_text="The definition's server_url, when it has one.")
 
 
 @extend_schema_view(
@@ -181,7 +212,7 @@ class ToolViewSet(OwnedModelViewSet):
         serializer.is_valid(raise_exception=True)
         arguments = serializer.validated_data["arguments"]
         result = tool_services.try_tool(
-            tool=tool, arguments=arguments, item=serializer.validated_data["item"]
+            tool=tool, arguments=arguments, item=serializer.validated_data["item"], user=request.user
         )
         payload = tool_services.try_result_as_dict(result)
         payload["argument_warnings"] = (
@@ -190,6 +221,22 @@ class ToolViewSet(OwnedModelViewSet):
             else []
         )
         return Response(ToolTryResultSerializer(payload).data)
+
+    @extend_schema(request=ToolListImportSerializer, responses={201: ToolSerializer(many=True)})
+    @action(detail=False, methods=["post"], url_path="import-list")
+    def import_list(self, request):
+        """Register every tool of an agent-RFT job's tool list at once (all or none)."""
+        data = request.data
+        serializer = ToolListImportSerializer(data={"tools": data} if isinstance(data, list) else data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            tools = tool_services.import_tool_list(
+                owner=request.user, definitions=serializer.validated_data["tools"]
+            )
+        except DjangoValidationError as error:
+            raise as_drf_error(error) from error
+        context = self.get_serializer_context()
+        return Response(ToolSerializer(tools, many=True, context=context).data, status=201)
 
     @extend_schema(request=ToolImportSerializer, responses=ToolImportResultSerializer)
     @action(detail=False, methods=["post"], url_path="import")

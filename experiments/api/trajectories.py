@@ -38,7 +38,7 @@ class TrajectoryRowSerializer(serializers.ModelSerializer):
 
 class TrajectorySerializer(TrajectoryRowSerializer):
     class Meta(TrajectoryRowSerializer.Meta):
-        fields = [*TrajectoryRowSerializer.Meta.fields, "messages", "final_answer"]
+        fields = [*TrajectoryRowSerializer.Meta.fields, "messages", "final_answer", "environment"]
         read_only_fields = fields
 
 

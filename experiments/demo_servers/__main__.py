@@ -18,9 +18,17 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("RFT_DEMO_SIGNING_SECRET") or None,
         help="verify X-RFT-Signature on every POST (default: $RFT_DEMO_SIGNING_SECRET, else off)",
     )
+    parser.add_argument(
+        "--mcp-port",
+        type=int,
+        default=None,
+        help="also serve the workspace tools as an MCP server on this port",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    server = DemoServer(host=args.host, port=args.port, signing_secret=args.signing_secret)
+    server = DemoServer(
+        host=args.host, port=args.port, signing_secret=args.signing_secret, mcp_port=args.mcp_port
+    )
     logging.getLogger(__name__).info(
         "demo tool/grader server on %s (signatures %s)",
         server.url,

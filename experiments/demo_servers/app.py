@@ -13,8 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from experiments.demo_servers.data import PRODUCTS, REPOSITORY
-from experiments.graders.formula import FormulaError, parse_formula
-from experiments.outbound.signing import SIGNATURE_HEADER, verify_signature
+from experiments.demo_servers.filetree import FILETREE_TOOL_NAMES, FILETREE_TOOLS, FileTreeError, FileTrees
+from trainer.graders.formula import FormulaError, parse_formula
+from trainer.outbound.signing import SIGNATURE_HEADER, verify_signature
 from trainer.toy import TOY_TOOLS, toy_tool_output
 
 logger = logging.getLogger(__name__)
@@ -228,7 +229,9 @@ class DemoRequestHandler(BaseHTTPRequestHandler):
         if path == "/healthz":
             self._send_json(200, {"ok": True})
         elif path == "/tools":
-            self._send_json(200, TOOL_DEFINITIONS)
+            self._send_json(200, TOOL_DEFINITIONS + FILETREE_TOOLS)
+        elif path == "/env/log":
+            self._send_json(200, {"live": self.server.trees.live(), "events": list(self.server.trees.log)})
         elif path.startswith("/rollouts/"):
             trace_id = path.removeprefix("/rollouts/")
             calls = self.server.state.calls(trace_id)
@@ -262,6 +265,10 @@ class DemoRequestHandler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         if path == "/grade":
             self._handle_grade()
+        elif path in ("/env/start", "/env/end", "/env/grade"):
+            self._handle_environment(path.removeprefix("/env/"))
+        elif path.startswith("/tools/workspace_"):
+            self._handle_workspace_tool(path.removeprefix("/tools/"))
         elif path.startswith("/tools/"):
             self._handle_tool(path.removeprefix("/tools/"))
         else:
@@ -301,6 +308,53 @@ class DemoRequestHandler(BaseHTTPRequestHandler):
             200, {"type": "function_call_output", "call_id": payload.get("call_id"), "output": output}
         )
 
+    def _handle_environment(self, action: str) -> None:
+        payload = self._read_signed_json()
+        if payload is None:
+            return
+        trace_id = str(payload.get("trace_id") or self.headers.get(ROLLOUT_ID_HEADER) or "")
+        if not trace_id:
+            self._send_json(400, {"error": "trace_id is required"})
+            return
+        item = payload.get("item") if isinstance(payload.get("item"), dict) else {}
+        trees = self.server.trees
+        try:
+            if action == "start":
+                self._send_json(200, trees.start(trace_id, item))
+            elif action == "end":
+                trees.end(trace_id, payload)
+                self._send_json(200, {"ended": trace_id})
+            else:
+                self._send_json(200, trees.grade(trace_id, item))
+        except FileTreeError as exc:
+            self._send_json(exc.status, {"error": str(exc)})
+
+    def _handle_workspace_tool(self, name: str) -> None:
+        if name not in FILETREE_TOOL_NAMES:
+            self._send_json(404, {"error": f"unknown tool {name!r}; tools: {', '.join(FILETREE_TOOL_NAMES)}"})
+            return
+        payload = self._read_signed_json()
+        if payload is None:
+            return
+        trace_id = self.headers.get(ROLLOUT_ID_HEADER) or str(payload.get("trace_id") or "")
+        arguments_text = payload.get("arguments", "{}")
+        try:
+            arguments = json.loads(arguments_text) if isinstance(arguments_text, str) else arguments_text
+        except ValueError:
+            self._send_json(400, {"error": "arguments must be a JSON object encoded as a string"})
+            return
+        if not isinstance(arguments, dict):
+            self._send_json(400, {"error": "arguments must be a JSON object"})
+            return
+        try:
+            output = self.server.trees.call(trace_id, name, arguments)
+        except FileTreeError as exc:
+            self._send_json(exc.status, {"error": str(exc)})
+            return
+        self._send_json(
+            200, {"type": "function_call_output", "call_id": payload.get("call_id"), "output": output}
+        )
+
     def _handle_grade(self) -> None:
         payload = self._read_signed_json()
         if payload is None:
@@ -323,16 +377,38 @@ class DemoHTTPServer(ThreadingHTTPServer):
         super().__init__(address, DemoRequestHandler)
         self.signing_secret = signing_secret
         self.state = DemoState()
+        self.trees = FileTrees()
 
 
 class DemoServer:
     """The demo server, started in a background thread (tests) or in the foreground (`up`)."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, signing_secret: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        signing_secret: str | None = None,
+        mcp_port: int | None = None,
+    ) -> None:
+        """`mcp_port` (0: any free port) also serves the file-tree tools as an MCP server."""
         self.httpd = DemoHTTPServer((host, port), signing_secret=signing_secret)
         self.host = host
         self.port = int(self.httpd.server_address[1])
         self._thread: threading.Thread | None = None
+        self.mcp = None
+        if mcp_port is not None:
+            from experiments.demo_servers.mcp_app import DemoMcpServer
+
+            self.mcp = DemoMcpServer(self.httpd.trees, host=host, port=mcp_port)
+
+    @property
+    def mcp_url(self) -> str | None:
+        return self.mcp.url if self.mcp is not None else None
+
+    @property
+    def environment_urls(self) -> tuple[str, str]:
+        return f"{self.url}/env/start", f"{self.url}/env/end"
 
     @property
     def url(self) -> str:
@@ -346,6 +422,8 @@ class DemoServer:
         return f"{self.url}/grade"
 
     def start(self) -> DemoServer:
+        if self.mcp is not None:
+            self.mcp.start()
         self._thread = threading.Thread(
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="demo-server", daemon=True
         )
@@ -353,9 +431,13 @@ class DemoServer:
         return self
 
     def serve_forever(self) -> None:
+        if self.mcp is not None:
+            self.mcp.start()
         self.httpd.serve_forever(poll_interval=0.5)
 
     def stop(self) -> None:
+        if self.mcp is not None:
+            self.mcp.stop()
         self.httpd.shutdown()
         self.httpd.server_close()
         if self._thread is not None:

@@ -11,9 +11,11 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
+from trainer.graders.sandbox import sandbox_packages
+from trainer.graders.similarity import EMBEDDING_METRICS, METRICS
+from trainer.graders.types import SET_METRICS, STRING_OPERATIONS
+
 from ..fields import mask_secret
-from ..graders.similarity import METRICS
-from ..graders.types import SET_METRICS, STRING_OPERATIONS
 from .tools import HeaderRow, JSONTextField, json_textarea, pretty_json
 
 TEMPLATE_ATTRS = {"class": "mono", "spellcheck": "false", "autocomplete": "off"}
@@ -23,15 +25,17 @@ GRADER_TYPE_CHOICES = [
     ("text_similarity", "Text similarity"),
     ("set_match", "Set match (F1)"),
     ("score_model", "Model judge"),
+    ("label_model", "Model labeler"),
     ("python", "Python"),
     ("endpoint", "Endpoint"),
     ("multi", "Multi (formula)"),
 ]
 GRADER_TYPE_HELP = {
     "string_check": "Compares a rendered input with a reference: eq, ne, like (contains), ilike (contains, any case). 1 or 0.",
-    "text_similarity": "A similarity between 0 and 1: fuzzy_match, BLEU, GLEU, METEOR, ROUGE or token F1.",
+    "text_similarity": "A similarity between 0 and 1: fuzzy_match, BLEU, GLEU, METEOR, ROUGE or token F1; cosine (-1 to 1) through an embeddings endpoint.",
     "set_match": "Precision, recall or F1 of the items the model names (e.g. file paths) against a reference list.",
     "score_model": "Asks an OpenAI-compatible chat model for a score, parsed and clipped to the range.",
+    "label_model": "Asks an OpenAI-compatible chat model to pick one of the labels: 1 when it picks a passing label, else 0.",
     "python": "def grade(sample, item) -> float, run in a sandbox: no network, time and memory limits.",
     "endpoint": 'POSTs {"sample", "item", "trace_id"} to your URL and reads {"score": …}; the sample holds the full trajectory.',
     "multi": "Named sub-graders combined by a formula: + - * / ^, min max abs floor ceil exp sqrt log.",
@@ -104,7 +108,11 @@ class TextSimilarityForm(GraderTypeForm):
     defaults = {}
     input = forms.CharField(initial="{{sample.output_text}}", widget=template_input("{{sample.output_text}}"))
     reference = forms.CharField(initial="{{item.answer}}", widget=template_input("{{item.answer}}"))
-    evaluation_metric = forms.ChoiceField(choices=[(m, m) for m in METRICS], initial="fuzzy_match")
+    evaluation_metric = forms.ChoiceField(
+        choices=[(m, m) for m in METRICS + EMBEDDING_METRICS],
+        initial="fuzzy_match",
+        help_text="cosine compares embeddings from the server's embeddings endpoint (RFT_EMBEDDINGS_BASE_URL).",
+    )
 
     def to_spec(self, name: str) -> dict[str, Any]:
         data = self.cleaned_data
@@ -206,13 +214,70 @@ class ScoreModelForm(GraderTypeForm):
             "input": data["input"],
             "range": [data["range_low"], data["range_high"]],
         }
+        return self.finish(self.with_endpoint(spec))
+
+    def with_endpoint(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The judge's base URL and key, when given (an empty key keeps the stored one)."""
+        data = self.cleaned_data
         if data["base_url"]:
             spec["base_url"] = data["base_url"]
         if data["api_key"]:
             spec["api_key"] = data["api_key"]
         elif self.stored_api_key_masked:
             spec["api_key"] = ""  # keep the stored key
-        return self.finish(spec)
+        return spec
+
+
+def _label_list(value: str) -> list[str]:
+    return [label.strip() for label in value.replace("\n", ",").split(",") if label.strip()]
+
+
+class LabelModelForm(ScoreModelForm):
+    grader_type = "label_model"
+    managed_keys = ("model", "base_url", "api_key", "input", "labels", "passing_labels")
+    defaults = {}
+    range_low = None
+    range_high = None
+    input = JSONTextField(
+        label="Messages",
+        initial=[
+            {"role": "system", "content": "Classify the answer as correct or incorrect."},
+            {"role": "user", "content": "Reference: {{item.answer}}\nAnswer: {{sample.output_text}}"},
+        ],
+        widget=json_textarea(7),
+        help_text="A list of {role, content}; contents may use {{item.x}} and {{sample.output_text}}.",
+    )
+    labels = forms.CharField(
+        widget=forms.TextInput(attrs={**TEMPLATE_ATTRS, "placeholder": "positive, neutral, negative"}),
+        help_text="The labels the model picks from, separated by commas.",
+    )
+    passing_labels = forms.CharField(
+        widget=forms.TextInput(attrs={**TEMPLATE_ATTRS, "placeholder": "positive"}),
+        help_text="The labels that score 1 (the others score 0).",
+    )
+
+    @classmethod
+    def initial_from_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        initial = {key: spec[key] for key in ("model", "base_url", "input") if key in spec}
+        for key in ("labels", "passing_labels"):
+            if isinstance(spec.get(key), list):
+                initial[key] = ", ".join(str(label) for label in spec[key])
+        return initial
+
+    def field_for_path(self, path: str) -> str | None:
+        return GraderTypeForm.field_for_path(self, path)
+
+    def to_spec(self, name: str) -> dict[str, Any]:
+        data = self.cleaned_data
+        spec = {
+            "type": "label_model",
+            "name": name,
+            "model": data["model"],
+            "input": data["input"],
+            "labels": _label_list(data["labels"]),
+            "passing_labels": _label_list(data["passing_labels"]),
+        }
+        return self.finish(self.with_endpoint(spec))
 
 
 class PythonForm(GraderTypeForm):
@@ -227,6 +292,18 @@ class PythonForm(GraderTypeForm):
         ),
         widget=forms.Textarea(attrs={"rows": 10, "class": "mono", "spellcheck": "false"}),
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        packages = sandbox_packages()
+        installed = [f"{p.module} {p.version}" for p in packages if p.version]
+        missing = [p.name for p in packages if not p.version]
+        help_text = (
+            "Importable in the sandbox: " + (", ".join(installed) or "the standard library only") + "."
+        )
+        if missing:
+            help_text += f" Not installed here: {', '.join(missing)} (pip install 'rftweb[graders]')."
+        self.fields["source"].help_text = help_text
 
     def to_spec(self, name: str) -> dict[str, Any]:
         return self.finish({"type": "python", "name": name, "source": self.cleaned_data["source"]})
@@ -371,6 +448,7 @@ TYPE_FORMS: dict[str, type[GraderTypeForm]] = {
         TextSimilarityForm,
         SetMatchForm,
         ScoreModelForm,
+        LabelModelForm,
         PythonForm,
         EndpointForm,
         MultiForm,
@@ -409,9 +487,9 @@ def type_forms(
                 if spec and spec.get("type") == "endpoint"
                 else ""
             )
-        if grader_type == "score_model":
+        if grader_type in ("score_model", "label_model"):
             kwargs["stored_api_key_masked"] = (
-                mask_secret(secrets_here.get("api_key")) if spec and spec.get("type") == "score_model" else ""
+                mask_secret(secrets_here.get("api_key")) if spec and spec.get("type") == grader_type else ""
             )
         bound = data is not None and grader_type == bound_type
         forms_by_type[grader_type] = form_class(data, **kwargs) if bound else form_class(**kwargs)

@@ -7,114 +7,68 @@ run's config, so a config diff between runs shows exactly what the user changed.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from django import forms
 
-from ..models import Grader, Run, Tool
+from trainer.config import GROUPS, ConfigError, Setting, TrainerConfig, settings
+
+from ..models import Environment, Grader, McpServer, Run, Tool
 from ..models.dataset import Dataset, DatasetStatus
 from ..services.training import BUNDLED_MODEL
-from ..services.watch import ROLLOUT_RULES
-
-# field -> (group, help text). The order here is the order on the page.
-HYPERPARAMETERS: dict[str, tuple[str, str]] = {
-    "prompts_per_step": ("Rollouts", "Dataset items per step; each is one GRPO group."),
-    "group_size": (
-        "Rollouts",
-        "Rollouts sampled per item; advantages compare rollouts within a group (≥ 2).",
-    ),
-    "max_turns": ("Rollouts", "Assistant turns per rollout (each turn may call tools)."),
-    "max_new_tokens_per_turn": ("Rollouts", "Tokens the model may generate in one turn."),
-    "max_tokens_per_rollout": (
-        "Rollouts",
-        "Generated tokens plus tool results per rollout, after the prompt.",
-    ),
-    "temperature": ("Rollouts", "Sampling temperature during training rollouts."),
-    "top_p": ("Rollouts", "Nucleus sampling threshold (1 disables it)."),
-    "learning_rate": ("Optimisation", "AdamW learning rate for the LoRA weights."),
-    "lr_schedule": ("Optimisation", "constant, linear or cosine decay after the warm-up."),
-    "warmup_steps": ("Optimisation", "Optimizer steps of linear warm-up from 0."),
-    "steps": ("Optimisation", "Total training steps; leave empty to train for `epochs` over the train set."),
-    "epochs": ("Optimisation", "Passes over the train set when `steps` is empty."),
-    "iterations_per_batch": ("Optimisation", "Optimizer steps over the same rollouts (GRPO's μ)."),
-    "loss_type": (
-        "Optimisation",
-        "grpo: per-sequence mean; dr_grpo: constant normaliser; dapo: per-token mean.",
-    ),
-    "reward_scaling": (
-        "Optimisation",
-        "Divide advantages by the std of the group, of the batch, or not at all.",
-    ),
-    "clip_epsilon_low": ("Optimisation", "Importance ratio clipped below at 1 − ε_low."),
-    "clip_epsilon_high": ("Optimisation", "…and above at 1 + ε_high (DAPO's clip-higher)."),
-    "kl_beta": ("Optimisation", "Weight of the KL penalty to the base model; 0 skips it (faster)."),
-    "max_grad_norm": ("Optimisation", "Gradient clipping norm; 0 disables it."),
-    "weight_decay": ("Optimisation", "AdamW weight decay."),
-    "micro_batch_size": ("Optimisation", "Rollouts per forward/backward pass; lower it if memory runs out."),
-    "gradient_checkpointing": ("Optimisation", "Trade compute for memory on long rollouts."),
-    "seed": ("Optimisation", "Seeds sampling and item order: the same seed reproduces a run."),
-    "lora_r": ("LoRA", "Rank of the adapter matrices."),
-    "lora_alpha": ("LoRA", "Scaling of the adapter (alpha / r)."),
-    "lora_dropout": ("LoRA", "Dropout on the adapter's input."),
-    "tool_call_budget": ("Tool-call budget", "Tool calls allowed per rollout; empty means unlimited."),
-    "tool_call_penalty": ("Tool-call budget", "Subtracted from the reward for each call over the budget."),
-    "eval_interval": (
-        "Evaluation",
-        "Steps between evaluations (plus a baseline at step 0 and one at the end).",
-    ),
-    "eval_samples_per_item": ("Evaluation", "k: rollouts per eval item; pass@1..k are reported."),
-    "eval_pass_threshold": ("Evaluation", "An eval rollout passes when its score reaches this."),
-    "checkpoint_interval": ("Checkpoints", "Steps between checkpoints (and one at the end)."),
-    "keep_checkpoints": ("Checkpoints", "Older checkpoints are deleted beyond this many; 0 keeps all."),
-    "export_merged": ("Checkpoints", "Also write the merged model (base + adapter) at the end."),
-    "dtype": ("Hardware", "auto: bfloat16 on a GPU that supports it, float32 otherwise."),
-    "device": ("Hardware", "auto: CUDA when available, else CPU; or any torch device string."),
-}
-CHOICES = {
-    "lr_schedule": ("constant", "linear", "cosine"),
-    "loss_type": ("grpo", "dr_grpo", "dapo"),
-    "reward_scaling": ("group", "batch", "none"),
-    "dtype": ("auto", "float32", "bfloat16", "float16"),
-}
+from ..watch.rules import ROLLOUT_RULES
 
 
-def trainer_defaults() -> dict[str, Any]:
-    from trainer.config import TrainerConfig
-
-    return {
-        field.name: field.default
-        for field in dataclasses.fields(TrainerConfig)
-        if field.default is not dataclasses.MISSING
-    }
+def form_settings() -> tuple[Setting, ...]:
+    """The trainer settings the form shows, in the config's order: all but the advanced ones and
+    `model` (the base-model fields above stand for it)."""
+    return tuple(setting for setting in settings() if not setting.advanced and setting.name != "model")
 
 
-def _field_for(name: str, default: Any, help_text: str) -> forms.Field:
-    label = name.replace("_", " ").capitalize()
+def _field_for(setting: Setting) -> forms.Field:
+    default = setting.default
     shown_default = "empty" if default is None else default
-    help_text = f"{help_text} Default: {shown_default}."
-    if name in CHOICES:
-        return forms.ChoiceField(
-            choices=[(value, value) for value in CHOICES[name]],
-            initial=default,
-            label=label,
-            help_text=help_text,
-        )
-    if isinstance(default, bool):
-        return forms.BooleanField(required=False, initial=default, label=label, help_text=help_text)
-    if name in {"steps", "tool_call_budget"}:
-        return forms.IntegerField(
+    options = {
+        "initial": default,
+        "label": setting.label,
+        "help_text": f"{setting.help} Default: {shown_default}.",
+    }
+    if setting.choices is not None:
+        return forms.ChoiceField(choices=[(value, value) for value in setting.choices], **options)
+    base = setting.annotation.replace(" | None", "")
+    # Optional fields may be left empty (None: the trainer's meaning, e.g. "unlimited").
+    required = not setting.optional
+    if base == "bool" and setting.optional:  # empty means auto (the trainer decides)
+        return forms.TypedChoiceField(
+            choices=[("", "auto"), ("true", "on"), ("false", "off")],
+            coerce=lambda value: value == "true",
+            empty_value=None,
             required=False,
-            min_value=0 if name == "tool_call_budget" else 1,
-            initial=default,
-            label=label,
-            help_text=help_text,
+            **{**options, "help_text": f"{setting.help} Default: auto."},
         )
-    if isinstance(default, int):
-        return forms.IntegerField(initial=default, label=label, help_text=help_text)
-    if isinstance(default, float):
-        return forms.FloatField(initial=default, label=label, help_text=help_text)
-    return forms.CharField(initial=default, label=label, help_text=help_text)
+    if base == "bool":
+        return forms.BooleanField(required=False, **options)
+    if base == "int | str":  # a count or "auto" (devices)
+        return _CountOrAutoField(**options)
+    if base == "int":
+        return forms.IntegerField(required=required, **options)
+    if base == "float":
+        return forms.FloatField(required=required, **options)
+    if base == "str":
+        return forms.CharField(required=required, **options)
+    raise TypeError(f"the run form cannot show {setting.name} ({setting.annotation}); mark it advanced")
+
+
+class _CountOrAutoField(forms.CharField):
+    """A whole number ≥ 1, or "auto"."""
+
+    def to_python(self, value: Any) -> int | str:
+        text = (super().to_python(value) or "").strip().lower()
+        if text == "auto":
+            return "auto"
+        if not text.isdigit() or int(text) < 1:
+            raise forms.ValidationError("A number of devices (1, 2, …) or auto.")
+        return int(text)
 
 
 class RunForm(forms.Form):
@@ -144,8 +98,20 @@ class RunForm(forms.Form):
         widget=forms.CheckboxSelectMultiple,
         help_text="Left empty: every registered tool the datasets' items name.",
     )
+    mcp_tools = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="MCP tools",
+        help_text="Tools of your MCP servers, as last refreshed; the run records these exact schemas.",
+    )
+    environment = forms.ModelChoiceField(
+        queryset=Environment.objects.none(),
+        required=False,
+        empty_label="None (no per-rollout environment)",
+        help_text="Started before each rollout's first turn and ended after grading (at least once).",
+    )
     grader = forms.ModelChoiceField(queryset=Grader.objects.none())
-    # The reward-hacking watch's pause rule (services/watch.py); flags are recorded either way.
+    # The reward-hacking watch's pause rule (experiments/watch/rules.py); flags are recorded either way.
     watch_pause_enabled = forms.BooleanField(
         required=False, label="Pause the run for review when rollouts look like reward hacking"
     )
@@ -171,16 +137,22 @@ class RunForm(forms.Form):
         self.fields["train_dataset"].queryset = datasets
         self.fields["eval_dataset"].queryset = datasets
         self.fields["tools"].queryset = Tool.objects.visible_to(user)
+        self.fields["environment"].queryset = Environment.objects.visible_to(user)
+        self.fields["mcp_tools"].choices = [
+            (f"{server.pk}:{tool['name']}", f"{tool['name']} ({server.name})")
+            for server in McpServer.objects.visible_to(user)
+            for tool in server.tools
+        ]
         self.fields["grader"].queryset = Grader.objects.visible_to(user)
-        self.defaults = trainer_defaults()
-        for name, (_group, help_text) in HYPERPARAMETERS.items():
-            self.fields[name] = _field_for(name, self.defaults.get(name), help_text)
+        self.settings = form_settings()
+        for setting in self.settings:
+            self.fields[setting.name] = _field_for(setting)
 
     def hyperparameter_groups(self) -> list[tuple[str, list]]:
-        groups: dict[str, list] = {}
-        for name, (group, _help) in HYPERPARAMETERS.items():
-            groups.setdefault(group, []).append(self[name])
-        return list(groups.items())
+        groups: dict[str, list] = {group: [] for group in GROUPS}
+        for setting in self.settings:
+            groups[setting.group].append(self[setting.name])
+        return [(group, fields) for group, fields in groups.items() if fields]
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
@@ -189,6 +161,23 @@ class RunForm(forms.Form):
             and not (cleaned.get("base_model_custom") or "").strip()
         ):
             self.add_error("base_model_custom", "Enter a hub id or a local path.")
+        # The trainer's own bounds, each reported next to the field it concerns: the trainer names
+        # the first bad field, so that field is set aside and the rest checked again.
+        config = self.config()
+        while True:
+            try:
+                TrainerConfig.from_dict({**config, "model": "placeholder-model"})
+            except ConfigError as exc:
+                name, _, reason = str(exc).partition(": ")
+                if name in self.fields:
+                    self.add_error(name, reason[:1].upper() + reason[1:] + ".")
+                else:
+                    self.add_error(None, str(exc))
+                if name not in config:
+                    break
+                del config[name]
+            else:
+                break
         return cleaned
 
     @property
@@ -200,11 +189,21 @@ class RunForm(forms.Form):
     def config(self) -> dict[str, Any]:
         """Only the values that differ from the trainer's defaults."""
         config = {}
-        for name in HYPERPARAMETERS:
-            value = self.cleaned_data.get(name)
-            if value != self.defaults.get(name):
-                config[name] = value
+        for setting in self.settings:
+            if setting.name not in self.cleaned_data:
+                continue  # refused by its field; the error is shown there
+            value = self.cleaned_data[setting.name]
+            if value != setting.default:
+                config[setting.name] = value
         return config
+
+    def mcp_tool_picks(self) -> list[dict[str, Any]]:
+        """The picked MCP tools as create_run takes them ([{"server": pk, "name": ...}])."""
+        picks = []
+        for value in self.cleaned_data.get("mcp_tools") or []:
+            server, _, name = value.partition(":")
+            picks.append({"server": int(server), "name": name})
+        return picks
 
     def watch_config(self) -> dict[str, Any]:
         if not self.cleaned_data.get("watch_pause_enabled"):
@@ -227,12 +226,18 @@ class RunForm(forms.Form):
             "eval_dataset": run.eval_dataset_id,
             "tools": list(run.tools.values_list("pk", flat=True)),
             "grader": run.grader_id,
+            "environment": run.environment_id,
+            "mcp_tools": [f"{tool['server']}:{tool['name']}" for tool in run.mcp_tools or []],
         }
         if run.base_model == BUNDLED_MODEL:
             initial["base_model_choice"] = BUNDLED_MODEL
         else:
             initial.update(base_model_choice="custom", base_model_custom=run.base_model)
-        initial.update({key: value for key, value in run.config.items() if key in HYPERPARAMETERS})
+        shown = {setting.name for setting in form_settings()}
+        initial.update({key: value for key, value in run.config.items() if key in shown})
+        for setting in form_settings():  # the auto/on/off choices' values
+            if setting.annotation == "bool | None" and isinstance(initial.get(setting.name), bool):
+                initial[setting.name] = str(initial[setting.name]).lower()
         pause = (run.watch_config or {}).get("pause") or {}
         if pause.get("enabled"):
             initial.update(

@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 
 from ..fields import mask_secret
 from ..models import Tool
+from ..outbound import check_outbound_url
 
 DEFAULT_PARAMETERS = {"type": "object", "properties": {}, "required": []}
 
@@ -104,7 +105,7 @@ class ToolForm(forms.Form):
     )
     url = forms.CharField(
         label="Endpoint URL",
-        max_length=2000,
+        validators=[check_outbound_url],  # the outbound URL rule, as when the tool is called
         widget=forms.URLInput(attrs={"placeholder": "https://tools.example.com/search"}),
     )
     signing_secret = forms.CharField(

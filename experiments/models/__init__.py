@@ -1,5 +1,7 @@
+from .api_token import ApiToken
 from .base import OwnedQuerySet
 from .dataset import Dataset, DatasetItem
+from .environment import Environment, EnvironmentLease, McpServer
 from .grader import Grader
 from .playground import PlaygroundSession, PlaygroundStatus
 from .readiness import GraderAudit, ReadinessReport, ReadinessStatus
@@ -8,11 +10,15 @@ from .tool import Tool
 from .trajectory import Trajectory
 
 __all__ = [
+    "ApiToken",
     "Checkpoint",
     "Dataset",
     "DatasetItem",
+    "Environment",
+    "EnvironmentLease",
     "Grader",
     "GraderAudit",
+    "McpServer",
     "MetricPoint",
     "MetricRollup",
     "OwnedQuerySet",

@@ -41,6 +41,12 @@ class Run(OwnedModel):
         "Dataset", on_delete=models.PROTECT, related_name="eval_runs", null=True, blank=True
     )
     tools = models.ManyToManyField("Tool", related_name="runs", blank=True)
+    # MCP tools the run may use, with the exact schemas it was started with:
+    # [{"server": McpServer pk, "name": ..., "description": ..., "input_schema": {...}}].
+    mcp_tools = models.JSONField(default=list, blank=True)
+    environment = models.ForeignKey(
+        "Environment", on_delete=models.PROTECT, related_name="runs", null=True, blank=True
+    )
     grader = models.ForeignKey("Grader", on_delete=models.PROTECT, related_name="runs")
 
     # Attempts: each start (first or resume) is one; capped at max_attempts.
@@ -50,7 +56,7 @@ class Run(OwnedModel):
     lease_owner = models.CharField(max_length=200, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
-    # Reward-hacking watch: per-run rule settings (see services/watch.py) and, once its pause rule
+    # Reward-hacking watch: per-run rule settings (see experiments/watch/rules.py) and, once its pause rule
     # fired, {"rule", "detail", "step"} (kept after a resume, with "resumed_at_step").
     watch_config = models.JSONField(default=dict, blank=True)
     pause_requested = models.BooleanField(default=False)

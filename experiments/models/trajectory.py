@@ -37,6 +37,8 @@ class Trajectory(models.Model):
     completion_tokens = models.PositiveIntegerField(default=0)
     latency_ms = models.FloatField(default=0.0)
     finish_reason = models.CharField(max_length=16, blank=True)
+    # The per-rollout environment: start/end times, context, errors (None without an environment).
+    environment = models.JSONField(null=True, blank=True)
     # Reward-hacking watch: [{"rule": ..., "detail": ...}] (empty when nothing fired).
     flags = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

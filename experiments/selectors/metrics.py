@@ -24,6 +24,8 @@ import psycopg
 from django.db import connection, transaction
 from django.db.models import Max, Min
 
+from trainer.config import defaults
+
 from ..models import MetricPoint, MetricRollup, Run, RunEvent
 
 X_AXES = ("step", "samples", "wall_time", "relative_time")
@@ -37,9 +39,10 @@ class SeriesRequestError(ValueError):
 
 
 def samples_per_step(config: dict) -> int:
-    """Rollouts one training step consumes (prompts per step × group size, the trainer's defaults)."""
+    """Rollouts one training step consumes (prompts per step × group size; unset: the trainer's defaults)."""
+    config = {**defaults(), **config}
     try:
-        return max(1, int(config.get("prompts_per_step", 4)) * int(config.get("group_size", 8)))
+        return max(1, int(config["prompts_per_step"]) * int(config["group_size"]))
     except (TypeError, ValueError):
         return 1
 
@@ -557,6 +560,48 @@ def run_progress(run: Run) -> dict:
         "percent": round(fraction * 100, 1),
         "seconds_per_step": seconds_per_step,
         "eta_seconds": eta,
+    }
+
+
+def run_devices(run: Run) -> dict:
+    """How the run is spread: devices asked for, the world size it ran with, sharding, and the last
+    step's per-rank times (a multi-device run reports them; see trainer/distributed.py)."""
+    config = run.config or {}
+    requested = config.get("devices", 1)
+    latest = (
+        MetricPoint.objects.filter(run_id=run.pk, key="world_size")
+        .order_by("-step")
+        .values_list("step", "value")
+        .first()
+    )
+    ranks: list[dict] = []
+    communication_s = None
+    if latest:
+        step, world_size = latest[0], int(latest[1])
+        values = dict(
+            MetricPoint.objects.filter(run_id=run.pk, step=step, key__startswith="timing/").values_list(
+                "key", "value"
+            )
+        )
+        communication_s = values.get("timing/communication_s")
+        ranks = [
+            {
+                "rank": rank,
+                "rollout_s": values.get(f"timing/rank{rank}/rollout_s"),
+                "update_s": values.get(f"timing/rank{rank}/update_s"),
+                "communication_s": values.get(f"timing/communication_s/rank{rank}"),
+            }
+            for rank in range(world_size)
+        ]
+    else:
+        step, world_size = None, (1 if requested == 1 else None)
+    return {
+        "requested": requested,
+        "world_size": world_size,
+        "sharding": config.get("sharding", "none"),
+        "step": step,
+        "ranks": ranks,
+        "communication_s": communication_s,
     }
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from django.db.models import QuerySet
 
 from ..models import GraderAudit, MetricPoint, ReadinessReport, Run, Trajectory
-from ..services.watch import ROLLOUT_RULES, TREND_RULES, watch_config_for
+from ..watch.rules import ROLLOUT_RULES, TREND_RULES, watch_config_for
 
 
 def reports_for(*, user) -> QuerySet[ReadinessReport]:

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,10 @@ def adapter_directory(*, run: Run, step: int | None = None) -> Path:
     raise ArtifactMissing("This run has no adapter yet: it is written at each checkpoint and at the end.")
 
 
+def checkpoint_has_adapter(checkpoint: Checkpoint) -> bool:
+    return (Path(checkpoint.path) / "adapter_config.json").is_file()
+
+
 def zip_directory(directory: Path, *, only: tuple[str, ...] | None = None) -> tempfile.SpooledTemporaryFile:
     """A zip of the directory's files (optionally only the named ones), ready to stream."""
     spool = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)
@@ -82,6 +87,52 @@ def merged_model_zip(*, run: Run) -> tuple[tempfile.SpooledTemporaryFile, str]:
     return zip_directory(directory), f"run-{run.pk}-merged.zip"
 
 
+MERGED_STATUS_FILE = "merged-status.json"
+
+
+@dataclasses.dataclass
+class MergedStatus:
+    """Where the merged model of a run stands: not_built, queued, building, ready or failed."""
+
+    status: str
+    error: str = ""
+    updated_at: float | None = None
+
+
+def _write_merged_status(run_id: int, status: str, error: str = "") -> None:
+    path = run_output_dir(run_id) / MERGED_STATUS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_bytes(orjson.dumps({"status": status, "error": error, "updated_at": time.time()}))
+    temporary.replace(path)  # atomic: a reader never sees half a file
+
+
+def merged_status(*, run: Run) -> MergedStatus:
+    if merged_model_directory(run=run) is not None:
+        return MergedStatus(status="ready")
+    path = run_output_dir(run.pk) / MERGED_STATUS_FILE
+    try:
+        recorded = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return MergedStatus(status="not_built")
+    status = recorded.get("status")
+    if status == "ready":  # recorded as ready, but the files are gone
+        return MergedStatus(status="not_built")
+    return MergedStatus(status=status, error=recorded.get("error", ""), updated_at=recorded.get("updated_at"))
+
+
+def request_merged_model(*, run: Run) -> Path:
+    """Queue the merged-model build for a run that has an adapter (the run page's button and the
+    API's action). Enqueued when the surrounding transaction commits; returns the adapter it merges.
+    Raises ArtifactMissing (with the user's explanation) when there is no adapter yet."""
+    from ..tasks import build_merged_model as build_merged_model_task
+
+    adapter = adapter_directory(run=run)
+    _write_merged_status(run.pk, "queued")
+    build_merged_model_task.delay_on_commit(run.pk)
+    return adapter
+
+
 def build_merged_model(*, run_id: int) -> Path:
     """Merge the final (or latest) adapter into the base model and save it (runs in a worker)."""
     from trainer.config import TrainerConfig
@@ -89,11 +140,18 @@ def build_merged_model(*, run_id: int) -> Path:
 
     from .training import resolve_base_model
 
-    run = Run.objects.get(pk=run_id)
-    adapter = adapter_directory(run=run)
-    config = TrainerConfig.from_dict({**run.config, "model": resolve_base_model(run.base_model)})
-    target = run_output_dir(run.pk) / MERGED_MODEL_DIR
-    return export_merged_model(config=config, adapter_dir=adapter, output_dir=str(target))
+    _write_merged_status(run_id, "building")
+    try:
+        run = Run.objects.get(pk=run_id)
+        adapter = adapter_directory(run=run)
+        config = TrainerConfig.from_dict({**run.config, "model": resolve_base_model(run.base_model)})
+        target = run_output_dir(run.pk) / MERGED_MODEL_DIR
+        path = export_merged_model(config=config, adapter_dir=adapter, output_dir=str(target))
+    except Exception as exc:
+        _write_merged_status(run_id, "failed", f"{type(exc).__name__}: {exc}"[:1000])
+        raise
+    _write_merged_status(run_id, "ready")
+    return path
 
 
 def metrics_csv_rows(*, run: Run) -> Iterator[str]:

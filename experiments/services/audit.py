@@ -17,6 +17,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..models import DatasetItem, Grader, GraderAudit, ReadinessStatus, Run, Trajectory
+from . import rate_limits
+from .graders import grader_needs
 
 DISAGREEMENT = 0.5
 MAX_SAMPLE = 50
@@ -36,6 +38,10 @@ def create_audit(
         raise AuditError("Not one of your runs.")
     if not 1 <= sample_size <= MAX_SAMPLE:
         raise AuditError(f"Sample size: between 1 and {MAX_SAMPLE} of each kind.")
+    needs = grader_needs(grader)
+    if needs:
+        raise AuditError(f"The grader {grader.name} cannot score here: {'; '.join(needs)}.")
+    rate_limits.check_rate(user=owner, action="audit")
     audit = GraderAudit.objects.create(
         owner=owner, run=run, grader=grader, grader_version=grader.version, sample_size=sample_size
     )

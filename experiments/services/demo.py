@@ -16,7 +16,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from ..models import Dataset, Grader, Run, Tool
+from ..models import Dataset, Environment, Grader, McpServer, Run, Tool
 from ..models.dataset import DatasetStatus
 from . import datasets as dataset_services
 from . import graders as grader_services
@@ -26,7 +26,7 @@ from .training import BUNDLED_MODEL, BUNDLED_TOY_MODEL
 
 logger = logging.getLogger(__name__)
 
-EXAMPLES_DIR = Path(settings.BASE_DIR) / "examples"
+EXAMPLES_DIR = Path(settings.ASSETS_DIR) / "examples"
 DEMO_EVAL_ITEMS = 4
 DEMO_TRAIN = "Demo · parts shop (train)"
 DEMO_EVAL = "Demo · parts shop (eval)"
@@ -36,6 +36,11 @@ DEMO_FILES_EVAL = "Demo · which files to edit (eval)"
 # that a small model's rollouts differ in reward from the first step (GRPO learns from differences).
 DEMO_GRADER = "demo-answer-partial-credit"
 DEMO_FILES_GRADER = "demo-files-f1"
+DEMO_WORKSPACE_TRAIN = "Demo · edit a workspace (train)"
+DEMO_WORKSPACE_EVAL = "Demo · edit a workspace (eval)"
+DEMO_WORKSPACE_GRADER = "demo-workspace-state"
+DEMO_ENVIRONMENT = "demo-workspace"
+DEMO_MCP_SERVER = "demo-workspace-mcp"
 # A grader with a deliberate hole, for the reward-hacking watch: `ilike` accepts any answer that
 # contains the reference anywhere, so "1.99, 4.99, 5.49, 12.00" scores 1 for an item priced 4.99.
 # Run it and the watch flags such answers (hedged_answer, no_tool_calls); audit it against
@@ -59,6 +64,12 @@ DEMO_DATASETS = {
         "Which files of a small repository need editing (list_files, grep).",
     ),
     DEMO_FILES_EVAL: ("file_finding/eval.jsonl", "eval", "Held-out file-finding tasks."),
+    DEMO_WORKSPACE_TRAIN: (
+        "workspace_edit/train.jsonl",
+        "train",
+        "Edit a per-rollout file tree (the demo environment, workspace_* tools).",
+    ),
+    DEMO_WORKSPACE_EVAL: ("workspace_edit/eval.jsonl", "eval", "Held-out workspace edits."),
 }
 DEMO_GRADERS = [
     {
@@ -242,9 +253,13 @@ def _dataset(*, owner, name: str) -> Dataset:
 
 
 @transaction.atomic
-def seed_demo(*, owner, tool_base_url: str) -> DemoSetup:
-    """Create (or refresh) the demo datasets, tools and graders for `owner`."""
+def seed_demo(*, owner, tool_base_url: str, mcp_url: str | None = None) -> DemoSetup:
+    """Create (or refresh) the demo datasets, tools and graders for `owner` (and the workspace
+    environment, plus its MCP server when `mcp_url` is given)."""
     from experiments.demo_servers import TOOL_DEFINITIONS
+    from experiments.demo_servers.filetree import FILETREE_TOOLS
+
+    TOOL_DEFINITIONS = [*TOOL_DEFINITIONS, *FILETREE_TOOLS]
 
     datasets = {name: _dataset(owner=owner, name=name) for name in DEMO_DATASETS}
     tools = []
@@ -268,6 +283,7 @@ def seed_demo(*, owner, tool_base_url: str) -> DemoSetup:
     for spec in DEMO_GRADERS:
         grader = Grader.objects.filter(owner=owner, name=spec["name"]).first()
         graders[spec["name"]] = grader or grader_services.create_grader(owner=owner, spec=spec)
+    _seed_workspace(owner=owner, base_url=tool_base_url.rstrip("/"), mcp_url=mcp_url)
     seed_quick_demo(owner=owner)
     return DemoSetup(
         train=datasets[DEMO_TRAIN],
@@ -275,6 +291,33 @@ def seed_demo(*, owner, tool_base_url: str) -> DemoSetup:
         tools=[tool for tool in tools if tool.name in {"calculator", "lookup"}],
         grader=graders[DEMO_GRADER],
     )
+
+
+def _seed_workspace(*, owner, base_url: str, mcp_url: str | None) -> None:
+    """The file-tree environment, its state grader and (optionally) its MCP server."""
+    start_url, end_url = f"{base_url}/env/start", f"{base_url}/env/end"
+    environment = Environment.objects.filter(owner=owner, name=DEMO_ENVIRONMENT).first()
+    if environment is None:
+        Environment.objects.create(
+            owner=owner, name=DEMO_ENVIRONMENT, start_url=start_url, end_url=end_url, max_live=16
+        )
+    elif environment.start_url != start_url and environment.start_url.startswith(
+        ("http://127.0.0.1", "http://localhost")
+    ):
+        environment.start_url, environment.end_url = start_url, end_url
+        environment.save(update_fields=["start_url", "end_url", "updated_at"])
+    if not Grader.objects.filter(owner=owner, name=DEMO_WORKSPACE_GRADER).exists():
+        grader_services.create_grader(
+            owner=owner,
+            spec={"type": "endpoint", "name": DEMO_WORKSPACE_GRADER, "url": f"{base_url}/env/grade"},
+        )
+    if mcp_url:
+        server = McpServer.objects.filter(owner=owner, name=DEMO_MCP_SERVER).first()
+        if server is None:
+            McpServer.objects.create(owner=owner, name=DEMO_MCP_SERVER, url=mcp_url)
+        elif server.url != mcp_url and server.url.startswith(("http://127.0.0.1", "http://localhost")):
+            server.url = mcp_url
+            server.save(update_fields=["url", "updated_at"])
 
 
 def demo_available(*, owner) -> bool:

@@ -15,12 +15,14 @@ from typing import Any
 
 from django.db import transaction
 
-from ..models import Dataset, Grader, Run, Tool
+from ..models import Dataset, Environment, Grader, Run, Tool
 from .artifacts import ADAPTER_FILES, ArtifactMissing, adapter_directory
 from .run_launch import RunValidationError, create_run, enqueue_run
 from .training import run_output_dir
 
 START_ADAPTER_DIR = "start-adapter"
+# "Not given: the parent's" for the fork's fields where None is a value of its own (no environment).
+PARENTS = object()
 # The adapter's shape: a fork loads the parent's LoRA weights, so these must not change.
 LORA_SHAPE_FIELDS = ("lora_r", "lora_alpha", "lora_target_modules")
 
@@ -49,6 +51,8 @@ def fork_run(
     tools: Sequence[Tool] | None = None,
     grader: Grader | None = None,
     watch_config: Mapping[str, Any] | None = None,
+    environment: Environment | None | object = PARENTS,
+    mcp_tools: Sequence[Mapping[str, Any]] | object = PARENTS,
 ) -> Run:
     """A new queued run starting from `parent`'s adapter at `step` (None: the final adapter, else the
     latest checkpoint). Whatever is not given is the parent's. Raises RunValidationError."""
@@ -85,6 +89,11 @@ def fork_run(
             grader=grader or parent.grader,
             config=config,
             watch_config=watch_config if watch_config is not None else parent.watch_config,
+            environment=parent.environment if environment is PARENTS else environment,
+            # A run records its MCP tools' schemas with their server: picks as create_run takes them.
+            mcp_tools=[{"server": tool["server"], "name": tool["name"]} for tool in parent.mcp_tools or []]
+            if mcp_tools is PARENTS
+            else mcp_tools,
             start=False,
         )
         run.parent = parent

@@ -20,15 +20,29 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from trainer.graders import (
+    GraderContext,
+    GraderSpecError,
+    build_grader,
+    make_sample,
+    run_grader,
+    unmet_requirements,
+)
+from trainer.graders.spec import derived_multi_name
 from trainer.interfaces import GradeResult
 
 from ..fields import mask_secret
-from ..graders import GraderContext, GraderSpecError, build_grader, make_sample, run_grader
 from ..models import Grader
 from ..outbound import policy_from_settings
+from . import rate_limits
 
 MASK_PREFIX = "••••"
-_SECRET_STRINGS = {"score_model": ("api_key",), "endpoint": ("signing_secret",)}
+_SECRET_STRINGS = {
+    "score_model": ("api_key",),
+    "label_model": ("api_key",),
+    "text_similarity": ("api_key",),
+    "endpoint": ("signing_secret",),
+}
 
 
 class GraderInUseError(Exception):
@@ -58,6 +72,9 @@ def grader_context(*, max_retries: int = 2) -> GraderContext:
         policy=policy_from_settings(),
         judge_base_url=settings.RFT_JUDGE_BASE_URL,
         judge_api_key=settings.RFT_JUDGE_API_KEY,
+        embeddings_base_url=settings.RFT_EMBEDDINGS_BASE_URL,
+        embeddings_api_key=settings.RFT_EMBEDDINGS_API_KEY,
+        embeddings_model=settings.RFT_EMBEDDINGS_MODEL,
         max_retries=max_retries,
     )
 
@@ -176,6 +193,17 @@ def build_grader_for(grader: Grader):
     return build_grader(grading_spec(grader), context=grader_context())
 
 
+def grader_needs(grader: Grader) -> list[str]:
+    """What this server lacks for the grader to score (e.g. "needs a judge endpoint: ..."), by
+    sub-grader path; empty when it can score. A grader saved before the server changed (a judge
+    removed, a spec no longer valid) reports that too instead of failing the page."""
+    try:
+        built = build_grader_for(grader)
+    except GraderSpecError as error:
+        return [f"the saved spec is no longer valid: {message}" for message in error.errors]
+    return unmet_requirements(built)
+
+
 # --- validation and writes ---------------------------------------------------------------------------------
 
 
@@ -200,6 +228,11 @@ def check_spec(spec: Any, *, stored_secrets: Mapping[str, Any] | None = None) ->
     return CheckedSpec(spec=public, secrets=secrets)
 
 
+def mask_checked(checked: CheckedSpec) -> dict:
+    """A checked spec as users may see it: secret values masked."""
+    return _apply(checked.spec, checked.secrets, masked=True)
+
+
 def _name_taken(*, owner, name: str, exclude_pk: int | None) -> bool:
     clash = Grader.objects.filter(owner=owner, name=name)
     if exclude_pk is not None:
@@ -218,8 +251,21 @@ def _save(grader: Grader) -> Grader:
     return grader
 
 
+def _derive_name(*, owner, spec: dict) -> None:
+    """Give a grader pasted without a name (a multi grader, as in the graders guide) the name the
+    grader builder derives, numbered when the user already has one by that name."""
+    if spec.get("name") is not None or spec.get("type") != "multi":
+        return
+    base = derived_multi_name(spec)
+    name, number = base, 2
+    while _name_taken(owner=owner, name=name, exclude_pk=None):
+        name, number = f"{base} ({number})", number + 1
+    spec["name"] = name
+
+
 def create_grader(*, owner, spec: Any) -> Grader:
     checked = check_spec(spec)
+    _derive_name(owner=owner, spec=checked.spec)
     grader = Grader(
         owner=owner,
         name=checked.spec["name"].strip(),
@@ -234,6 +280,8 @@ def update_grader(*, grader: Grader, spec: Any) -> Grader:
     """Replace the spec (masked or empty secret values keep the stored ones); bumps `version` when
     the spec or a secret changed."""
     checked = check_spec(spec, stored_secrets=grader.secrets or {})
+    if checked.spec.get("name") is None:
+        checked.spec["name"] = grader.name
     changed = checked.spec != grader.spec or checked.secrets != (grader.secrets or {})
     grader.name = checked.spec["name"].strip()
     grader.type = checked.spec["type"]
@@ -343,8 +391,12 @@ def run_stored_grader(
     output_text: str,
     output_tools: list[dict] | None = None,
     item: Mapping[str, Any] | None = None,
+    user=None,
 ) -> GraderRunReport:
-    """The "Run grader" panel: score a sample answer against a sample item with the saved grader."""
+    """The "Run grader" panel: score a sample answer against a sample item with the saved grader.
+
+    Rate-limited per user (`user`, else the grader's owner): raises rate_limits.RateLimited."""
+    rate_limits.check_rate(user=user if user is not None else grader.owner, action="grader_run")
     return run_spec(
         spec=grader.spec,
         secrets=grader.secrets or {},
@@ -352,3 +404,113 @@ def run_stored_grader(
         output_tools=output_tools,
         item=item,
     )
+
+
+# --- the hosted grader API shape (`/api/v1/graders/run`, `/validate`) -------------------------------------------
+
+# The error flags of the hosted response's `metadata.errors`, all present (false) in every answer.
+HOSTED_ERROR_FLAGS = (
+    "formula_parse_error",
+    "sample_parse_error",
+    "truncated_observation_error",
+    "unresponsive_reward_error",
+    "invalid_variable_error",
+    "other_error",
+    "python_grader_server_error",
+    "python_grader_runtime_error",
+    "model_grader_server_error",
+    "model_grader_refusal_error",
+    "model_grader_parse_error",
+)
+_PYTHON_RUNTIME_ERRORS = {"exception", "timeout", "memory", "output_too_large", "invalid_score"}
+_MODEL_TYPES = {"score_model", "label_model", "text_similarity", "endpoint"}
+
+
+def _types_by_label(spec: Mapping[str, Any], label: str, found: dict[str, str], *, top: bool) -> None:
+    found[label] = str(spec.get("type"))
+    if spec.get("type") == "multi" and isinstance(spec.get("graders"), Mapping):
+        for key, sub in spec["graders"].items():
+            if isinstance(sub, Mapping):
+                _types_by_label(sub, key if top else f"{label}.{key}", found, top=False)
+
+
+def _hosted_errors(errors: list[dict[str, str]], types: Mapping[str, str]) -> dict[str, Any]:
+    flags: dict[str, Any] = {flag: False for flag in HOSTED_ERROR_FLAGS}
+    flags.update(
+        python_grader_server_error_type=None,
+        python_grader_runtime_error_details=None,
+        model_grader_server_error_details=None,
+    )
+    for error in errors:
+        error_type, message = error.get("type", ""), error.get("message", "")
+        grader_type = types.get(error.get("grader", ""), "")
+        if error_type == "formula":
+            flags["formula_parse_error"] = True
+        elif error_type == "template":
+            flags["invalid_variable_error"] = True
+        elif grader_type == "python" and error_type == "sandbox":
+            flags["python_grader_server_error"] = True
+            flags["python_grader_server_error_type"] = error_type
+        elif grader_type == "python" and error_type in _PYTHON_RUNTIME_ERRORS:
+            flags["python_grader_runtime_error"] = True
+            flags["python_grader_runtime_error_details"] = message
+        elif grader_type in _MODEL_TYPES and error_type == "invalid_response":
+            flags["model_grader_parse_error"] = True
+            flags["model_grader_server_error_details"] = message
+        elif grader_type in _MODEL_TYPES:
+            flags["model_grader_server_error"] = True
+            flags["model_grader_server_error_details"] = message
+        else:
+            flags["other_error"] = True
+    return flags
+
+
+def run_hosted(
+    *, grader_spec: Any, model_sample: str, item: Mapping[str, Any] | None, user
+) -> dict[str, Any]:
+    """Grade one model sample the way the hosted `graders/run` does, answering in its shape:
+    {"reward", "metadata": {name, type, errors, execution_time, scores, token_usage,
+    sampled_model_name}, "sub_rewards", "model_grader_token_usage_per_model"}.
+
+    `reward` is null (never a silent 0) when grading failed; `metadata.errors` says why.
+    Raises GraderValidationError for a spec that cannot be built; rate-limited per user like the
+    "Run grader" panel (rate_limits.RateLimited).
+    """
+    rate_limits.check_rate(user=user, action="grader_run")
+    if not isinstance(grader_spec, dict):
+        raise GraderValidationError({"": ['A grader is a JSON object, e.g. {"type": "string_check", ...}.']})
+    public, secrets, problems = split_secrets(grader_spec)
+    if problems:
+        raise GraderValidationError(problems)
+    spec = _apply(public, secrets, masked=False)
+    sample = make_sample(output_text=model_sample)
+    started = time.perf_counter()
+    try:
+        result = run_grader(spec, sample, item or {}, context=grader_context(max_retries=0))
+    except GraderSpecError as error:
+        raise GraderValidationError(error.by_field()) from error
+    elapsed_s = time.perf_counter() - started
+    report = _report(result, trace_id=sample["trace_id"], secrets=_secret_values(secrets), wall_ms=0)
+    name = public.get("name") or (derived_multi_name(public) if public.get("type") == "multi" else "")
+    types: dict[str, str] = {}
+    _types_by_label(public, name, types, top=True)
+    is_multi = public.get("type") == "multi"
+    sub_rewards = {key: value for key, value in report.sub_scores.items() if is_multi and key != name}
+    model = public.get("model") if public.get("type") in ("score_model", "label_model") else None
+    usage = dict(result.token_usage)
+    return {
+        "reward": report.score,
+        "metadata": {
+            "name": name,
+            "type": public.get("type"),
+            "errors": _hosted_errors(report.errors, types),
+            "execution_time": round(elapsed_s, 6),
+            "scores": dict(report.sub_scores),
+            "token_usage": usage or None,
+            "sampled_model_name": model,
+            "passed": dict(result.passed),
+            "error_messages": report.errors,
+        },
+        "sub_rewards": sub_rewards,
+        "model_grader_token_usage_per_model": {model: usage} if model and usage else {},
+    }

@@ -22,6 +22,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..models import Dataset, DatasetItem, Grader, ReadinessReport, ReadinessStatus, Run, Tool
+from . import rate_limits
+from .graders import grader_needs
 
 # The verdict's thresholds (shown next to every reason, so a user can judge them).
 GRADER_ERROR_LIMIT = 0.05  # more grader errors than this: fix the grader before anything else
@@ -314,6 +316,7 @@ def create_readiness_report(
             problems.append(f"{thing} is not yours.")
     if dataset.item_count == 0:
         problems.append(f"Dataset {dataset.name!r} has no items.")
+    problems.extend(f"The grader {grader.name} cannot score here: {need}." for need in grader_needs(grader))
     if not 2 <= k <= 64:
         problems.append("k must be between 2 and 64 (variance needs at least 2 rollouts per item).")
     if max_items is not None and max_items < 1:
@@ -323,6 +326,7 @@ def create_readiness_report(
         problems.append(f"Unknown sampling setting(s): {', '.join(unknown)}.")
     if problems:
         raise ReadinessError(" ".join(problems))
+    rate_limits.check_rate(user=owner, action="readiness")
     report = ReadinessReport.objects.create(
         owner=owner,
         name=f"{dataset.name} · {grader.name} v{grader.version} · k={k}",

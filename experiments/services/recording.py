@@ -17,8 +17,9 @@ from django.utils import timezone
 
 from ..models import Checkpoint, MetricPoint, Run, RunEvent, Trajectory
 from ..models.run import RunStatus
+from ..watch.flags import StepWatch
 from . import readiness, rollups, watch
-from .runs import LeaseLost, NewEvent, _append_events
+from .runs import LeaseLost, NewEvent, append_events
 
 if TYPE_CHECKING:  # the web process never imports the trainer (torch) at run time
     from trainer.interfaces import TrajectoryRecord
@@ -139,7 +140,7 @@ def record_step(
     stored_rollouts = _store_rollouts(rows)
     if not fresh and not stored_rollouts:
         return None
-    (event,) = _append_events(
+    (event,) = append_events(
         run=run,
         events=[
             NewEvent(
@@ -174,7 +175,7 @@ def record_step(
     return event
 
 
-def _announce_watch(*, run: Run, step: int, watched: watch.StepWatch) -> None:
+def _announce_watch(*, run: Run, step: int, watched: StepWatch) -> None:
     """Log newly fired trends and, when the pause rule fired, ask the worker to pause (it stops after
     this step and keeps its checkpoint; see training.py)."""
     lines = [
@@ -206,7 +207,7 @@ def _announce_watch(*, run: Run, step: int, watched: watch.StepWatch) -> None:
             )
         )
     if lines:
-        _append_events(run=run, events=lines)
+        append_events(run=run, events=lines)
 
 
 @transaction.atomic
@@ -219,7 +220,7 @@ def record_checkpoint(
         step=step,
         defaults={"path": path, "metrics": {key: float(value) for key, value in metrics.items()}},
     )
-    _append_events(
+    append_events(
         run=run,
         events=[NewEvent(kind=RunEvent.Kind.CHECKPOINT, step=step, payload={"path": path, "new": created})],
     )
@@ -236,7 +237,7 @@ def discard_steps_after(*, run_id: int, lease_owner: str, step: int) -> int:
     rollouts, _ = Trajectory.objects.filter(run=run, step__gt=step).delete()
     Run.objects.filter(pk=run.pk).update(current_step=max(step, 0))
     if dropped or rollouts:
-        _append_events(
+        append_events(
             run=run,
             events=[
                 NewEvent(

@@ -7,13 +7,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from ..models import Dataset, DatasetItem, Grader, Run, RunStatus, Tool
+from ..models import Dataset, DatasetItem, Environment, Grader, Run, RunStatus, Tool
 from ..models.dataset import DatasetStatus
+from ..selectors import run_state
+from ..watch.rules import validate_watch_config
+from . import rate_limits
 from . import runs as run_services
-from . import watch
+from .environments import resolve_mcp_tools
+from .graders import grader_needs
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +60,16 @@ def tool_names_referenced(dataset: Dataset) -> set[str]:
     return names
 
 
+def default_tools(*, owner, datasets: Sequence[Dataset | None]) -> list[Tool]:
+    """The owner's registered tools that the datasets' items name (a run's tools when none are chosen)."""
+    referenced: set[str] = set()
+    for dataset in filter(None, datasets):
+        referenced |= tool_names_referenced(dataset)
+    if not referenced:
+        return []
+    return list(Tool.objects.filter(owner=owner, name__in=referenced).order_by("name"))
+
+
 @transaction.atomic
 def create_run(
     *,
@@ -68,10 +84,22 @@ def create_run(
     max_attempts: int | None = None,
     start: bool = True,
     watch_config: Mapping[str, Any] | None = None,
+    environment: Environment | None = None,
+    mcp_tools: Sequence[Mapping[str, Any]] = (),
 ) -> Run:
-    """Validate everything a run needs, store it as queued, and enqueue it on commit."""
+    """Validate everything a run needs, store it as queued, and enqueue it on commit.
+
+    `environment` gives every rollout its own environment (start/end); `mcp_tools` picks tools of the
+    owner's MCP servers ([{"server": pk, "name": ...}]), whose schemas the run records.
+
+
+    No tools given means every one of the owner's tools that the datasets' items name (the run form
+    and the API alike). Refused (RunValidationError) when the owner already has
+    RFT_MAX_ACTIVE_RUNS_PER_USER runs queued or running; rate-limited per user (rate_limits.RateLimited)."""
     from django.conf import settings
 
+    if not tools:
+        tools = default_tools(owner=owner, datasets=[train_dataset, eval_dataset])
     errors: dict[str, list[str]] = {}
     if not name.strip():
         errors.setdefault("name", []).append("A run needs a name.")
@@ -92,10 +120,26 @@ def create_run(
         )
     if grader.owner_id != owner.pk and not owner.is_staff:
         errors.setdefault("grader", []).append("Not one of your graders.")
+    else:
+        for need in grader_needs(grader):
+            errors.setdefault("grader", []).append(f"The grader {grader.name} cannot score here: {need}.")
     foreign_tools = [tool.name for tool in tools if tool.owner_id != owner.pk and not owner.is_staff]
     if foreign_tools:
         errors.setdefault("tools", []).append(f"Not your tools: {', '.join(foreign_tools)}.")
     registered = {tool.name for tool in tools}
+    if environment is not None and environment.owner_id != owner.pk and not owner.is_staff:
+        errors.setdefault("environment", []).append("Not one of your environments.")
+    mcp_schemas: list[dict[str, Any]] = []
+    try:
+        mcp_schemas = resolve_mcp_tools(owner=owner, picks=mcp_tools)
+    except ValueError as exc:
+        errors.setdefault("mcp_tools", []).append(str(exc))
+    clash = sorted(registered & {tool["name"] for tool in mcp_schemas})
+    if clash:
+        errors.setdefault("mcp_tools", []).append(
+            f"{', '.join(clash)}: an HTTP tool of this run has the same name; pick one of the two."
+        )
+    registered |= {tool["name"] for tool in mcp_schemas}
     for dataset in filter(None, (train_dataset, eval_dataset)):
         missing = sorted(tool_names_referenced(dataset) - registered)
         if missing:
@@ -109,11 +153,15 @@ def create_run(
     except RunValidationError as exc:
         errors.update(exc.errors)
     try:
-        watch_config = watch.validate_watch_config(dict(watch_config or {}))
+        watch_config = validate_watch_config(dict(watch_config or {}))
     except ValueError as exc:
         errors.setdefault("watch_config", []).append(str(exc))
     if errors:
         raise RunValidationError(errors)
+    active = _active_run_count(owner)
+    if active >= settings.RFT_MAX_ACTIVE_RUNS_PER_USER:
+        raise RunValidationError({"non_field_errors": [run_cap_message(active)]})
+    rate_limits.check_rate(user=owner, action="run_launch")
     run = Run.objects.create(
         owner=owner,
         name=name.strip(),
@@ -123,6 +171,8 @@ def create_run(
         grader=grader,
         config=dict(config),
         watch_config=watch_config,
+        environment=environment,
+        mcp_tools=mcp_schemas,
         max_attempts=max_attempts or settings.RFT_MAX_RUN_ATTEMPTS,
         status=RunStatus.QUEUED,
         queued_at=timezone.now(),
@@ -134,6 +184,21 @@ def create_run(
     return run
 
 
+def _active_run_count(owner) -> int:
+    """The owner's queued + running runs, counted with the owner's row locked: two launches at once
+    cannot both pass the cap (callers are in a transaction)."""
+    get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+    return Run.objects.filter(owner=owner, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).count()
+
+
+def run_cap_message(active: int) -> str:
+    cap = settings.RFT_MAX_ACTIVE_RUNS_PER_USER
+    return (
+        f"You already have {active} runs queued or running, the most one user may have "
+        f"({cap}, RFT_MAX_ACTIVE_RUNS_PER_USER). Wait for one to finish, or cancel one, then launch again."
+    )
+
+
 def enqueue_run(*, run_id: int) -> None:
     from ..tasks import train_run
 
@@ -142,7 +207,7 @@ def enqueue_run(*, run_id: int) -> None:
 
 def cancel_run(*, run_id: int) -> Run:
     """A queued run is cancelled at once; a running one is asked to stop (the trainer checks between
-    rollouts) and ends as cancelled with its last checkpoint kept."""
+    rollouts) and ends as cancelled; its notice says whether a checkpoint is kept to resume from."""
     with transaction.atomic():
         run = Run.objects.select_for_update().get(pk=run_id)
         if run.status == RunStatus.QUEUED:
@@ -153,7 +218,7 @@ def cancel_run(*, run_id: int) -> Run:
             return run_services.transition_run(
                 run_id=run_id,
                 status=RunStatus.CANCELLED,
-                error="Cancelled while paused for review; the last checkpoint is kept.",
+                error=run_state.cancelled_message(run_id, while_paused=True),
             )
         if run.status != RunStatus.RUNNING:
             raise run_services.RunStateError(f"A {run.get_status_display().lower()} run cannot be cancelled.")
@@ -180,6 +245,10 @@ def resume_run(*, run_id: int) -> Run:
             raise run_services.RunStateError(
                 f"This run has used all {run.max_attempts} attempts; clone it to start again."
             )
+        active = _active_run_count(run.owner)
+        if active >= settings.RFT_MAX_ACTIVE_RUNS_PER_USER:
+            raise run_services.RunStateError(run_cap_message(active))
+        rate_limits.check_rate(user=run.owner, action="run_launch")
         run = run_services.transition_run(run_id=run_id, status=RunStatus.QUEUED)
         enqueue_run(run_id=run_id)
         return run

@@ -33,8 +33,15 @@ class NewEvent:
     step: int | None = None
 
 
-def _append_events(*, run: Run, events: Iterable[NewEvent]) -> list[RunEvent]:
-    """Store events with the next seq numbers. `run` must be locked (select_for_update) by the caller."""
+def append_events(*, run: Run, events: Iterable[NewEvent]) -> list[RunEvent]:
+    """Store events on the run's log with the next sequence numbers and announce them live.
+
+    Expects the caller's lock: `run` was read with `Run.objects.select_for_update()` inside the
+    transaction that is still open, so that no other writer takes the same `seq` numbers (the row
+    lock serialises every writer of `last_seq`). Raises RuntimeError outside a transaction.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("append_events needs the run locked with select_for_update in a transaction")
     rows = []
     for event in events:
         run.last_seq += 1
@@ -63,7 +70,7 @@ def _status_payload(run: Run) -> dict:
 def append_status_event(*, run_id: int) -> RunEvent:
     """Announce the run's current status (e.g. right after it was created as queued)."""
     run = Run.objects.select_for_update().get(pk=run_id)
-    (event,) = _append_events(
+    (event,) = append_events(
         run=run, events=[NewEvent(kind=RunEvent.Kind.STATUS, payload=_status_payload(run))]
     )
     return event
@@ -103,7 +110,7 @@ def transition_run(*, run_id: int, status: str, error: str = "", lease_owner: st
             "updated_at",
         ]
     )
-    _append_events(run=run, events=[NewEvent(kind=RunEvent.Kind.STATUS, payload=_status_payload(run))])
+    append_events(run=run, events=[NewEvent(kind=RunEvent.Kind.STATUS, payload=_status_payload(run))])
     return run
 
 
@@ -122,7 +129,7 @@ def acquire_lease(*, run_id: int, worker_id: str) -> Run | None:
         run.error = f"Gave up after {run.attempt} attempts."
         run.finished_at = timezone.now()
         run.save(update_fields=["status", "error", "finished_at", "updated_at"])
-        _append_events(run=run, events=[NewEvent(kind=RunEvent.Kind.STATUS, payload=_status_payload(run))])
+        append_events(run=run, events=[NewEvent(kind=RunEvent.Kind.STATUS, payload=_status_payload(run))])
         return None
     now = timezone.now()
     run.status = RunStatus.RUNNING
@@ -142,7 +149,7 @@ def acquire_lease(*, run_id: int, worker_id: str) -> Run | None:
             "updated_at",
         ]
     )
-    _append_events(run=run, events=[NewEvent(kind=RunEvent.Kind.STATUS, payload=_status_payload(run))])
+    append_events(run=run, events=[NewEvent(kind=RunEvent.Kind.STATUS, payload=_status_payload(run))])
     return run
 
 
@@ -177,9 +184,7 @@ def sweep_lost_runs() -> list[int]:
             run.lease_owner = ""
             run.finished_at = timezone.now()
             run.save(update_fields=["status", "error", "lease_owner", "finished_at", "updated_at"])
-            _append_events(
-                run=run, events=[NewEvent(kind=RunEvent.Kind.STATUS, payload=_status_payload(run))]
-            )
+            append_events(run=run, events=[NewEvent(kind=RunEvent.Kind.STATUS, payload=_status_payload(run))])
             failed.append(run_id)
             logger.warning("run %s marked failed: %s", run_id, run.error)
     return failed
@@ -190,7 +195,7 @@ def log_run(*, run_id: int, level: str, message: str, lease_owner: str | None = 
     run = Run.objects.select_for_update().get(pk=run_id)
     if lease_owner is not None and run.lease_owner != lease_owner:
         raise LeaseLost(f"run {run_id} is no longer held by {lease_owner}")
-    _append_events(
+    append_events(
         run=run,
         events=[NewEvent(kind=RunEvent.Kind.LOG, payload={"level": level, "message": message[:10_000]})],
     )
@@ -209,7 +214,7 @@ def record_metrics(
     fresh = {key: float(value) for key, value in metrics.items() if key not in stored_keys}
     if not fresh:
         return None
-    (event,) = _append_events(
+    (event,) = append_events(
         run=run, events=[NewEvent(kind=RunEvent.Kind.METRICS, step=step, payload={"metrics": fresh})]
     )
     now = timezone.now()

@@ -17,9 +17,12 @@ import jsonschema
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from trainer.outbound import ToolEndpoint, try_tool_call
+from trainer.outbound.tools import TryToolCallResult
+
 from ..models import Tool
-from ..outbound import ToolEndpoint, policy_from_settings, try_tool_call
-from ..outbound.tools import TryToolCallResult
+from ..outbound import check_outbound_url, policy_from_settings
+from . import rate_limits
 
 # RFC 9110 token characters: what a header name may contain.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
@@ -156,7 +159,96 @@ def parse_function_definition(definition: str | Mapping[str, Any]) -> dict[str, 
     problems = schema_problems(parameters)
     if problems:
         raise ValidationError({"definition": problems})
-    return {"name": name, "description": description, "parameters": parameters}
+    imported = {"name": name, "description": description, "parameters": parameters}
+    url = definition.get("server_url", definition.get("url"))
+    if isinstance(url, str) and url.strip():  # an agent-RFT tool definition names its endpoint
+        imported["url"] = url.strip()
+    return imported
+
+
+# --- importing the tool list of an agent-RFT job -------------------------------------------------------
+
+MAX_IMPORTED_TOOLS = 100
+
+
+def _tool_entry(entry: Any, where: str, problems: list[str]) -> dict[str, Any] | None:
+    """One entry of a job's tool list: {"name", "server_url", "headers"} (also "url"), optionally
+    with the function's "description"/"parameters" (flat or under "function")."""
+    if not isinstance(entry, Mapping):
+        problems.append(f"{where}: a tool is a JSON object with a name and a server_url.")
+        return None
+    function = entry.get("function") if isinstance(entry.get("function"), Mapping) else entry
+    name = function.get("name", entry.get("name"))
+    url = entry.get("server_url", entry.get("url"))
+    headers = entry.get("headers") or {}
+    found = len(problems)
+    if entry.get("type") not in (None, "function"):
+        problems.append(
+            f"{where}: only function tools can be imported (this one has type {entry['type']!r})."
+        )
+    if not isinstance(name, str) or not name.strip():
+        problems.append(f'{where}: "name" is required.')
+    if not isinstance(url, str) or not url.strip():
+        problems.append(f'{where} ({name}): "server_url" is required (the URL rftweb POSTs each call to).')
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in headers.items()
+    ):
+        problems.append(f'{where} ({name}): "headers" must be an object of header names to string values.')
+    description = function.get("description", "")
+    if not isinstance(description, str):
+        problems.append(f'{where} ({name}): "description" must be a string.')
+    parameters = function.get("parameters", {"type": "object", "properties": {}})
+    problems.extend(f"{where} ({name}): parameters: {problem}" for problem in schema_problems(parameters))
+    if len(problems) > found:
+        return None
+    return {
+        "name": name.strip(),
+        "url": url.strip(),
+        "headers": dict(headers),
+        "description": description,
+        "parameters": parameters,
+    }
+
+
+def import_tool_list(*, owner, definitions: Any) -> list[Tool]:
+    """Register every tool of an agent-RFT job's tool list (a JSON array, or {"tools": [...]}), all
+    or none. Raises ValidationError on "tools" naming each bad entry by its index."""
+    if isinstance(definitions, str):
+        definitions = parse_json_text(definitions, field="tools")
+    if isinstance(definitions, Mapping) and isinstance(definitions.get("tools"), list):
+        definitions = definitions["tools"]
+    if not isinstance(definitions, list) or not definitions:
+        raise ValidationError(
+            {"tools": 'Paste the job\'s tool list: a JSON array of {"name", "server_url", "headers"}.'}
+        )
+    if len(definitions) > MAX_IMPORTED_TOOLS:
+        raise ValidationError({"tools": f"At most {MAX_IMPORTED_TOOLS} tools at once."})
+    problems: list[str] = []
+    entries = [_tool_entry(entry, f"[{index}]", problems) for index, entry in enumerate(definitions)]
+    names = [entry["name"] for entry in entries if entry]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        problems.append(f"The list names {', '.join(repeated)} more than once.")
+    taken = sorted(Tool.objects.filter(owner=owner, name__in=names).values_list("name", flat=True))
+    if taken:
+        problems.append(
+            f"You already have tools named {', '.join(taken)}: rename or delete them, or leave them out."
+        )
+    if problems:
+        raise ValidationError({"tools": problems})
+    created: list[Tool] = []
+    with transaction.atomic():
+        for index, entry in enumerate(entries):
+            try:
+                created.append(create_tool(owner=owner, **entry))
+            except ValidationError as error:
+                details = "; ".join(
+                    f"{field}: {message}"
+                    for field, messages in error.message_dict.items()
+                    for message in messages
+                )
+                raise ValidationError({"tools": [f"[{index}] ({entry['name']}): {details}"]}) from error
+    return created
 
 
 # --- headers --------------------------------------------------------------------------------------------
@@ -214,7 +306,13 @@ def _check_name_free(*, owner, name: str, exclude_pk: int | None) -> None:
 
 def _save(tool: Tool) -> Tool:
     check_parameters(tool.parameters)
-    tool.full_clean(exclude=["owner"], validate_unique=False, validate_constraints=False)
+    # The URL obeys the outbound URL rule (the one the client applies when calling it), not
+    # URLField's validator, which takes ftp:// and refuses single-label hosts such as "tool-server".
+    tool.full_clean(exclude=["owner", "url"], validate_unique=False, validate_constraints=False)
+    try:
+        check_outbound_url(tool.url)
+    except ValidationError as exc:
+        raise ValidationError({"url": exc.messages}) from exc
     _check_name_free(owner=tool.owner, name=tool.name, exclude_pk=tool.pk)
     try:
         with transaction.atomic():
@@ -316,10 +414,17 @@ def endpoint_for(tool: Tool) -> ToolEndpoint:
 
 
 def try_tool(
-    *, tool: Tool, arguments: str | Mapping[str, Any], item: Mapping[str, Any] | None = None
+    *,
+    tool: Tool,
+    arguments: str | Mapping[str, Any],
+    item: Mapping[str, Any] | None = None,
+    user=None,
 ) -> TryToolCallResult:
     """Send one call exactly as a rollout would (body with `item` and a fresh `trace_id`,
-    X-RFT-Rollout-Id, signature) through the one outbound client and its SSRF policy."""
+    X-RFT-Rollout-Id, signature) through the one outbound client and its SSRF policy.
+
+    Rate-limited per user (`user`, else the tool's owner): raises rate_limits.RateLimited."""
+    rate_limits.check_rate(user=user if user is not None else tool.owner, action="tool_try")
     return try_tool_call(
         name=tool.name,
         endpoint=endpoint_for(tool),

@@ -3,6 +3,12 @@
 The trainer is a pure library; this module hands it the database-backed reporter, the HTTP tool
 executor (through the one SSRF-safe outbound module), the run's grader and a `should_stop` that
 turns true on cancel or when the lease is lost.
+
+A run on several devices: this task process keeps the lease and the heartbeat and starts one
+process per device with torch's elastic launcher (`trainer.distributed.launch`); each rank sets
+Django up, builds its own tool executor and grader, and trains its share of the prompt groups;
+rank 0 alone writes (as the lease holder) and decides when to stop. A rank that dies makes the
+launcher stop the others; the run fails naming the rank and resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from ..models import Checkpoint, DatasetItem, Run, RunStatus
+from ..selectors import run_state
 from . import runs as run_services
+from .environments import build_environment_for, build_mcp_executor_for, mcp_tool_schemas
 from .recording import DatabaseReporter, discard_steps_after
 
 logger = logging.getLogger(__name__)
@@ -116,10 +124,7 @@ def torch_threads(count: int | None):
 
 def latest_checkpoint(run_id: int) -> Checkpoint | None:
     """The newest checkpoint still on disk (older ones may have been pruned)."""
-    for checkpoint in Checkpoint.objects.filter(run_id=run_id).order_by("-step"):
-        if Path(checkpoint.path).is_dir():
-            return checkpoint
-    return None
+    return run_state.resume_point(run_id)
 
 
 def _dataset_items(
@@ -143,8 +148,9 @@ def build_tool_executor(run: Run):
 
 def build_tool_executor_for(tools):
     """The HTTP tool executor (through the SSRF-safe outbound module) for these registered tools."""
-    from ..outbound.policy import policy_from_settings
-    from ..outbound.tools import HttpToolExecutor, ToolEndpoint
+    from trainer.outbound.tools import HttpToolExecutor, ToolEndpoint
+
+    from ..outbound import policy_from_settings
 
     endpoints = {
         tool.name: ToolEndpoint(
@@ -157,6 +163,19 @@ def build_tool_executor_for(tools):
         for tool in tools
     }
     return HttpToolExecutor(endpoints=endpoints, policy=policy_from_settings())
+
+
+def _with_mcp_tools(run: Run, executor, tools: list[dict]):
+    """Adds the run's MCP tools (the schemas recorded when it was created) to its HTTP tools."""
+    mcp_executor = build_mcp_executor_for(run)
+    if mcp_executor is None:
+        return executor, tools
+    from trainer.outbound.mcp import RoutingToolExecutor
+
+    schemas = mcp_tool_schemas(run)
+    owners = {tool["function"]["name"]: executor for tool in tools}
+    owners.update({schema["function"]["name"]: mcp_executor for schema in schemas})
+    return RoutingToolExecutor(owners), [*tools, *schemas]
 
 
 def build_run_grader(run: Run):
@@ -189,12 +208,17 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
         except run_services.LeaseLost:
             return None
 
+    from trainer.distributed import resolve_devices
+
     try:
         config = TrainerConfig.from_dict({**run.config, "model": resolve_base_model(run.base_model)})
+        devices = resolve_devices(config)
         train_items, train_ids = _dataset_items(run.train_dataset_id, "train")
         eval_items, eval_ids = _dataset_items(run.eval_dataset_id, "eval")
         tools = [tool.openai_schema() for tool in run.tools.all()]
         executor = build_tool_executor(run)
+        executor, tools = _with_mcp_tools(run, executor, tools)
+        environment = build_environment_for(run)
         grader = build_run_grader(run)
     except (ConfigError, ValueError) as exc:
         return finish(RunStatus.FAILED, f"Invalid run configuration: {exc}")
@@ -219,11 +243,21 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
         message=(
             f"attempt {run.attempt} on {worker_id} (pid {os.getpid()}): {len(train_items)} train / "
             f"{len(eval_items)} eval items, {len(tools)} tools"
+            + (f", {devices} devices ({config.sharding} sharding)" if devices > 1 else "")
             + (f", resuming from {Path(resume_from).name}" if resume_from else "")
             + (f", forked from run {run.parent_id} at step {run.parent_step}" if start_from_adapter else "")
         ),
         lease_owner=worker_id,
     )
+    if devices > 1:
+        return _train_on_ranks(
+            run=run,
+            worker_id=worker_id,
+            keeper=keeper,
+            devices=devices,
+            resume_from=resume_from,
+            finish=finish,
+        )
     try:
         with torch_threads(1 if run.base_model == BUNDLED_TOY_MODEL else None):
             result = train(
@@ -235,6 +269,7 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
                 grader=grader,
                 reporter=reporter,
                 should_stop=lambda: keeper.should_stop() or reporter.should_stop(),
+                environment=environment,
                 output_dir=str(output_dir),
                 resume_from=resume_from,
                 start_from_adapter=start_from_adapter,
@@ -254,9 +289,9 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
     if keeper.lost:
         return None
     if result.stopped and keeper.cancel_requested:
-        return finish(RunStatus.CANCELLED, "Cancelled by the user; the last checkpoint is kept.")
+        return finish(RunStatus.CANCELLED, run_state.cancelled_message(run.pk))
     if result.stopped and reporter.pause_requested:
-        from .watch import pause_message
+        from ..watch.flags import pause_message
 
         paused_by = Run.objects.filter(pk=run.pk).values_list("paused_by", flat=True).get() or {}
         return finish(RunStatus.PAUSED, pause_message(paused_by))
@@ -275,3 +310,96 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
             return None
         Run.objects.filter(pk=run.pk, lease_owner=worker_id).update(pause_requested=False)
     return finish(RunStatus.SUCCEEDED)
+
+
+# --- several devices ---------------------------------------------------------------------------
+
+
+def _train_on_ranks(*, run: Run, worker_id: str, keeper: LeaseKeeper, devices: int, resume_from, finish):
+    """Starts the run's ranks and waits for them; this process keeps renewing the lease meanwhile."""
+    from trainer.distributed import RankFailed, launch
+
+    from .training_ranks import run_rank
+
+    output_dir = run_output_dir(run.pk)
+    arguments = {"run_id": run.pk, "worker_id": worker_id, "resume_from": resume_from}
+    try:
+        results = launch(
+            run_rank,
+            [arguments],
+            nprocs=devices,
+            log_dir=output_dir / "ranks" / f"attempt-{run.attempt}",
+            run_id=f"run-{run.pk}-attempt-{run.attempt}",
+        )
+    except RankFailed as failure:
+        if keeper.lost or "LeaseLost" in failure.detail:
+            logger.warning("run %s: lease lost by %s; ranks stopped without writing", run.pk, worker_id)
+            return None
+        message = (
+            f"Rank {failure.rank} of {devices} (pid {failure.pid}) {failure.detail}. The other ranks were "
+            "stopped; Resume continues from the last checkpoint."
+        )
+        logger.error("run %s: %s", run.pk, message)
+        try:
+            run_services.log_run(run_id=run.pk, level="error", message=message, lease_owner=worker_id)
+        except run_services.LeaseLost:
+            return None
+        if "ConfigError" in failure.detail:
+            return finish(RunStatus.FAILED, f"Invalid run configuration: {failure.detail[-1500:]}")
+        return finish(RunStatus.FAILED, message[:2000])
+    outcome = results[0]
+    if keeper.lost:
+        return None
+    # Rank 0 may have seen the cancel or the pause before this process's heartbeat did.
+    cancel_requested, pause_requested, paused_by = (
+        Run.objects.filter(pk=run.pk).values_list("cancel_requested", "pause_requested", "paused_by").get()
+    )
+    if outcome["stopped"] and (cancel_requested or keeper.cancel_requested):
+        return finish(RunStatus.CANCELLED, "Cancelled by the user; the last checkpoint is kept.")
+    if outcome["stopped"] and pause_requested:
+        from .watch import pause_message
+
+        return finish(RunStatus.PAUSED, pause_message(paused_by or {}))
+    if pause_requested:
+        Run.objects.filter(pk=run.pk, lease_owner=worker_id).update(pause_requested=False)
+    return finish(RunStatus.SUCCEEDED)
+
+
+def rank_should_stop(*, run_id: int, worker_id: str, reporter: DatabaseReporter) -> bool:
+    """Rank 0's stop test at each step boundary: a cancel, a lost lease or the watch's pause rule."""
+    row = Run.objects.filter(pk=run_id).values_list("cancel_requested", "lease_owner", "status").first()
+    if row is None:
+        return True
+    cancel_requested, lease_owner, status = row
+    return (
+        bool(cancel_requested)
+        or lease_owner != worker_id
+        or status != RunStatus.RUNNING
+        or reporter.should_stop()
+    )
+
+
+def train_rank(*, run_id: int, worker_id: str, resume_from: str | None) -> dict[str, Any]:
+    """One rank of a multi-device run (called in the rank process, Django set up): builds this
+    rank's executor and grader and trains; rank 0 reports through the database as `worker_id`."""
+    from trainer import TrainerConfig, train
+
+    run = Run.objects.get(pk=run_id)
+    config = TrainerConfig.from_dict({**run.config, "model": resolve_base_model(run.base_model)})
+    train_items, train_ids = _dataset_items(run.train_dataset_id, "train")
+    eval_items, eval_ids = _dataset_items(run.eval_dataset_id, "eval")
+    tools = [tool.openai_schema() for tool in run.tools.all()]
+    reporter = DatabaseReporter(run_id=run_id, lease_owner=worker_id, item_ids={**train_ids, **eval_ids})
+    result = train(
+        config=config,
+        train_items=train_items,
+        eval_items=eval_items,
+        tools=tools,
+        tool_executor=build_tool_executor(run),
+        grader=build_run_grader(run),
+        reporter=reporter,
+        should_stop=lambda: rank_should_stop(run_id=run_id, worker_id=worker_id, reporter=reporter),
+        output_dir=str(run_output_dir(run_id)),
+        resume_from=resume_from,
+    )
+    return {"final_step": result.final_step, "stopped": result.stopped}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django import template
 
-from ..models import RunStatus
 from ..selectors.checkpoints import run_checkpoints
+from ..selectors.run_state import run_actions_state
 from ..services import artifacts, run_launch
 
 register = template.Library()
@@ -22,18 +22,19 @@ def run_actions(context, run):
         has_adapter = True
     except artifacts.ArtifactMissing:
         has_adapter = False
+    state = run_actions_state(run)
     return {
         "request": context.get("request"),
         "csrf_token": context.get("csrf_token"),
         "run": run,
-        "can_cancel": run.status in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.PAUSED)
-        and not run.cancel_requested,
-        "can_resume": run.status in (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.PAUSED)
-        and run.attempt < run.max_attempts,
+        "can_cancel": state.can_cancel,
+        "can_resume": state.can_resume,
+        "resume_label": state.resume_label,
+        "nothing_to_resume": state.nothing_to_resume,
         "queue_position": run_launch.queue_position(run=run),
         "checkpoints": checkpoints,
         "eval_columns": eval_columns,
         "keep_best": (run.config or {}).get("keep_best_checkpoints", 3),
         "has_adapter": has_adapter,
-        "merged_ready": artifacts.merged_model_directory(run=run) is not None,
+        "merged": artifacts.merged_status(run=run),
     }

@@ -44,11 +44,10 @@ def _redirect(request, url: str) -> HttpResponse:
 
 
 def grader_list(request):
-    return render(
-        request,
-        "experiments/grader_list.html",
-        {"graders": grader_selectors.graders_for(user=request.user)},
-    )
+    graders = list(grader_selectors.graders_for(user=request.user))
+    for grader in graders:
+        grader.needs = grader_services.grader_needs(grader)
+    return render(request, "experiments/grader_list.html", {"graders": graders})
 
 
 class FormState:
@@ -166,6 +165,7 @@ def _render_form(request, state: FormState):
     if state.grader is not None:
         context.update(_run_panel_context(request, grader=state.grader, run_form=GraderRunForm()))
         context["runs"] = grader_selectors.runs_using_grader(grader=state.grader)
+        context["needs"] = grader_services.grader_needs(state.grader)
         return render(request, "experiments/grader_edit.html", context)
     return render(request, "experiments/grader_create.html", context)
 
@@ -292,6 +292,7 @@ def grader_run(request, grader_id: int):
                 output_text=run_form.cleaned_data["output_text"],
                 output_tools=run_form.cleaned_data["output_tools"],
                 item=run_form.cleaned_data["item"],
+                user=request.user,
             )
         except grader_services.GraderValidationError as error:
             spec_problems = [f"{path}: {message}" for path, msgs in error.by_path.items() for message in msgs]

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
 from django.views.decorators.http import require_POST
 
 from .. import selectors
-from ..forms.runs import HYPERPARAMETERS, RunForm
-from ..models import Tool
+from ..api.downloads import metrics_csv_response, rollouts_jsonl_response
+from ..forms.runs import RunForm
 from ..services import artifacts, forks, run_launch
 from ..services.runs import RunStateError
 
@@ -24,14 +24,6 @@ def run_create(request):
     form = RunForm(request.POST or None, user=request.user, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        tools = list(data["tools"])
-        if not tools:
-            referenced = set()
-            for dataset in filter(None, (data["train_dataset"], data.get("eval_dataset"))):
-                referenced |= run_launch.tool_names_referenced(dataset)
-            tools = list(
-                Tool.objects.visible_to(request.user).filter(owner=request.user, name__in=referenced)
-            )
         try:
             run = run_launch.create_run(
                 owner=request.user,
@@ -39,10 +31,12 @@ def run_create(request):
                 base_model=form.base_model,
                 train_dataset=data["train_dataset"],
                 eval_dataset=data.get("eval_dataset"),
-                tools=tools,
+                tools=list(data["tools"]),
                 grader=data["grader"],
                 config=form.config(),
                 watch_config=form.watch_config(),
+                environment=data.get("environment"),
+                mcp_tools=form.mcp_tool_picks(),
             )
         except run_launch.RunValidationError as exc:
             for field, field_errors in exc.errors.items():
@@ -79,8 +73,15 @@ def run_fork(request, run_id: int):
                 tools=list(data["tools"]),
                 grader=data["grader"],
                 # Settings the form does not show (e.g. the LoRA target modules) stay the parent's.
-                config={k: v for k, v in parent.config.items() if k not in HYPERPARAMETERS} | form.config(),
+                config={
+                    k: v
+                    for k, v in parent.config.items()
+                    if k not in {setting.name for setting in form.settings}
+                }
+                | form.config(),
                 watch_config=form.watch_config(),
+                environment=data.get("environment"),
+                mcp_tools=form.mcp_tool_picks(),
             )
         except run_launch.RunValidationError as exc:
             for field, field_errors in exc.errors.items():
@@ -158,13 +159,10 @@ def download_merged(request, run_id: int):
 def build_merged(request, run_id: int):
     run = _owned_run(request, run_id)
     try:
-        artifacts.adapter_directory(run=run)
+        artifacts.request_merged_model(run=run)
     except artifacts.ArtifactMissing as exc:
         messages.error(request, str(exc))
     else:
-        from ..tasks import build_merged_model
-
-        build_merged_model.delay(run.pk)
         messages.info(
             request, "Building the merged model in a worker; the download appears here when it is ready."
         )
@@ -172,19 +170,11 @@ def build_merged(request, run_id: int):
 
 
 def download_metrics_csv(request, run_id: int):
-    run = _owned_run(request, run_id)
-    response = StreamingHttpResponse(artifacts.metrics_csv_rows(run=run), content_type="text/csv")
-    response["Content-Disposition"] = f'attachment; filename="run-{run.pk}-metrics.csv"'
-    return response
+    return metrics_csv_response(_owned_run(request, run_id))
 
 
 def download_rollouts_jsonl(request, run_id: int):
-    run = _owned_run(request, run_id)
-    response = StreamingHttpResponse(
-        artifacts.rollouts_jsonl_lines(run=run), content_type="application/x-ndjson"
-    )
-    response["Content-Disposition"] = f'attachment; filename="run-{run.pk}-rollouts.jsonl"'
-    return response
+    return rollouts_jsonl_response(_owned_run(request, run_id))
 
 
 urlpatterns = [

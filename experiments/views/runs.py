@@ -16,9 +16,17 @@ from .. import selectors
 from ..models import Trajectory
 from ..selectors import checkpoints as checkpoint_selectors
 from ..selectors import trajectories as rollout_selectors
-from ..selectors.metrics import X_AXES, metric_keys, run_log_events, run_progress, samples_per_step
+from ..selectors.environments import environment_counts, environment_view
+from ..selectors.metrics import (
+    X_AXES,
+    metric_keys,
+    run_devices,
+    run_log_events,
+    run_progress,
+    samples_per_step,
+)
 from ..services import demo
-from ..services.watch import ROLLOUT_RULES
+from ..watch.rules import ROLLOUT_RULES
 
 # The run page's charts: which metric keys each one draws. `prefix` picks up keys that only appear
 # during the run (pass@k for each k, one series per grader error type).
@@ -55,6 +63,13 @@ CHARTS = [
         "markers": True,
     },
     {
+        "id": "env-errors",
+        "title": "Environment errors (failed starts excluded, ends not delivered at once)",
+        "keys": ["env/excluded", "env/end_errors"],
+        "prefix": ["env/start_errors/"],
+        "markers": True,
+    },
+    {
         "id": "grader-errors",
         "title": "Grader errors",
         "keys": ["grader_errors/excluded"],
@@ -62,6 +77,28 @@ CHARTS = [
         "markers": True,
     },
 ]
+
+# Only for runs on several devices (trainer.distributed): per-rank times and collectives.
+RANKS_CHART = {
+    "id": "ranks",
+    "title": "Per-rank rollout and update time, communication (s)",
+    "keys": ["timing/communication_s"],
+    "prefix": ["timing/rank"],
+}
+
+
+def charts_for(run) -> list[dict]:
+    """The run's charts: the per-rank chart on several devices; KL says when it is not computed."""
+    config = run.config or {}
+    charts = []
+    for chart in CHARTS:
+        if chart["id"] == "kl" and not config.get("kl_beta"):
+            chart = {**chart, "title": "KL to the base model (not computed: kl_beta is 0)"}
+        charts.append(chart)
+    if config.get("devices", 1) != 1:
+        charts.insert(next(i for i, c in enumerate(charts) if c["id"] == "timings") + 1, RANKS_CHART)
+    return charts
+
 
 X_AXIS_LABELS = {
     "step": "Step",
@@ -72,11 +109,15 @@ X_AXIS_LABELS = {
 
 
 def _visible_run(request, run_id: int):
-    return get_object_or_404(selectors.runs_for(user=request.user).prefetch_related("tools"), pk=run_id)
+    return get_object_or_404(
+        selectors.runs_for(user=request.user).select_related("environment").prefetch_related("tools"),
+        pk=run_id,
+    )
 
 
 def run_detail(request, run_id: int):
     run = _visible_run(request, run_id)
+    charts = charts_for(run)
     page_config = {
         "runId": run.pk,
         "status": run.status,
@@ -87,7 +128,7 @@ def run_detail(request, run_id: int):
         "socketPath": f"/ws/runs/{run.pk}/",
         "samplesPerStep": samples_per_step(run.config or {}),
         "metricKeys": metric_keys(run.pk),
-        "charts": CHARTS,
+        "charts": charts,
         "xAxes": [{"value": value, "label": X_AXIS_LABELS[value]} for value in X_AXES],
     }
     context = {
@@ -98,11 +139,13 @@ def run_detail(request, run_id: int):
         "model_note": demo.model_note(run),
         "lineage": checkpoint_selectors.run_lineage(run=run),
         "page_config": page_config,
-        "charts": CHARTS,
+        "charts": charts,
+        "devices": run_devices(run),
         "x_axes": page_config["xAxes"],
         "rollout_step_range": rollout_selectors.rollout_step_range(
             run_id=run.pk, split=Trajectory.Split.TRAIN
         ),
+        "environment_counts": environment_counts(run_id=run.pk) if run.environment_id else None,
     }
     return render(request, "experiments/run_page.html", context)
 
@@ -221,6 +264,7 @@ def run_rollout(request, run_id: int, trace_id: str):
         "rollout": rollout,
         "turns": rollout_selectors.rollout_turns(rollout.messages),
         "item_fields": sorted(item_fields.items()),
+        "environment": environment_view(rollout.environment),
     }
     return render(request, "experiments/rollout_view.html", context)
 

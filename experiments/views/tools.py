@@ -28,10 +28,33 @@ def _redirect(request, url: str) -> HttpResponse:
     return redirect(url)
 
 
-def tool_list(request):
+def tool_list(request, *, list_text: str = "", list_errors: list[str] | None = None, status: int = 200):
     return render(
-        request, "experiments/tool_list.html", {"tools": tool_selectors.tools_for(user=request.user)}
+        request,
+        "experiments/tool_list.html",
+        {
+            "tools": tool_selectors.tools_for(user=request.user),
+            "list_text": list_text,
+            "list_errors": list_errors or [],
+        },
+        status=status,
     )
+
+
+@require_POST
+def tool_import_list(request):
+    """Register every tool of a pasted agent-RFT job tool list ([{"name", "server_url", "headers"}])."""
+    text = request.POST.get("tools", "")
+    try:
+        tools = tool_services.import_tool_list(owner=request.user, definitions=text)
+    except ValidationError as error:
+        problems = error.message_dict.get("tools", error.messages)
+        return tool_list(request, list_text=text, list_errors=problems, status=422)
+    messages.success(
+        request,
+        f"Imported {len(tools)} tool{'s' if len(tools) != 1 else ''}: {', '.join(t.name for t in tools)}.",
+    )
+    return _redirect(request, reverse("tool-list"))
 
 
 def _render_form(request, *, form: ToolForm, tool=None, import_form=None, saved: bool = False, status=200):
@@ -139,7 +162,9 @@ def tool_try(request, tool_id: int):
     context = {"tool": tool, "try_form": try_form}
     if try_form.is_valid():
         arguments = try_form.cleaned_data["arguments"]
-        result = tool_services.try_tool(tool=tool, arguments=arguments, item=try_form.cleaned_data["item"])
+        result = tool_services.try_tool(
+            tool=tool, arguments=arguments, item=try_form.cleaned_data["item"], user=request.user
+        )
         context["result"] = tool_services.try_result_as_dict(result)
         # Exactly as sent: no key reordering.
         context["request_body"] = json.dumps(result.request.body, indent=2, ensure_ascii=False)
@@ -174,6 +199,7 @@ urlpatterns = [
     path("", tool_list, name="tool-list"),
     path("new/", tool_create, name="tool-create"),
     path("import/", tool_import, name="tool-import"),
+    path("import-list/", tool_import_list, name="tool-import-list"),
     path("validate-parameters/", tool_validate_parameters, name="tool-validate-parameters"),
     path("<int:tool_id>/", tool_edit, name="tool-edit"),
     path("<int:tool_id>/try/", tool_try, name="tool-try"),

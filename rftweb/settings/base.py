@@ -6,15 +6,32 @@ Modes: `local` (the embedded default: SQLite, an embedded Redis, loopback tools 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import environ
 
-BASE_DIR = Path(__file__).resolve().parent.parent.parent
+from rftweb import queues
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the rftweb package
+BASE_DIR = PACKAGE_DIR.parent
 env = environ.Env()
 
+# Running from a checkout (make up, the tests): templates/ and static/ are the top-level folders
+# and data lives in ./data. Installed (pip install rftweb / the wheel): the build copied templates/
+# and static/ into the package, and data goes to the user's data directory.
+IN_CHECKOUT = (BASE_DIR / "manage.py").is_file() and (BASE_DIR / "templates").is_dir()
+ASSETS_DIR = BASE_DIR if IN_CHECKOUT else PACKAGE_DIR
+
+
+def _default_data_dir() -> Path:
+    if IN_CHECKOUT:
+        return BASE_DIR / "data"
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "rftweb"
+
+
 # Where uploads, checkpoints, the SQLite database and the embedded Redis socket live.
-DATA_DIR = Path(env.str("RFTWEB_DATA_DIR", default=str(BASE_DIR / "data"))).resolve()
+DATA_DIR = Path(env.str("RFTWEB_DATA_DIR", default=str(_default_data_dir()))).resolve()
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
@@ -22,7 +39,6 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[:
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -30,11 +46,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_htmx",
     "channels",
+    "axes",
     "experiments",
 ]
 
@@ -49,6 +65,15 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "experiments.middleware.LoginRequiredEverywhereMiddleware",
+    "experiments.middleware.RateLimitedMiddleware",
+    # Last: it answers the lockout (429 + Retry-After) for the login page and the token endpoint.
+    "axes.middleware.AxesMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out account or address before the password is even checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "rftweb.urls"
@@ -58,7 +83,7 @@ ASGI_APPLICATION = "rftweb.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        "DIRS": [ASSETS_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -81,6 +106,18 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Under ASGI every request runs its ORM calls on a thread of its own, and persistent connections
+    # are per thread: 200 requests at once held 200 connections and PostgreSQL refused the rest
+    # ("too many clients", bench/bench_load.py). A pool per process bounds them; requests past it wait.
+    _pool_size = env.int("RFT_DB_POOL_SIZE", default=20)
+    if _pool_size > 0:
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": _pool_size,
+            "timeout": env.float("RFT_DB_POOL_TIMEOUT_SECONDS", default=30.0),
+        }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
@@ -106,6 +143,15 @@ def channel_layer_hosts(redis_url: str) -> list[dict]:
     return [{"address": redis_url, "socket_timeout": 30, "socket_connect_timeout": 5}]
 
 
+# The cache is shared by every web process (login lockouts, rate limits, cached chart series).
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "rftweb",
+    }
+}
+
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -128,7 +174,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_DIRS = [ASSETS_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "staticfiles"
 MEDIA_ROOT = DATA_DIR / "uploads"
 # Checkpoints, adapters and merged models, one folder per run. GPU workers on several hosts need
@@ -144,9 +190,40 @@ WHITENOISE_AUTOREFRESH = env.bool("WHITENOISE_AUTOREFRESH", default=False)
 
 # Uploads larger than this are refused with 413 before anything is stored.
 RFT_MAX_UPLOAD_BYTES = env.int("RFT_MAX_UPLOAD_BYTES", default=512 * 1024 * 1024)
-DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# Every other request body (forms, JSON): larger ones are refused with 413 (rftweb/request_guard.py).
+RFT_MAX_REQUEST_BYTES = env.int("RFT_MAX_REQUEST_BYTES", default=10 * 1024 * 1024)
+# URL names whose bodies may be as large as RFT_MAX_UPLOAD_BYTES (plus the multipart framing).
+RFT_UPLOAD_URL_NAMES = ["dataset-upload", "api-dataset-list"]
+DATA_UPLOAD_MAX_MEMORY_SIZE = RFT_MAX_REQUEST_BYTES
+# Request bodies past this stay on disk, not in memory (Django spools them; uploads go to temp files).
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = None
+
+# Brute-force protection (django-axes, counted in the Redis cache): after RFT_LOGIN_FAILURE_LIMIT
+# failed logins from one address, or for one account, both the login page and the token endpoint
+# answer 429 with Retry-After for RFT_LOGIN_LOCKOUT_SECONDS. A success resets the count.
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_FAILURE_LIMIT = env.int("RFT_LOGIN_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = env.float("RFT_LOGIN_LOCKOUT_SECONDS", default=900.0) / 3600  # hours
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "experiments.views.accounts.lockout_response"
+AXES_VERBOSE = False
+
+# API tokens expire this many days after they are created (0: never).
+RFT_API_TOKEN_DAYS = env.int("RFT_API_TOKEN_DAYS", default=90)
+
+# Per-user rate limits on expensive actions ("N/second|minute|hour|day", limits' syntax), counted
+# in Redis; over the limit the action answers 429 with Retry-After.
+RFT_RATE_LIMITS = {
+    "tool_try": env.str("RFT_RATE_TOOL_TRY", default="30/minute"),
+    "grader_run": env.str("RFT_RATE_GRADER_RUN", default="20/minute"),
+    "readiness": env.str("RFT_RATE_READINESS", default="10/hour"),
+    "audit": env.str("RFT_RATE_AUDIT", default="10/hour"),
+    "run_launch": env.str("RFT_RATE_RUN_LAUNCH", default="30/hour"),
+}
+# Runs a user may have queued or running at once (the hosted service: 1 running + 10 queued).
+RFT_MAX_ACTIVE_RUNS_PER_USER = env.int("RFT_MAX_ACTIVE_RUNS_PER_USER", default=11)
 
 # Secrets stored in the database (tool headers, signing secrets, judge API keys) are encrypted
 # with these Fernet keys, which are separate from SECRET_KEY. The first key encrypts; all decrypt
@@ -162,6 +239,11 @@ RFT_OUTBOUND_ALLOWLIST = env.list("RFT_OUTBOUND_ALLOWLIST", default=[])
 # chat-completions endpoint) and its key (a secret: give it through the environment only).
 RFT_JUDGE_BASE_URL = env.str("RFT_JUDGE_BASE_URL", default="") or None
 RFT_JUDGE_API_KEY = env.str("RFT_JUDGE_API_KEY", default="") or None
+# The default OpenAI-compatible embeddings endpoint for `text_similarity` graders with
+# `evaluation_metric: cosine` that name no `base_url`, its key (environment only) and model.
+RFT_EMBEDDINGS_BASE_URL = env.str("RFT_EMBEDDINGS_BASE_URL", default="") or None
+RFT_EMBEDDINGS_API_KEY = env.str("RFT_EMBEDDINGS_API_KEY", default="") or None
+RFT_EMBEDDINGS_MODEL = env.str("RFT_EMBEDDINGS_MODEL", default="text-embedding-3-large")
 
 # Runs: a worker renews its lease every RFT_HEARTBEAT_SECONDS; a run whose lease is older than
 # RFT_LEASE_TIMEOUT_SECONDS is declared lost.
@@ -176,11 +258,11 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_DEFAULT_QUEUE = queues.DEFAULT
 CELERY_TASK_ROUTES = {
-    "experiments.tasks.train_run": {"queue": "train"},
-    "experiments.tasks.build_merged_model": {"queue": "train"},
-    "experiments.tasks.compute_readiness": {"queue": "train"},
+    "experiments.tasks.train_run": {"queue": queues.TRAIN},
+    "experiments.tasks.build_merged_model": {"queue": queues.TRAIN},
+    "experiments.tasks.compute_readiness": {"queue": queues.TRAIN},
 }
 # Longer than the longest run: an unacknowledged training task is redelivered only after this.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -194,18 +276,26 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-lost-runs": {
         "task": "experiments.tasks.sweep_lost_runs",
         "schedule": float(env.int("RFT_SWEEP_SECONDS", default=15)),
-    }
+    },
+    # Environment ends a dead worker never sent (default queue: no GPU needed).
+    "sweep-environment-ends": {
+        "task": "experiments.tasks.sweep_environment_ends",
+        "schedule": float(env.int("RFT_ENVIRONMENT_SWEEP_SECONDS", default=30)),
+    },
 }
+# How long after its start a rollout's environment may be ended by the sweeper: longer than a rollout.
+RFT_ENVIRONMENT_LEASE_SECONDS = env.int("RFT_ENVIRONMENT_LEASE_SECONDS", default=3600)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        "experiments.api.authentication.ApiTokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "experiments.api.exceptions.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "rftweb API",
@@ -230,5 +320,5 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"httpx": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
+    "loggers": {"httpx": {"level": "WARNING"}, "uvicorn.access": {"level": "WARNING"}},
 }

@@ -1,4 +1,4 @@
-"""Production: every secret comes from the environment, and a missing one stops start-up."""
+"""Production: every secret and service comes from the environment, and a missing one stops start-up."""
 
 from __future__ import annotations
 
@@ -6,6 +6,16 @@ from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
 from .base import env
+
+# Without these a deployment would quietly run on a SQLite file and the embedded Redis socket inside
+# the container, and lose its data with it. RFTWEB_EMBEDDED_SERVICES=1 is the explicit opt-in to that.
+if not env.bool("RFTWEB_EMBEDDED_SERVICES", default=False):
+    for variable, what in (("DATABASE_URL", "the PostgreSQL database"), ("REDIS_URL", "the Redis server")):
+        if not env.str(variable, default=""):
+            raise ImproperlyConfigured(
+                f"{variable} must be set in production (the URL of {what}); to run on the embedded "
+                "SQLite file and Redis socket instead, set RFTWEB_EMBEDDED_SERVICES=1."
+            )
 
 if env.bool("DEBUG", default=False):
     raise ImproperlyConfigured("DEBUG must be off in production settings.")

@@ -73,6 +73,13 @@ CHANNEL_LAYERS = {
         "CONFIG": {"hosts": channel_layer_hosts(REDIS_URL), "prefix": f"rftweb-test-{TEST_NAMESPACE}"},
     }
 }
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": f"rftweb-test-{TEST_NAMESPACE}",
+    }
+}
 CELERY_BROKER_URL = celery_broker_url(REDIS_URL)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     **CELERY_BROKER_TRANSPORT_OPTIONS,  # noqa: F405
@@ -83,4 +90,6 @@ RFT_LEASE_TIMEOUT_SECONDS = 4
 # The lost-run sweep runs every second in tests that start a beat scheduler.
 CELERY_BEAT_SCHEDULE = {
     "sweep-lost-runs": {"task": "experiments.tasks.sweep_lost_runs", "schedule": 1.0},
+    "sweep-environment-ends": {"task": "experiments.tasks.sweep_environment_ends", "schedule": 1.0},
 }
+RFT_ENVIRONMENT_LEASE_SECONDS = 3

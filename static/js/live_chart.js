@@ -65,6 +65,7 @@
 
   // Exponential moving average with debias (as TensorBoard / W&B): early points are not pulled
   // toward 0. `state` carries the running sums so appended points continue the same curve.
+  // The app's one smoothing: every chart uses it, and the server returns points as stored.
   function smoothPoint(state, alpha, y) {
     if (!Number.isFinite(y) || alpha <= 0) return y;
     state.ema = alpha * state.ema + (1 - alpha) * y;

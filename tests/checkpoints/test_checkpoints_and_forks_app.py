@@ -55,11 +55,13 @@ def test_the_checkpoint_list_shows_eval_metrics_ranks_and_actions(client, parent
 
     rows = APIClient()
     rows.force_authenticate(parent.owner)
-    data = rows.get(f"/api/v1/runs/{parent.pk}/checkpoints/").json()
-    assert [row["step"] for row in data] == [40, 30, 20, 10]
-    assert [row["eval_rank"] for row in data] == [2, None, 1, 3]
-    assert data[2]["eval"] == {"pass@1": 0.9, "pass@4": 1.0, "reward": 0.9}
-    assert [row["available"] for row in data] == [True, False, True, True]
+    data = rows.get(f"/api/v1/runs/{parent.pk}/checkpoints/").json()  # oldest first
+    assert [row["step"] for row in data] == [10, 20, 30, 40]
+    assert [row["eval_rank"] for row in data] == [3, 1, None, 2]
+    assert data[1]["eval"] == {"pass@1": 0.9, "pass@4": 1.0, "reward": 0.9}
+    assert [row["available"] for row in data] == [True, True, False, True]
+    assert [row["adapter_available"] for row in data] == [True, True, False, True]
+    assert data[1]["adapter_url"].endswith(f"/api/v1/runs/{parent.pk}/download/adapter.zip?step=20")
 
 
 def test_a_fork_from_the_form_starts_from_the_checkpoint_with_edited_settings(

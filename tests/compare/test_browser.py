@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from experiments.selectors.compare import RUN_COLORS, ema_debiased
+from experiments.selectors.compare import RUN_COLORS
 from tests.foundation.realtime_support import session_cookie_for
 
 # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are plain sync.
@@ -73,9 +73,10 @@ def test_compare_three_runs_from_the_runs_list(page, live_server, compared, scre
         }"""
     )
     assert reward_colors == list(RUN_COLORS[:3])
-    # The page's smoothing is the server's debiased EMA.
-    smoothed = page.evaluate("() => RftSmoothing.smoothSeries([1, 2, 3, 10, -4], 0.6)")
-    assert smoothed == pytest.approx(ema_debiased([1, 2, 3, 10, -4], 0.6))
+    # The comparison's charts smooth with the run page's one implementation.
+    assert page.evaluate("() => RftSmoothing.smoothSeries([1, 2, 3], 0.5)") == pytest.approx(
+        [1, 5 / 3, 2.125 / 0.875]
+    )
     page.screenshot(path=str(screenshot_dir / "compare-overview.png"), full_page=True)
 
     # Differences only (on by default), then every field.

@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.urls import reverse
 
-from experiments.forms.runs import trainer_defaults
 from experiments.models import MetricPoint
 from experiments.selectors import compare as c
 from tests.factories import RunFactory
+from trainer.config import defaults as trainer_defaults
 
 from .conftest import FINALS
 
@@ -141,18 +141,7 @@ def test_tool_call_distributions_base_model_against_each_final_eval(compared):
 # ---- curves ------------------------------------------------------------------------------------
 
 
-def test_smoothing_matches_a_hand_computed_debiased_ema():
-    # a = 0.5: ema1 = 0.5, /(1-0.5) = 1; ema2 = 0.25 + 1 = 1.25, /(1-0.25) = 1.6667;
-    # ema3 = 0.625 + 1.5 = 2.125, /(1-0.125) = 2.428571.
-    assert c.ema_debiased([1.0, 2.0, 3.0], 0.5) == pytest.approx([1.0, 5 / 3, 2.125 / 0.875])
-    # A gap does not advance the average; no smoothing returns the values.
-    assert c.ema_debiased([1.0, None, 2.0], 0.5) == pytest.approx([1.0, None, 5 / 3], nan_ok=True)
-    assert c.ema_debiased([4.0, 2.0], 0.0) == [4.0, 2.0]
-    # Debiased, the first point is the first value (not pulled toward 0).
-    assert c.ema_debiased([10.0], 0.9) == pytest.approx([10.0])
-
-
-def test_series_api_keeps_each_series_global_min_and_max_and_smooths(client, compared):
+def test_series_api_keeps_each_series_global_min_and_max(client, compared):
     a, b = compared["A"], compared["B"]
     start = datetime(2026, 1, 1, tzinfo=UTC)
     spikes = {a.pk: (1234, 2345), b.pk: (77, 2999)}
@@ -171,16 +160,16 @@ def test_series_api_keeps_each_series_global_min_and_max_and_smooths(client, com
             for step in range(3000)
         )
     client.force_login(a.owner)
-    response = client.get(
-        reverse("api-compare-series"), {"runs": ids(a, b), "keys": "kl", "max_points": 300, "smoothing": 0.5}
-    )
+    response = client.get(reverse("api-compare-series"), {"runs": ids(a, b), "keys": "kl", "max_points": 300})
     assert response.status_code == 200
     for run in (a, b):
         series = response.json()["runs"][str(run.pk)]["series"]["kl"]
         assert len(series["y"]) <= 300
         assert min(series["y"]) == -9.0 and max(series["y"]) == 9.0
         assert series["step"][series["y"].index(-9.0)] == spikes[run.pk][0]
-        assert series["y_smooth"] == pytest.approx(c.ema_debiased(series["y"], 0.5))
+        assert "y_smooth" not in series  # smoothing is the charts' (static/js/live_chart.js)
+    refused = client.get(reverse("api-compare-series"), {"runs": ids(a), "keys": "kl", "smoothing": 0.5})
+    assert refused.status_code == 400 and "smooth them on the client" in refused.json()["smoothing"][0]
     # Zoomed in: only the steps in view, at full resolution.
     zoomed = client.get(
         reverse("api-compare-series"), {"runs": ids(a), "keys": "kl", "step_min": 100, "step_max": 199}

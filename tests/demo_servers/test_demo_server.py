@@ -11,11 +11,11 @@ import urllib.request
 import pytest
 
 from experiments.demo_servers import PRODUCTS, REPOSITORY, TOOL_DEFINITIONS, DemoServer
-from experiments.outbound.client import OutboundClient
-from experiments.outbound.policy import OutboundPolicy
-from experiments.outbound.signing import sign_body
-from experiments.outbound.tools import HttpToolExecutor, ToolEndpoint
 from trainer.interfaces import ToolCall
+from trainer.outbound.client import OutboundClient
+from trainer.outbound.policy import OutboundPolicy
+from trainer.outbound.signing import sign_body
+from trainer.outbound.tools import HttpToolExecutor, ToolEndpoint
 
 DEV = OutboundPolicy(allow_loopback=True)
 
@@ -63,14 +63,25 @@ async def get_json(url):
 
 async def test_tool_definitions_are_openai_functions(demo):
     definitions = await get_json(f"{demo.url}/tools")
-    names = [d["function"]["name"] for d in definitions]
-    assert names == ["calculator", "lookup", "list_files", "grep", "peek"]
+    assert [d["function"]["name"] for d in definitions] == [
+        "calculator",
+        "lookup",
+        "list_files",
+        "grep",
+        "peek",
+        "workspace_list_files",
+        "workspace_read_file",
+        "workspace_write_file",
+    ]
     for definition in definitions:
         assert definition["type"] == "function"
-        assert definition["function"]["parameters"]["type"] == "object"
+        parameters = definition["function"]["parameters"]
+        assert parameters["type"] == "object"
         # peek takes no arguments: it reads the rollout's item
         assert (
-            definition["function"]["parameters"].get("required") or definition["function"]["name"] == "peek"
+            parameters.get("required")
+            or not parameters["properties"]
+            or definition["function"]["name"] == "peek"
         )
 
 
@@ -227,7 +238,7 @@ def test_runs_as_a_module_with_a_port():
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise
                 time.sleep(0.05)
-        assert len(definitions) == 5
+        assert len(definitions) == 8  # five demo tools, three workspace tools
         body = json.dumps(
             {"type": "function_call", "call_id": "c", "name": "lookup", "arguments": '{"key": "SKU-1003"}'}
         )

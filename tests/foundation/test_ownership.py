@@ -2,9 +2,9 @@
 
 import pytest
 from django.db import connection
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from experiments.services.api_tokens import create_token
 from tests.factories import DatasetFactory, GraderFactory, RunFactory, ToolFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -83,7 +83,7 @@ def test_owner_sees_own_run_page(client, bob, bobs_objects):
 
 def test_api_hides_and_protects_other_users_objects(alice, bobs_objects):
     api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=alice).key}")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {create_token(user=alice, name='test').key}")
     for kind in ("runs", "datasets", "tools", "graders"):
         listing = api.get(f"/api/v1/{kind}/").json()
         assert listing["count"] == 0, kind

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,12 +64,12 @@ def test_up_serves_login_and_dashboard_and_ctrl_c_stops_every_process(tmp_path):
         assert len(started) >= 4  # redis, web, two workers (+ the demo server when shipped)
 
         base = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=base, timeout=10, follow_redirects=True) as browser:
+        with httpx2.Client(base_url=base, timeout=10, follow_redirects=True) as browser:
             for _ in range(60):
                 try:
                     login_page = browser.get("/accounts/login/")
                     break
-                except httpx.TransportError:
+                except httpx2.TransportError:
                     time.sleep(0.5)
             assert login_page.status_code == 200
             token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login_page.text).group(1)

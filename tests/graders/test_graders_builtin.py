@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from experiments.graders import GraderContext, GraderSpecError, build_grader, make_sample, run_grader
+from trainer.graders import GraderContext, GraderSpecError, build_grader, make_sample, run_grader
 from trainer.interfaces import Grader
 
 # The grader JSON examples of PRODUCT.md, pasted as they are (the multi example's "{...}" filled in).
@@ -333,7 +333,7 @@ def test_nested_multi_reports_sub_scores_by_path():
         (
             {"name": "x"},
             [
-                "type: required (one of string_check, text_similarity, set_match, score_model, python, endpoint, multi)"
+                "type: required (one of string_check, text_similarity, set_match, score_model, label_model, python, endpoint, multi)"
             ],
         ),
         (
@@ -350,12 +350,12 @@ def test_nested_multi_reports_sub_scores_by_path():
                 "name": "s",
                 "input": "{{output_text}}",
                 "reference": "{{item.a}}",
-                "evaluation_metric": "cosine",
+                "evaluation_metric": "cosinus",
                 "pass_threshold": 0.5,
             },
             [
                 "input: {{output_text}}: unknown root 'output_text' (use item or sample)",
-                "evaluation_metric: must be one of fuzzy_match, bleu, gleu, meteor, rouge_1, rouge_2, rouge_3, rouge_4, rouge_5, rouge_l, f1, not 'cosine'",
+                "evaluation_metric: must be one of fuzzy_match, bleu, gleu, meteor, rouge_1, rouge_2, rouge_3, rouge_4, rouge_5, rouge_l, f1, cosine, not 'cosinus'",
             ],
         ),
         (
@@ -384,10 +384,8 @@ def test_nested_multi_reports_sub_scores_by_path():
                 "input": [{"role": "user", "content": "{{item.q}}"}],
                 "range": [1, 0],
             },
-            [
-                "base_url: required: no default judge endpoint is configured on this server",
-                "range: must be [low, high] with low < high",
-            ],
+            # No judge configured is not an error of the spec: the grader is kept and says what it needs.
+            ["range: must be [low, high] with low < high"],
         ),
         (
             {
@@ -433,3 +431,29 @@ def test_spec_error_paths_group_by_field():
             }
         )
     assert info.value.by_field() == {"graders.a.reference": ["required"]}
+
+
+@pytest.mark.parametrize(
+    ("answer", "label"),
+    [
+        ('{"label": "neutral"}', "neutral"),
+        ('```json\n{"label": "Negative"}\n```', "negative"),
+        ("positive", "positive"),
+        ("  POSITIVE. ", "positive"),
+        ("The statement is clearly negative.", "negative"),
+    ],
+)
+def test_judge_labels_are_read_from_json_or_text(answer, label):
+    from trainer.graders.types import parse_judge_label
+
+    assert parse_judge_label(answer, ["positive", "neutral", "negative"]) == label
+
+
+@pytest.mark.parametrize("answer", ["positive or negative, hard to say", "no idea", '{"label": "great"}'])
+def test_a_judge_answer_naming_no_single_label_is_a_grader_error(answer):
+    from trainer.graders import GraderError
+    from trainer.graders.types import parse_judge_label
+
+    with pytest.raises(GraderError) as error:
+        parse_judge_label(answer, ["positive", "neutral", "negative"])
+    assert error.value.error_type == "invalid_response"

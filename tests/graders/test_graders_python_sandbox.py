@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.graders import GraderContext, SandboxLimits, build_grader, make_sample, sandbox_status
+from trainer.graders import GraderContext, SandboxLimits, build_grader, make_sample, sandbox_status
 
 pytestmark = pytest.mark.skipif(not sandbox_status().available, reason=sandbox_status().reason)
 
@@ -52,8 +52,8 @@ async def test_graders_see_trajectory_and_output_json():
         "    assert sample['messages'][-1]['role'] == 'assistant'\n"
         "    return float(sample['output_json']['n'])\n"
     )
-    result, _ = await run(source, output_text='{"n": 3}')
-    assert result.score == 3.0
+    result, _ = await run(source, output_text='{"n": 0.75}')
+    assert result.score == 0.75
 
 
 async def test_open_a_socket(tmp_path):
@@ -205,3 +205,38 @@ def test_the_sandbox_environment_is_empty():
     finally:
         del os.environ["RFT_TEST_CANARY"]
     assert result.score == 0.0, result.errors
+
+
+@pytest.mark.slow
+async def test_the_hosted_preinstalled_packages_import_in_the_sandbox():
+    """What the hosted python grader preinstalls works here too (the `graders` extra)."""
+    from trainer.graders import sandbox_packages
+
+    missing = [package.name for package in sandbox_packages() if not package.version]
+    assert missing == [], f"install the graders extra: pip install '.[graders]' (missing {missing})"
+    source = (
+        "import numpy as np, scipy.stats, sympy, pandas as pd, sklearn.metrics, deepdiff, sqlparse\n"
+        "import rapidfuzz, rouge_score, jsonschema, pydantic, yaml, nltk\n"
+        "def grade(sample, item) -> float:\n"
+        "    predicted = [int(x) for x in sample['output_text'].split()]\n"
+        "    f1 = sklearn.metrics.f1_score(item['truth'], predicted)\n"
+        "    frame = pd.DataFrame({'p': predicted, 't': item['truth']})\n"
+        "    agree = float((frame.p == frame.t).mean())\n"
+        "    x = sympy.symbols('x')\n"
+        "    exact = sympy.solve(x**2 - 4, x) == [-2, 2]\n"
+        "    same = not deepdiff.DeepDiff({'a': 1}, {'a': 1})\n"
+        "    rho = scipy.stats.spearmanr([1, 2, 3], [1, 2, 3]).statistic\n"
+        "    return float(np.mean([f1, agree, exact, same, rho]))\n"
+    )
+    # Default limits except the wall clock: these imports take ~3 CPU seconds, which on this shared,
+    # loaded machine can be 10+ s of wall time.
+    limits = SandboxLimits(timeout_s=90.0)
+    grader = build_grader(
+        {"type": "python", "name": "py", "source": source}, context=GraderContext(sandbox_limits=limits)
+    )
+    # truth 1 0 1 1, predicted 1 0 0 1: precision 1, recall 2/3, F1 0.8; agreement 3/4
+    started = time.perf_counter()
+    result = await grader.grade(make_sample(output_text="1 0 0 1"), {"truth": [1, 0, 1, 1]}, trace_id="t")
+    print(f"imports and grading took {time.perf_counter() - started:.1f} s (load {os.getloadavg()[0]:.1f})")
+    assert result.errors == []
+    assert abs(result.score - (0.8 + 0.75 + 1 + 1 + 1) / 5) < 1e-9

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from experiments.graders import GraderContext, build_grader, make_sample, run_grader
-from experiments.outbound.policy import OutboundPolicy
-from experiments.outbound.signing import verify_signature
 from tests.http_test_server import Reply
+from trainer.graders import GraderContext, build_grader, make_sample, run_grader
+from trainer.outbound.policy import OutboundPolicy
+from trainer.outbound.signing import verify_signature
 
 DEV = GraderContext(policy=OutboundPolicy(allow_loopback=True), retry_backoff_s=0.01, max_retries=2)
 TRAJECTORY = [
@@ -173,14 +173,20 @@ def test_score_model_sends_an_openai_chat_request(scripted_server):
         ("0.6", 0.6),
         ("Score: 0.35\nThe answer misses the unit.", 0.35),
         ('```json\n{"result": 1}\n```', 1.0),
-        ("I'd rate it 7 out of 10", 1.0),  # clipped to the range
-        ("-2", 0.0),
+        # Outside the judge's range [0, 1]: a grader error, never clipped into a reward (issue 13).
+        ("I'd rate it 7 out of 10", None),
+        ("-2", None),
     ],
 )
-def test_score_model_parses_and_clips(scripted_server, content, expected):
+def test_score_model_parses_and_checks_the_range(scripted_server, content, expected):
     scripted_server.routes["/v1/chat/completions"] = judge_replying(content)
     result = run_grader(judge_spec(scripted_server), trajectory_sample(), {"question": "q"}, context=DEV)
-    assert result.score == pytest.approx(expected)
+    if expected is None:
+        assert result.score is None
+        assert [error["type"] for error in result.errors] == ["out_of_range"]
+        assert "outside the grader's range [0, 1]" in result.errors[0]["message"]
+    else:
+        assert result.score == pytest.approx(expected)
 
 
 def test_score_model_range_and_default_endpoint(scripted_server):

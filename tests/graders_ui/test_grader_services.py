@@ -4,10 +4,10 @@ delete protection, and "Run grader" against the real demo grader server."""
 import pytest
 from django.db import connection
 
-from experiments.graders import sandbox_status
 from experiments.models import Grader
 from experiments.services import graders as grader_services
 from tests.factories import GraderFactory, RunFactory
+from trainer.graders import sandbox_status
 
 pytestmark = pytest.mark.django_db
 

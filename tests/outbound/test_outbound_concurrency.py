@@ -14,11 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from experiments.outbound.client import OutboundClient
-from experiments.outbound.policy import OutboundPolicy
-from experiments.outbound.tools import HttpToolExecutor, ToolEndpoint
 from tests.http_test_server import Reply, ScriptedServer
 from trainer.interfaces import ToolCall
+from trainer.outbound.client import OutboundClient
+from trainer.outbound.policy import OutboundPolicy
+from trainer.outbound.tools import HttpToolExecutor, ToolEndpoint
 
 DEV = OutboundPolicy(allow_loopback=True)
 CALLS = 256
@@ -119,7 +119,7 @@ async def test_requests_beyond_the_connection_limit_wait_for_a_free_connection(s
         )
         elapsed = time.perf_counter() - started
         assert all(r.status_code == 200 for r in responses)
-        assert client._pool.slots_in_use == 4 and client._pool.idle_count == 4
+        assert client.connection_counts() == (4, 4)
     finally:
         await client.aclose()
     # Two rounds of four on the same four connections.

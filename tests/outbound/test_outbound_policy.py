@@ -2,7 +2,7 @@ import ipaddress
 
 import pytest
 
-from experiments.outbound.policy import OutboundPolicy, OutboundPolicyError
+from trainer.outbound.policy import OutboundPolicy, OutboundPolicyError
 
 REFUSED = [
     "127.0.0.1",
@@ -90,7 +90,7 @@ def test_bad_allowlist_entries_are_rejected(entry):
 
 
 def test_policy_from_settings(settings):
-    from experiments.outbound.policy import policy_from_settings
+    from experiments.outbound import policy_from_settings
 
     settings.RFT_OUTBOUND_ALLOW_LOOPBACK = False
     settings.RFT_OUTBOUND_ALLOWLIST = ["10.20.0.0/16", "tools.internal"]

@@ -1,7 +1,7 @@
 import hashlib
 import hmac
 
-from experiments.outbound.signing import sign_body, verify_signature
+from trainer.outbound.signing import sign_body, verify_signature
 
 
 def test_signature_matches_the_documented_construction():

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from experiments.outbound import client as outbound_client
-from experiments.outbound.client import BlockedAddressError, OutboundClient
-from experiments.outbound.policy import OutboundPolicy
-from experiments.outbound.tools import HttpToolExecutor, ToolEndpoint
 from tests.http_test_server import Reply
 from trainer.interfaces import ToolCall
+from trainer.outbound import client as outbound_client
+from trainer.outbound.client import BlockedAddressError, OutboundClient
+from trainer.outbound.policy import OutboundPolicy
+from trainer.outbound.tools import HttpToolExecutor, ToolEndpoint
 
 PRODUCTION = OutboundPolicy()
 

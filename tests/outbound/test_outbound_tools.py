@@ -7,11 +7,11 @@ import tracemalloc
 
 import pytest
 
-from experiments.outbound.policy import OutboundPolicy
-from experiments.outbound.signing import verify_signature
-from experiments.outbound.tools import HttpToolExecutor, ToolEndpoint, try_tool_call
 from tests.http_test_server import Reply
 from trainer.interfaces import ToolCall, ToolExecutor
+from trainer.outbound.policy import OutboundPolicy
+from trainer.outbound.signing import verify_signature
+from trainer.outbound.tools import HttpToolExecutor, ToolEndpoint, try_tool_call
 
 DEV = OutboundPolicy(allow_loopback=True)
 ITEM = {"messages": [{"role": "user", "content": "Which files?"}], "answer": "42"}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from experiments.models import Dataset, Grader, Run, RunStatus, Tool
+from experiments.models import Dataset, Environment, Grader, McpServer, Run, RunStatus, Tool
 from experiments.services import demo
 from tests.factories import UserFactory
 
@@ -15,10 +15,21 @@ def test_seeding_is_complete_and_idempotent_and_follows_the_demo_server():
     assert first.train.item_count == 32 and first.eval.item_count == demo.DEMO_EVAL_ITEMS
     assert {tool.name for tool in first.tools} == {"calculator", "lookup"}
     assert Tool.objects.get(owner=admin, name="lookup").url == "http://127.0.0.1:8765/tools/lookup"
-    again = demo.seed_demo(owner=admin, tool_base_url="http://127.0.0.1:9999")
+    again = demo.seed_demo(
+        owner=admin, tool_base_url="http://127.0.0.1:9999", mcp_url="http://127.0.0.1:10000/mcp"
+    )
     assert again.train.pk == first.train.pk
-    assert Dataset.objects.filter(owner=admin).count() == 6  # 4 demo + the quick demo's train/eval
-    assert Grader.objects.filter(owner=admin).count() == len(demo.DEMO_GRADERS) + 1 == 5
+    # shop, file finding, workspace edits (train/eval each) + the quick demo's train/eval
+    assert Dataset.objects.filter(owner=admin).count() == 8
+    # The four demo graders, the workspace's state grader (an endpoint on the demo server) and the
+    # quick demo's exact-colour grader.
+    assert Grader.objects.filter(owner=admin).count() == len(demo.DEMO_GRADERS) + 2 == 6
+    workspace = Environment.objects.get(owner=admin, name=demo.DEMO_ENVIRONMENT)
+    assert (workspace.start_url, workspace.end_url) == (
+        "http://127.0.0.1:9999/env/start",
+        "http://127.0.0.1:9999/env/end",
+    )
+    assert McpServer.objects.get(owner=admin, name=demo.DEMO_MCP_SERVER).url == "http://127.0.0.1:10000/mcp"
     holed = Grader.objects.get(owner=admin, name=demo.DEMO_HOLED_GRADER)
     assert holed.spec["operation"] == "ilike"  # the deliberate hole the watch catches
     assert Tool.objects.get(owner=admin, name="lookup").url == "http://127.0.0.1:9999/tools/lookup"

@@ -260,3 +260,22 @@ def test_rollout_browser_opens_a_rollout_and_its_group(page, daphne, owner, run,
     assert page.locator(".group-column").count() == 4
     page.click(".group-column:first-child summary")
     page.screenshot(path=str(screenshot_dir / "rollout-group.png"), full_page=True)
+
+
+def test_a_two_device_run_page_shows_ranks_and_their_chart(page, daphne, owner, run, screenshot_dir):
+    from .test_pages import RANK_KEYS, rank_value
+
+    run.config = {**run.config, "devices": 2}
+    run.status = "running"
+    run.save()
+    off_the_loop(write_metrics, run, range(1, 21), keys=RANK_KEYS, value=rank_value)
+    logged_in(page, daphne, owner).goto(f"{daphne.url}/runs/{run.pk}/")
+    page.wait_for_function(
+        "Number(document.getElementById('chart-ranks').dataset.points) === 20 * 5", timeout=15000
+    )
+    assert page.locator("dl.facts").first.inner_text().count("data parallel") == 1
+    assert page.locator(".ranks-table tbody tr").count() == 2
+    page.locator("#chart-ranks").scroll_into_view_if_needed()
+    page.screenshot(path=str(screenshot_dir / "run-page-two-devices-chart.png"))
+    page.locator(".ranks-table").scroll_into_view_if_needed()
+    page.screenshot(path=str(screenshot_dir / "run-page-two-devices-ranks.png"))

@@ -184,3 +184,49 @@ def test_histogram_compares_baseline_latest_and_the_chosen_step(browser_client, 
     assert body["baseline"] == {"step": 1, "counts": {"0": 1, "5": 2, "9": 1}}
     assert body["latest"] == {"step": 3, "counts": {"1": 3, "2": 1}}
     assert body["chosen"] == {"step": 2, "counts": {"1": 2, "2": 2}}
+
+
+RANK_KEYS = (
+    "reward",
+    "step_time",
+    "world_size",
+    "timing/communication_s",
+    "timing/rank0/rollout_s",
+    "timing/rank0/update_s",
+    "timing/communication_s/rank0",
+    "timing/rank1/rollout_s",
+    "timing/rank1/update_s",
+    "timing/communication_s/rank1",
+)
+
+
+def rank_value(key: str, step: int) -> float:
+    if key == "world_size":
+        return 2.0
+    return {"timing/rank1/update_s": 0.75, "timing/communication_s": 0.125}.get(key, 0.5) + step / 100
+
+
+def test_a_multi_device_run_shows_its_world_size_and_per_rank_times(browser_client, run):
+    run.config = {**run.config, "devices": 2, "sharding": "fsdp", "kl_beta": 0.05}
+    run.save()
+    write_metrics(run, range(1, 4), keys=RANK_KEYS, value=rank_value)
+    response = browser_client.get(f"/runs/{run.pk}/")
+    html = response.content.decode()
+    assert re.search(r"<dt>Devices</dt><dd>2, FSDP-sharded base</dd>", html)
+    assert "Step 3: time per rank (s)" in html and "rank 0 in all: 0.155 s" in html
+    rows = re.findall(
+        r"<tr><td>(\d)</td><td class=\"num\">([\d.]+)</td><td class=\"num\">([\d.]+)</td>", html
+    )
+    assert rows == [("0", "0.530", "0.530"), ("1", "0.530", "0.780")]
+    charts = {chart["id"]: chart for chart in response.context["page_config"]["charts"]}
+    assert charts["ranks"]["prefix"] == ["timing/rank"] and 'id="chart-ranks"' in html
+    assert charts["kl"]["title"] == "KL to the base model"
+
+
+def test_a_single_device_run_has_no_rank_chart_and_says_when_kl_is_not_computed(browser_client, run):
+    write_metrics(run, range(1, 3), keys=("reward", "step_time"), value=lambda key, step: 1.0)
+    response = browser_client.get(f"/runs/{run.pk}/")
+    html = response.content.decode()
+    assert 'id="chart-ranks"' not in html
+    assert "<dt>Devices</dt><dd>1</dd>" in html
+    assert "KL to the base model (not computed: kl_beta is 0)" in html

@@ -8,8 +8,8 @@ import pytest
 from django.db import connection
 
 from experiments.models import Tool
-from experiments.outbound import verify_signature
 from tests.factories import RunFactory, ToolFactory
+from trainer.outbound import verify_signature
 
 pytestmark = pytest.mark.django_db
 

@@ -44,7 +44,14 @@ def test_module_entry_point_trains_and_writes_jsonl(tiny_model_dir, toy_tool_ser
                 "url": f"{base_url}/{TOY_TOOL_NAME}",
             }
         ],
-        "grader": {"type": "exact_match", "field": "answer"},
+        # Grader JSON as the web app takes it (the same code scores it).
+        "grader": {
+            "type": "string_check",
+            "name": "exact",
+            "input": "{{sample.output_text}}",
+            "reference": "{{item.answer}}",
+            "operation": "eq",
+        },
     }
     (tmp_path / "run.json").write_text(json.dumps(run_file))
     completed = subprocess.run(
@@ -70,7 +77,8 @@ def test_module_entry_point_trains_and_writes_jsonl(tiny_model_dir, toy_tool_ser
 
 def test_module_entry_point_reports_a_bad_field(tmp_path):
     (tmp_path / "run.yaml").write_text(
-        "trainer: {model: x, loss_type: ppo}\ntrain_file: t.jsonl\noutput_dir: out\ngrader: {type: exact_match}\n"
+        "trainer: {model: x, loss_type: ppo}\ntrain_file: t.jsonl\noutput_dir: out\n"
+        "grader: {type: string_check, name: s, input: a, reference: a, operation: eq}\n"
     )
     completed = subprocess.run(
         [sys.executable, "-m", "trainer", str(tmp_path / "run.yaml")],
@@ -106,3 +114,104 @@ def test_trainer_never_imports_django_or_experiments():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+# --- the run file's grader: the web app's grader JSON through the web app's grader code -----------------
+
+
+def _run_file(grader, **extra):
+    return {
+        "trainer": {"model": "x"},
+        "train_file": "t.jsonl",
+        "output_dir": "out",
+        "grader": grader,
+        **extra,
+    }
+
+
+def test_the_run_file_takes_the_apps_grader_json():
+    from trainer.__main__ import build_run_grader
+    from trainer.graders import Grader
+    from trainer.graders.types import MultiGrader
+
+    multi = {
+        "type": "multi",
+        "graders": {
+            "name": {
+                "type": "text_similarity",
+                "input": "{{sample.output_json.name}}",
+                "reference": "{{item.name}}",
+                "evaluation_metric": "fuzzy_match",
+                "name": "n",
+            },
+            "email": {
+                "type": "string_check",
+                "input": "{{sample.output_json.email}}",
+                "reference": "{{item.email}}",
+                "operation": "eq",
+                "name": "e",
+            },
+        },
+        "calculate_output": "(name + email) / 2",
+    }
+    grader = build_run_grader(_run_file(multi), environ={})
+    assert isinstance(grader, MultiGrader) and isinstance(grader, Grader)  # the app's class, not a copy
+    import asyncio
+
+    from trainer.graders import make_sample
+
+    sample = make_sample(output_text=json.dumps({"name": "John Doe", "email": "e@x"}))
+    result = asyncio.run(grader.grade(sample, {"name": "Jon Doe", "email": "e@x"}, trace_id="t"))
+    assert abs(result.score - 29 / 30) < 1e-9  # (14/15 + 1) / 2, as the app scores it
+
+
+def test_the_old_shorthand_graders_name_their_grader_json():
+    from trainer.__main__ import build_run_grader
+    from trainer.config import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        build_run_grader(_run_file({"type": "exact_match", "field": "answer"}), environ={})
+    assert '"operation": "eq"' in str(refused.value)
+
+
+def test_a_judge_grader_needs_an_endpoint_and_uses_the_one_given(tmp_path):
+    from tests.http_test_server import Reply, ScriptedServer
+    from trainer.__main__ import build_run_grader
+    from trainer.config import ConfigError
+    from trainer.graders import make_sample
+    from trainer.outbound.client import run_sync
+
+    judge = {
+        "type": "label_model",
+        "name": "sentiment",
+        "model": "m",
+        "input": [{"role": "user", "content": "{{sample.output_text}}"}],
+        "labels": ["good", "bad"],
+        "passing_labels": ["good"],
+    }
+    with pytest.raises(ConfigError) as refused:
+        build_run_grader(_run_file(judge), environ={})
+    assert "needs a judge endpoint" in str(refused.value)
+    server = ScriptedServer()
+    server.routes["/v1/chat/completions"] = lambda request: Reply(
+        body=json.dumps({"choices": [{"message": {"content": "good"}}]}).encode()
+    )
+    try:
+        endpoints = {"judge_base_url": server.url("/v1")}
+        # The judge obeys the run file's outbound policy, as the tools do.
+        with pytest.raises(ConfigError) as blocked_file:
+            grader = build_run_grader(
+                _run_file(judge, grader_endpoints=endpoints, outbound={"allow_loopback": False}), environ={}
+            )
+            result = run_sync(lambda: grader.grade(make_sample(output_text="fine"), {}, trace_id="t"))
+            raise ConfigError(str(result.errors))
+        assert "blocked" in str(blocked_file.value)
+        grader = build_run_grader(
+            _run_file(judge, grader_endpoints=endpoints, outbound={"allow_loopback": True}),
+            environ={"RFT_JUDGE_API_KEY": "sk-from-env"},
+        )
+        result = run_sync(lambda: grader.grade(make_sample(output_text="fine"), {}, trace_id="t"))
+        assert result.score == 1.0 and result.errors == []
+        assert server.requests[-1].headers["authorization"] == "Bearer sk-from-env"
+    finally:
+        server.close()

@@ -1,11 +1,15 @@
-"""The KV-cache backend: batching does not change greedy tokens; sampled log-probs match training's."""
+"""The continuous-batching backend: batching does not change greedy tokens; sampled log-probs
+match training's; each rollout's samples come from its own seeded stream."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 import torch
 
-from trainer.generation import GeneratedTurn, KVCacheBackend, SamplingParams
+from trainer.engine import ContinuousBatchingBackend
+from trainer.generation import GeneratedTurn, SamplingParams
 from trainer.models import stop_token_ids
 
 
@@ -31,17 +35,46 @@ def _prompts(tokenizer):
     return [tokenizer.encode(text) for text in texts]
 
 
-def test_batched_greedy_generation_equals_unbatched(tiny_model, tiny_tokenizer):
-    backend = KVCacheBackend(
-        model=tiny_model, pad_id=tiny_tokenizer.pad_token_id, stop_ids=stop_token_ids(tiny_tokenizer)
+def _generate(backend, prompts, *, limits, sampling, seeds=None, slots=None):
+    """One turn per prompt, all prompts in one session (so they share forward passes)."""
+
+    async def run():
+        session = backend.open_session(
+            sampling=sampling, slots=slots or len(prompts), max_sequence_tokens=256
+        )
+
+        async def one(prompt, limit, seed):
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+            async with session.sequence() as sequence:
+                return await sequence.generate(prompt, max_new_tokens=limit, generator=generator)
+
+        try:
+            return await asyncio.gather(
+                *(
+                    one(p, n, s)
+                    for p, n, s in zip(prompts, limits, seeds or [None] * len(prompts), strict=True)
+                )
+            )
+        finally:
+            await session.aclose()
+
+    return asyncio.run(run())
+
+
+def _backend(model, tokenizer):
+    return ContinuousBatchingBackend(
+        model=model, pad_id=tokenizer.pad_token_id, stop_ids=stop_token_ids(tokenizer)
     )
+
+
+def test_batched_greedy_generation_equals_unbatched(tiny_model, tiny_tokenizer):
+    backend = _backend(tiny_model, tiny_tokenizer)
     prompts = _prompts(tiny_tokenizer)
     greedy = SamplingParams(temperature=0.0)
     limits = [12, 7, 12, 3]
-    batched = backend.generate(prompts, max_new_tokens=limits, sampling=greedy, generator=torch.Generator())
+    batched = _generate(backend, prompts, limits=limits, sampling=greedy)
     single = [
-        backend.generate([p], max_new_tokens=[n], sampling=greedy, generator=torch.Generator())[0]
-        for p, n in zip(prompts, limits, strict=True)
+        _generate(backend, [p], limits=[n], sampling=greedy)[0] for p, n in zip(prompts, limits, strict=True)
     ]
     assert [t.token_ids for t in batched] == [t.token_ids for t in single]
     assert [len(t.token_ids) for t in batched] == [
@@ -51,20 +84,16 @@ def test_batched_greedy_generation_equals_unbatched(tiny_model, tiny_tokenizer):
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
 
 
-def test_sampling_is_seeded_and_logprobs_match_a_training_forward(tiny_model, tiny_tokenizer):
+def test_sampling_is_seeded_per_rollout_and_logprobs_match_a_training_forward(tiny_model, tiny_tokenizer):
     from trainer.update import MicroBatch, token_logprobs
 
-    backend = KVCacheBackend(
-        model=tiny_model, pad_id=tiny_tokenizer.pad_token_id, stop_ids=stop_token_ids(tiny_tokenizer)
-    )
+    backend = _backend(tiny_model, tiny_tokenizer)
     prompts = _prompts(tiny_tokenizer)
     sampling = SamplingParams(temperature=0.7, top_p=1.0)
-    first = backend.generate(
-        prompts, max_new_tokens=[10] * 4, sampling=sampling, generator=torch.Generator().manual_seed(3)
-    )
-    again = backend.generate(
-        prompts, max_new_tokens=[10] * 4, sampling=sampling, generator=torch.Generator().manual_seed(3)
-    )
+    seeds = [3, 4, 5, 6]
+    first = _generate(backend, prompts, limits=[10] * 4, sampling=sampling, seeds=seeds)
+    # Two slots instead of four: other rows share the forwards, each rollout's tokens stay the same.
+    again = _generate(backend, prompts, limits=[10] * 4, sampling=sampling, seeds=seeds, slots=2)
     assert [t.token_ids for t in first] == [t.token_ids for t in again]
     for prompt, turn in zip(prompts, first, strict=True):
         assert isinstance(turn, GeneratedTurn) and turn.token_ids

@@ -16,11 +16,12 @@ from trainer.toy import TOY_TOOL_NAME, TOY_TOOLS, ToyGrader, toy_items, warm_sta
 pytestmark = pytest.mark.slow
 
 
-def test_rl_raises_the_reward_on_the_toy_task_over_http(toy_tool_server, reporter, tmp_path):
+@pytest.mark.parametrize("devices", [1, 2])
+def test_rl_raises_the_reward_on_the_toy_task_over_http(devices, toy_tool_server, reporter, tmp_path):
     from conftest import MODEL_CACHE
 
-    from experiments.outbound.policy import OutboundPolicy
-    from experiments.outbound.tools import HttpToolExecutor, ToolEndpoint
+    from trainer.outbound.policy import OutboundPolicy
+    from trainer.outbound.tools import HttpToolExecutor, ToolEndpoint
 
     started = time.perf_counter()
     model_dir = warm_start_toy_model(MODEL_CACHE / "toy-warm", base_dir=MODEL_CACHE / "tiny")
@@ -33,6 +34,8 @@ def test_rl_raises_the_reward_on_the_toy_task_over_http(toy_tool_server, reporte
     config = TrainerConfig.from_dict(
         {
             "model": str(model_dir),
+            # 2: two gloo ranks started by the elastic launcher, 2 prompt groups each.
+            "devices": devices,
             "steps": 40,
             "prompts_per_step": 4,
             "group_size": 8,
@@ -60,16 +63,38 @@ def test_rl_raises_the_reward_on_the_toy_task_over_http(toy_tool_server, reporte
             "seed": 3,
         }
     )
-    result = train(
-        config=config,
-        train_items=toy_items(count=64, seed=1),
-        eval_items=[],
-        tools=TOY_TOOLS,
-        tool_executor=executor,
-        grader=ToyGrader(),
-        reporter=reporter,
-        output_dir=str(tmp_path),
-    )
+    if devices == 1:
+        result = train(
+            config=config,
+            train_items=toy_items(count=64, seed=1),
+            eval_items=[],
+            tools=TOY_TOOLS,
+            tool_executor=executor,
+            grader=ToyGrader(),
+            reporter=reporter,
+            output_dir=str(tmp_path),
+        )
+    else:
+        from distributed_entry import run_toy
+
+        from trainer.distributed import launch
+
+        outcome = launch(
+            run_toy,
+            [
+                {
+                    "config": config.to_dict(),
+                    "items": 64,
+                    "output_dir": str(tmp_path / "run"),
+                    "tool_url": f"{base_url}/tools/{TOY_TOOL_NAME}",
+                }
+            ],
+            nprocs=devices,
+            log_dir=tmp_path / "ranks",
+        )[0]
+        result = outcome["result"]
+        reporter.steps = outcome["steps"]
+        assert all(metrics["world_size"] == 2.0 for _, metrics, _ in reporter.steps)
     assert result.final_step == 40
     rewards = [metrics["reward"] for _, metrics, _ in reporter.steps]
     calls = [metrics["tools/calls_mean"] for _, metrics, _ in reporter.steps]

@@ -19,6 +19,11 @@ TIMING_KEYS = {
     "step_time",
     "tokens_per_s",
     "eval/time_s",
+    "timing/rollout_generating_s",
+    "timing/rollout_tool_wait_s",
+    "timing/rollout_wall_s_p50",
+    "timing/rollout_wall_s_p95",
+    "engine/batch_occupancy",  # which rollouts share a forward depends on timing
 }
 
 
@@ -318,3 +323,30 @@ def test_merged_model_export_loads_without_peft(tiny_model_dir, reporter, tmp_pa
     result = _run(_config(tiny_model_dir, steps=1, export_merged=True), reporter, tmp_path)
     merged = AutoModelForCausalLM.from_pretrained(result.merged_model_path)
     assert merged.config.model_type == "qwen2"
+
+
+def test_metric_names_follow_trl(tiny_model_dir, reporter, tmp_path):
+    """TRL's current names: clip_ratio/{low,high,region}_*, num_tokens, min/max lengths, reward
+    std per sub-score, and no `kl` when beta is 0."""
+    result = _run(_config(tiny_model_dir, kl_beta=0.0), reporter, tmp_path)
+    assert result.final_step == 2
+    first, second = reporter.metrics_at(1), reporter.metrics_at(2)
+    assert "kl" not in first and "clip_ratio" not in first
+    for key in (
+        "clip_ratio/low_mean",
+        "clip_ratio/low_min",
+        "clip_ratio/high_mean",
+        "clip_ratio/high_max",
+        "clip_ratio/region_mean",
+    ):
+        assert 0.0 <= first[key] <= 1.0, key
+    # One optimizer step per batch: the ratio is exactly 1, nothing is clipped.
+    assert first["clip_ratio/region_mean"] == 0.0
+    records = reporter.trajectories_at(1)
+    lengths = [r.completion_tokens for r in records]
+    assert (first["completions/min_length"], first["completions/max_length"]) == (min(lengths), max(lengths))
+    assert first["rewards/length/std"] == 0.0  # the sub-score is constant
+    # Prompt and completion tokens of every rollout (tool results included), summed over steps.
+    assert first["num_tokens"] >= sum(r.prompt_tokens + r.completion_tokens for r in records)
+    assert second["num_tokens"] >= 2 * sum(r.prompt_tokens for r in records)
+    assert second["num_tokens"] > first["num_tokens"]

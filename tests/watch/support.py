@@ -9,7 +9,7 @@ from django.utils import timezone
 from experiments.models import Dataset, DatasetItem, Grader, Run, RunStatus, Tool
 from experiments.services import runs as run_services
 from experiments.services.recording import record_step
-from experiments.services.watch import pause_message
+from experiments.watch.flags import pause_message
 from tests.factories import DatasetFactory, DatasetItemFactory, GraderFactory, RunFactory, ToolFactory
 from trainer.interfaces import TrajectoryRecord
 

@@ -9,7 +9,8 @@ import pytest
 from experiments.models import Grader
 from experiments.services import demo
 from experiments.services.graders import build_grader_for
-from experiments.services.watch import Baseline, flag_rollouts, watch_config_for
+from experiments.watch.flags import Baseline, flag_rollouts
+from experiments.watch.rules import watch_config_for
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db

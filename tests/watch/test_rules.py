@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.services.watch import (
+from experiments.watch.flags import (
     Baseline,
     flag_rollouts,
     pause_decision,
     step_metrics,
     trend_alerts,
-    watch_config_for,
     watch_step,
 )
+from experiments.watch.rules import watch_config_for
 
 ITEM = {
     "messages": [

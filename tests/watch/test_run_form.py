@@ -8,18 +8,9 @@ from django.test import Client
 from experiments.forms.runs import RunForm
 from experiments.models import Run
 from tests.factories import DatasetFactory, DatasetItemFactory, GraderFactory, UserFactory
+from tests.run_forms import form_data
 
 pytestmark = pytest.mark.django_db
-
-
-def form_data(form: RunForm, **values) -> dict:
-    data = {}
-    for name, field in form.fields.items():
-        initial = form.get_initial_for_field(field, name)
-        if initial is not None and not isinstance(initial, bool):
-            data[name] = initial
-    data.update(values)
-    return {key: value for key, value in data.items() if value is not None}
 
 
 def test_the_pause_rule_set_in_the_form_is_stored_and_cloned(django_capture_on_commit_callbacks):

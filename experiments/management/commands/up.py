@@ -71,7 +71,12 @@ class Command(BaseCommand):
         if with_demo:
             from experiments.services.demo import seed_demo
 
-            seed_demo(owner=admin, tool_base_url=f"http://127.0.0.1:{options['demo_port']}")
+            seed_demo(
+                owner=admin,
+                tool_base_url=f"http://127.0.0.1:{options['demo_port']}",
+                # The demo's workspace tools as an MCP server, on the next port.
+                mcp_url=f"http://127.0.0.1:{options['demo_port'] + 1}/mcp",
+            )
             self._prepare_quick_demo_model()
             self.stdout.write(
                 "Demo datasets, tools and graders are ready: press “Start quick demo” (a tiny model, "
@@ -84,7 +89,8 @@ class Command(BaseCommand):
             "PYTHONUNBUFFERED": "1",
         }
         processes = [
-            ("web", [python, "-m", "daphne", "-b", host, "-p", str(port), "rftweb.asgi:application"]),
+            # The same server command as in production (README): uvicorn, streaming request bodies.
+            ("web", [python, "-m", "django", "serve", "--host", host, "--port", str(port)]),
             (
                 "worker-train",
                 [
@@ -131,7 +137,15 @@ class Command(BaseCommand):
             processes.append(
                 (
                     "demo-tools",
-                    [python, "-m", "experiments.demo_servers", "--port", str(options["demo_port"])],
+                    [
+                        python,
+                        "-m",
+                        "experiments.demo_servers",
+                        "--port",
+                        str(options["demo_port"]),
+                        "--mcp-port",
+                        str(options["demo_port"] + 1),
+                    ],
                 )
             )
         for name, command in processes:

@@ -1,0 +1,195 @@
+"""Benchmark: first load of the chart pages (run page, readiness report, compare) in Chromium.
+
+Seeds a scratch PostgreSQL database with one user's site (`tests/ui/seed.py`: runs with metrics and
+rollouts, readiness reports, a comparison), then serves it twice with Daphne: from this checkout and
+from a baseline commit (exported with `git archive`, default: the commit this work started from),
+both on the same database. Each round opens every page in a fresh browser context (empty cache)
+from each server, alternating, and records from the navigation's start:
+
+- `load`: the load event (HTML, CSS and every script fetched and run),
+- `drawn`: every chart on the page drawn by Plotly (a `.main-svg` in each chart box), or the load
+  event on pages whose charts are not drawn yet.
+
+    .venv/bin/python bench/bench_first_load.py [--baseline 8d541d7] [--rounds 5]
+
+Needs PostgreSQL (BENCH_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/postgres), Redis
+(REDIS_URL, default redis://127.0.0.1:6379/0) and Chromium at /usr/bin/chromium. Goal: < 500 ms each.
+The machine is shared: the load average is printed with the figures; compare the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
+
+from bench_metric_series import drop_database, scratch_database, setup_django  # noqa: E402
+
+PAGES = ("run", "readiness", "compare")
+DB_NAME = "bench_first_load"
+PASSWORD = "correct horse battery staple"  # tests/factories.py's UserFactory
+
+DRAWN = """() => {
+  const boxes = [...document.querySelectorAll('.chart')].filter(box => box.offsetParent !== null);
+  if (!boxes.length) return performance.getEntriesByType('navigation')[0].loadEventEnd || false;
+  return boxes.every(box => box.querySelector('.main-svg')) ? performance.now() : false;
+}"""
+
+
+def export_tree(ref: str, into: Path) -> Path:
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def start_daphne(tree: Path, env: dict, log: Path) -> tuple[subprocess.Popen, str]:
+    from tests.conftest import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "rftweb.asgi:application"],
+        cwd=tree,
+        env={**env, "PYTHONPATH": str(tree)},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    import socket
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return process, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"daphne in {tree} did not start:\n{log.read_text()}")
+
+
+def log_in(browser, base: str, username: str) -> dict:
+    """A session made through the login form; each measured context starts from its cookies only."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(base + "/accounts/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+    state = context.storage_state()
+    context.close()
+    return state
+
+
+def measure(browser, url: str, session: dict) -> tuple[float, float, int]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, storage_state=session)
+    page = context.new_page()
+    transferred, errors = [], []
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("response", lambda r: r.status >= 400 and errors.append(f"{r.url}: {r.text()[:300]}"))
+    page.on("response", lambda response: transferred.append(int(response.headers.get("content-length") or 0)))
+    page.goto(url, wait_until="load")
+    load = page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd")
+    try:
+        drawn = page.wait_for_function(DRAWN, timeout=30000, polling="raf").json_value()
+    except Exception:
+        missing = page.evaluate(
+            "[...document.querySelectorAll('.chart')].filter(b => b.offsetParent && !b.querySelector('.main-svg')).map(b => b.id)"
+        )
+        raise RuntimeError(f"{url}: charts never drawn: {missing}; errors: {errors}") from None
+    context.close()
+    return load, drawn, sum(transferred)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline", default="8d541d7", help="git ref to compare against")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    os.environ.setdefault("RFTWEB_TEST_NAMESPACE", f"bench-first-load-{os.getpid()}")
+    admin_url = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+    database_url = scratch_database(admin_url, DB_NAME)
+    setup_django(database_url)
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    from tests.ui.seed import seed_site
+
+    user, paths = seed_site()
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("DJANGO_ALLOW_ASYNC_UNSAFE", "PYTHONPATH")},
+        "DATABASE_URL": database_url,
+        "DJANGO_SETTINGS_MODULE": "rftweb.settings.test",
+    }
+    scratch = Path(tempfile.mkdtemp(prefix="bench-first-load-"))
+    servers = {}
+    try:
+        (scratch / "baseline").mkdir()
+        baseline_tree = export_tree(args.baseline, scratch / "baseline")
+        for name, tree in (("baseline", baseline_tree), ("this checkout", ROOT)):
+            servers[name] = start_daphne(tree, env, scratch / f"{name.replace(' ', '-')}.log")
+        from playwright.sync_api import sync_playwright
+
+        results: dict[tuple[str, str], list[tuple[float, float, int]]] = {}
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox", "--disable-gpu"]
+            )
+            sessions = {name: log_in(browser, base, user.username) for name, (_, base) in servers.items()}
+            for name, (_, base) in servers.items():  # warm the servers (templates, imports), not measured
+                for page in PAGES:
+                    measure(browser, base + paths[page], sessions[name])
+            loads = []
+            for _ in range(args.rounds):
+                loads.append(os.getloadavg()[0])
+                for page in PAGES:
+                    for name, (_, base) in servers.items():
+                        results.setdefault((name, page), []).append(
+                            measure(browser, base + paths[page], sessions[name])
+                        )
+            browser.close()
+        print(
+            f"bench_first_load: {platform.node()}, {os.cpu_count()} CPUs, Chromium headless, 1280x800, cold cache"
+        )
+        print(
+            f"load average (1 min) during the rounds: {min(loads):.2f}-{max(loads):.2f}; now {os.getloadavg()}"
+        )
+        print(f"baseline: {args.baseline}; {args.rounds} rounds, medians (min-max)")
+        print(f"{'page':<10} {'server':<14} {'load ms':>20} {'charts drawn ms':>22} {'bytes':>10}")
+        for page in PAGES:
+            for name in servers:
+                rows = results[(name, page)]
+                load = [r[0] for r in rows]
+                drawn = [r[1] for r in rows]
+                print(
+                    f"{page:<10} {name:<14} {statistics.median(load):>8.0f} ({min(load):.0f}-{max(load):.0f})"
+                    f"{statistics.median(drawn):>12.0f} ({min(drawn):.0f}-{max(drawn):.0f})"
+                    f"{rows[0][2]:>10}"
+                )
+            before = statistics.median(r[1] for r in results[("baseline", page)])
+            after = statistics.median(r[1] for r in results[("this checkout", page)])
+            print(f"{page:<10} {'ratio':<14} charts drawn: {after / before:.2f} of the baseline's time")
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(timeout=15)
+        shutil.rmtree(scratch, ignore_errors=True)
+        from django.db import connections
+
+        connections.close_all()
+        drop_database(admin_url, DB_NAME)
+
+
+if __name__ == "__main__":
+    main()

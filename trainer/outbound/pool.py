@@ -1,0 +1,121 @@
+"""A bounded keep-alive pool of `httpcore2.AsyncHTTPConnection`s (HTTP/1.1 and TLS stay httpcore2's).
+
+Why not `httpcore2.AsyncConnectionPool`: it re-scans every connection it holds twice per request
+(`_assign_requests_to_connections`), which with the 256 connections a step's concurrent tool calls
+keep open cost ~2 ms of CPU per request — 7x the whole per-request cost of the previous client
+(bench/README.md, "one HTTP stack"). This pool does O(1) work per request: idle connections are
+kept per origin (most recent first), a global count bounds the open ones, and waiters are woken in
+order when a connection is released or closed.
+
+Invariants: `opened` counts every connection handed out or idle, never more than
+`max_connections`; a connection is either in one request's hands or idle in `_idle`, never both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+
+import httpcore2
+
+logger = logging.getLogger(__name__)
+
+
+class ConnectionPool:
+    """Connections for one event loop; `acquire` a connection for an origin, `release` it after."""
+
+    def __init__(
+        self,
+        *,
+        connect: Callable[[httpcore2.Origin], httpcore2.AsyncHTTPConnection],
+        max_connections: int,
+        max_idle: int,
+    ) -> None:
+        self._connect = connect
+        self.max_connections = max_connections
+        self.max_idle = max_idle
+        self.loop = asyncio.get_running_loop()
+        self.opened = 0  # handed out + idle
+        self._idle: dict[str, list[httpcore2.AsyncHTTPConnection]] = {}  # by "scheme://host:port"
+        self._idle_count = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    @property
+    def idle_count(self) -> int:
+        return self._idle_count
+
+    async def acquire(self, key: str, origin: httpcore2.Origin) -> tuple[httpcore2.AsyncHTTPConnection, bool]:
+        """A connection for `origin` (named `key`) and whether it is a reused one (False: not yet
+        connected)."""
+        while True:
+            idle = self._idle.get(key)
+            while idle:
+                connection = idle.pop()
+                self._idle_count -= 1
+                if connection.is_idle() and not connection.has_expired():
+                    return connection, True
+                await self._discard(connection)
+            if self.opened < self.max_connections:
+                self.opened += 1
+                return self._connect(origin), False
+            if self._idle_count:
+                # Every slot is taken but some hold idle connections of other origins: free one.
+                await self._discard(self._pop_any_idle())
+                continue
+            waiter = self.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # the slot we were woken for goes to the next waiter
+                else:
+                    with contextlib.suppress(ValueError):  # already dropped by `_wake_one`
+                        self._waiters.remove(waiter)
+                raise
+
+    async def release(self, key: str, connection: httpcore2.AsyncHTTPConnection, *, reusable: bool) -> None:
+        """Give a connection back: kept for reuse when it finished cleanly, else closed."""
+        if reusable and not self._closed and connection.is_idle() and self._idle_count < self.max_idle:
+            self._idle.setdefault(key, []).append(connection)
+            self._idle_count += 1
+            self._wake_one()
+            return
+        await self._discard(connection)
+
+    def _pop_any_idle(self) -> httpcore2.AsyncHTTPConnection:
+        for key, idle in self._idle.items():
+            if idle:
+                self._idle_count -= 1
+                connection = idle.pop(0)  # the least recently used of that origin
+                if not idle:
+                    del self._idle[key]
+                return connection
+        raise RuntimeError("no idle connection")  # callers check idle_count first
+
+    async def _discard(self, connection: httpcore2.AsyncHTTPConnection) -> None:
+        self.opened -= 1
+        self._wake_one()
+        try:
+            await asyncio.shield(connection.aclose())
+        except Exception:
+            logger.debug("closing an outbound connection failed", exc_info=True)
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle = [connection for connections in self._idle.values() for connection in connections]
+        self._idle.clear()
+        self._idle_count = 0
+        # Concurrently: a TLS close waits (briefly) for its close_notify to go out.
+        await asyncio.gather(*(self._discard(connection) for connection in idle))

@@ -79,7 +79,7 @@ def test_a_fork_from_the_form_starts_from_the_checkpoint_with_edited_settings(
         if isinstance(value, bool):
             if value:
                 fields[bound.name] = "on"
-        elif isinstance(value, list) and bound.name != "tools":
+        elif isinstance(value, list) and bound.name not in ("tools", "mcp_tools"):  # multiple choices
             fields[bound.name] = json.dumps(value)
         elif value is not None:
             fields[bound.name] = value

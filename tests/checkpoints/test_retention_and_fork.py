@@ -75,17 +75,20 @@ def test_pruning_reads_the_eval_reward_each_checkpoint_stored(tmp_path):
 
 
 class ScriptedEvalGrader:
-    """Eval rollouts (items marked "scripted") score SCRIPT[eval round]; train rollouts by length."""
+    """Eval rollouts (items marked "scripted") score SCRIPT[eval round]; train rollouts 0 and 1 in
+    turn, so each group of two differs and every step updates the adapter (whatever was sampled)."""
 
     def __init__(self, script, samples_per_round):
         self.script, self.samples_per_round, self.eval_calls = script, samples_per_round, 0
+        self.train_calls = 0
 
     async def grade(self, sample, item, *, trace_id):
         if item.get("scripted"):
             eval_round = self.eval_calls // self.samples_per_round
             self.eval_calls += 1
             return GradeResult(score=self.script[eval_round], sub_scores={})
-        return GradeResult(score=(len(sample["output_text"]) % 3) / 2, sub_scores={})
+        self.train_calls += 1
+        return GradeResult(score=float(self.train_calls % 2), sub_scores={})
 
 
 def _config(model_dir, **overrides):

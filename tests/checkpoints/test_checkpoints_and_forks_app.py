@@ -111,6 +111,16 @@ def test_a_fork_from_the_form_starts_from_the_checkpoint_with_edited_settings(
 
 
 def test_the_fork_api_and_what_it_refuses(parent, django_capture_on_commit_callbacks):
+    from experiments.models import Environment
+
+    # The parent's per-rollout environment goes with the fork when the API does not name another.
+    parent.environment = Environment.objects.create(
+        owner=parent.owner,
+        name="sandbox",
+        start_url="http://127.0.0.1:1/start",
+        end_url="http://127.0.0.1:1/end",
+    )
+    parent.save(update_fields=["environment"])
     api = APIClient()
     api.force_authenticate(parent.owner)
     with django_capture_on_commit_callbacks(execute=False):
@@ -122,6 +132,7 @@ def test_the_fork_api_and_what_it_refuses(parent, django_capture_on_commit_callb
     assert created.status_code == 201, created.content
     assert created.json()["parent"] == parent.pk and created.json()["parent_step"] == 40
     assert created.json()["config"]["learning_rate"] == 5e-4
+    assert Run.objects.get(pk=created.json()["id"]).environment == parent.environment
     # The final adapter (none here) falls back to the latest checkpoint.
     with django_capture_on_commit_callbacks(execute=False):
         latest = api.post(f"/api/v1/runs/{parent.pk}/fork/", {}, format="json")

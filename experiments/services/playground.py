@@ -168,6 +168,7 @@ def execute_session(*, session_id: int) -> str | None:
             max_tokens_per_rollout=config.max_tokens_per_rollout,
             tool_call_budget=config.tool_call_budget,
             tool_call_penalty=config.tool_call_penalty,
+            deadline_s=config.rollout_deadline_s,  # as in training: a hung tool ends the rollout
         )
         sampling = SamplingParams(config.resolved_eval_temperature, config.top_p)
         # Built here (they read the database); each side gets its own, used on its own event loop.

@@ -8,6 +8,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import realtime, selectors
+from .selectors import playground as playground_selectors
 
 CLOSE_FORBIDDEN = 4403
 REPLAY_BATCH = 2000
@@ -78,3 +79,60 @@ class RunEventsConsumer(AsyncJsonWebsocketConsumer):
     async def _send_events(self, events: list[dict]) -> None:
         self.last_seq = events[-1]["seq"]
         await self.send_json({"type": "events", "events": events})
+
+
+class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
+    """/ws/playground/<id>/: joins the session's group, then starts the session (so no token is sent
+    before this socket listens); a finished session is sent whole. {"type": "stop"} stops it."""
+
+    session_id: int
+    group_name: str | None = None
+
+    async def connect(self) -> None:
+        from .services import playground as playground_services
+
+        await self.accept()
+        user = self.scope.get("user")
+        self.session_id = int(self.scope["url_route"]["kwargs"]["session_id"])
+        allowed = bool(user and user.is_authenticated) and await database_sync_to_async(
+            playground_selectors.user_can_view_session
+        )(user=user, session_id=self.session_id)
+        if not allowed:
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        self.group_name = realtime.playground_group_name(self.session_id)
+        await self.channel_layer.group_add(self.group_name, self.channel_name)
+        session = await database_sync_to_async(self._session)()
+        if session.is_finished:
+            await self.send_json(
+                {
+                    "type": "snapshot",
+                    "status": session.status,
+                    "result": session.result,
+                    "error": session.error,
+                }
+            )
+            return
+        started = await database_sync_to_async(playground_services.start_session)(session_id=self.session_id)
+        await self.send_json({"type": "joined", "status": "queued" if started else session.status})
+
+    def _session(self):
+        from .models import PlaygroundSession
+
+        return PlaygroundSession.objects.get(pk=self.session_id)
+
+    async def disconnect(self, code: int) -> None:
+        if self.group_name:
+            await self.channel_layer.group_discard(self.group_name, self.channel_name)
+
+    async def receive_json(self, content, **kwargs) -> None:
+        from .services import playground as playground_services
+
+        if isinstance(content, dict) and content.get("type") == "stop":
+            await database_sync_to_async(playground_services.request_stop)(session_id=self.session_id)
+            await self.send_json({"type": "stopping"})
+        elif isinstance(content, dict) and content.get("type") == "ping":
+            await self.send_json({"type": "pong"})
+
+    async def playground_events(self, message: dict) -> None:
+        await self.send_json({"type": "events", "events": message["events"]})

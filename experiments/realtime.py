@@ -75,3 +75,23 @@ def publish_run_events(*, run_id: int, events: Sequence[dict]) -> None:
             logger.warning("could not publish events of run %s", run_id, exc_info=True)
 
     transaction.on_commit(send, robust=True)
+
+
+PLAYGROUND_EVENTS_MESSAGE_TYPE = "playground.events"
+
+
+def playground_group_name(session_id: int) -> str:
+    return f"playground-{session_id}"
+
+
+def publish_playground_events(*, session_id: int, events: Sequence[dict]) -> None:
+    """Send a playground session's events now (from the worker, token by token: no transaction, and
+    nothing stored per token: the session's result is stored when it ends)."""
+    layer = get_channel_layer()
+    if layer is None or not events:
+        return
+    message = {"type": PLAYGROUND_EVENTS_MESSAGE_TYPE, "events": list(events)}
+    try:
+        _publish_loop.run(layer.group_send(playground_group_name(session_id), message))
+    except Exception:
+        logger.warning("could not publish events of playground session %s", session_id, exc_info=True)

@@ -1,7 +1,8 @@
 from django.urls import path
 
-from .consumers import RunEventsConsumer
+from .consumers import PlaygroundConsumer, RunEventsConsumer
 
 websocket_urlpatterns = [
     path("ws/runs/<int:run_id>/", RunEventsConsumer.as_asgi()),
+    path("ws/playground/<int:session_id>/", PlaygroundConsumer.as_asgi()),
 ]

@@ -77,6 +77,17 @@ def run_grader_audit(audit_id: int) -> str:
     return status
 
 
+@shared_task(name="experiments.tasks.run_playground", acks_late=True)
+def run_playground(session_id: int) -> str | None:
+    """Play a playground session (both sides, streamed); on the `default` queue, next to the UI's work."""
+    from .services.playground import execute_session
+
+    started = time.monotonic()
+    status = execute_session(session_id=session_id)
+    logger.info("run_playground %s ended as %s after %.1f s", session_id, status, time.monotonic() - started)
+    return status
+
+
 @shared_task(name="experiments.tasks.sweep_environment_ends")
 def sweep_environment_ends() -> int:
     """Deliver the environment ends a dead worker left behind (their lease has expired)."""

@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,81 @@ def save_checkpoint(
     return target
 
 
+EVAL_REWARD_KEY = "eval/reward"
+
+
+def retained_checkpoints(
+    checkpoints: Sequence[tuple[int, float | None]], *, keep_latest: int, keep_best: int
+) -> set[int]:
+    """The steps to keep: the `keep_latest` newest plus the `keep_best` with the highest eval reward.
+
+    `checkpoints` are (step, eval reward or None when no eval ran at that step). `keep_latest` 0 keeps
+    everything. Ties in reward go to the later step (the one trained longer).
+    """
+    steps = sorted(step for step, _ in checkpoints)
+    if keep_latest <= 0:
+        return set(steps)
+    kept = set(steps[-keep_latest:])
+    evaluated = [(reward, step) for step, reward in checkpoints if reward is not None]
+    kept.update(step for _, step in sorted(evaluated, reverse=True)[: max(0, keep_best)])
+    return kept
+
+
+def prune_checkpoints(output_dir: str | os.PathLike[str], *, keep_latest: int, keep_best: int) -> list[Path]:
+    """Deletes the checkpoint directories `retained_checkpoints` does not keep; returns the deleted."""
+    root = Path(output_dir)
+    found: dict[int, Path] = {}
+    rewards: list[tuple[int, float | None]] = []
+    for path in root.glob("checkpoint-*"):
+        if not path.is_dir():
+            continue
+        try:
+            state = read_checkpoint_state(path)
+        except (FileNotFoundError, ValueError, KeyError):
+            continue  # not a complete checkpoint: never ours to judge
+        found[state.step] = path
+        reward = state.metrics.get(EVAL_REWARD_KEY)
+        rewards.append((state.step, float(reward) if reward is not None else None))
+    kept = retained_checkpoints(rewards, keep_latest=keep_latest, keep_best=keep_best)
+    deleted = [path for step, path in sorted(found.items()) if step not in kept]
+    for path in deleted:
+        shutil.rmtree(path, ignore_errors=True)
+    return deleted
+
+
+def load_adapter_weights(*, path: str | os.PathLike[str], model: Any) -> None:
+    """Loads only the LoRA weights of a checkpoint or adapter directory into `model` (a fork's start:
+    the parent's adapter, with a fresh optimizer, scheduler and step counter)."""
+    directory = Path(path)
+    if not (directory / ADAPTER_WEIGHTS).is_file():
+        raise FileNotFoundError(f"{directory} has no {ADAPTER_WEIGHTS}")
+    _load_adapter_into(model, directory)
+
+
+def _load_adapter_into(model: Any, directory: Path) -> None:
+    """The adapter file's LoRA weights into `model`, sharded (FSDP) or not."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if getattr(model, "_rftweb_fsdp", False):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        adapter_weights = load_file(str(directory / ADAPTER_WEIGHTS), device="cpu")
+        full = _adapter_keys_in_model(model, adapter_weights)
+        set_model_state_dict(
+            model,
+            full,
+            options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False, strict=False),
+        )
+        return
+    device = next(model.parameters()).device
+    adapter_weights = load_file(str(directory / ADAPTER_WEIGHTS), device=str(device))
+    result = set_peft_model_state_dict(model, adapter_weights)
+    unexpected = [key for key in getattr(result, "unexpected_keys", []) if "lora" in key]
+    if unexpected:
+        raise ValueError(f"the adapter in {directory} does not match the model: {unexpected[:3]}")
+
+
 def read_checkpoint_state(path: str | os.PathLike[str]) -> CheckpointState:
     directory = Path(path)
     state_file = directory / STATE_FILE
@@ -198,9 +274,6 @@ def load_checkpoint(
     world: World | None = None,
 ) -> CheckpointState:
     """Restores adapter weights, optimizer, scheduler and RNG state in place; returns the saved state."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
     world = world or World()
     directory = Path(path)
     state = read_checkpoint_state(directory)
@@ -211,23 +284,8 @@ def load_checkpoint(
             f"devices: checkpoint {directory.name} was written by a run on {state.world_size} device(s); "
             f"resume it with devices: {state.world_size} (this attempt has {world.world_size})"
         )
+    _load_adapter_into(model, directory)
     device = next(model.parameters()).device
-    if getattr(model, "_rftweb_fsdp", False):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        adapter_weights = load_file(str(directory / ADAPTER_WEIGHTS), device="cpu")
-        full = _adapter_keys_in_model(model, adapter_weights)
-        set_model_state_dict(
-            model,
-            full,
-            options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False, strict=False),
-        )
-    else:
-        adapter_weights = load_file(str(directory / ADAPTER_WEIGHTS), device=str(device))
-        result = set_peft_model_state_dict(model, adapter_weights)
-        unexpected = [key for key in getattr(result, "unexpected_keys", []) if "lora" in key]
-        if unexpected:
-            raise ValueError(f"checkpoint {directory} does not match the model: {unexpected[:3]}")
     optimizer.load_state_dict(
         torch.load(directory / _rank_file(OPTIMIZER_FILE, world), map_location=device, weights_only=True)
     )

@@ -330,6 +330,15 @@ class TrainerConfig:
             "group": "Checkpoints",
         },
     )
+    keep_best_checkpoints: int = field(
+        default=3,
+        metadata={
+            "help": "Also keep the checkpoints with the k highest eval rewards (besides the latest ones); "
+            "0 keeps only the latest.",
+            "group": "Checkpoints",
+            "label": "Keep best checkpoints (by eval reward)",
+        },
+    )
     export_merged: bool = field(
         default=False,
         metadata={"help": "Also write the merged model (base + adapter) at the end.", "group": "Checkpoints"},
@@ -433,7 +442,7 @@ class TrainerConfig:
         ):
             _at_least(name, getattr(self, name), 1)
         _at_least("group_size", self.group_size, 2, why="GRPO compares rollouts within a group")
-        for name in ("warmup_steps", "keep_checkpoints"):
+        for name in ("warmup_steps", "keep_checkpoints", "keep_best_checkpoints"):
             _at_least(name, getattr(self, name), 0)
         if self.steps is not None:
             _at_least("steps", self.steps, 1)

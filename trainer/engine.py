@@ -156,9 +156,17 @@ class ContinuousBatchingBackend:
         slots: int,
         max_sequence_tokens: int,
         on_step: Callable[[], None] | None = None,
+        on_token: Callable[[int, int], None] | None = None,
     ) -> ContinuousBatchingSession:
+        """`on_token(slot, token_id)` is called on the event loop for every token as it is sampled
+        (streaming: the playground shows tokens as they are made)."""
         return ContinuousBatchingSession(
-            self, sampling=sampling, slots=slots, max_sequence_tokens=max_sequence_tokens, on_step=on_step
+            self,
+            sampling=sampling,
+            slots=slots,
+            max_sequence_tokens=max_sequence_tokens,
+            on_step=on_step,
+            on_token=on_token,
         )
 
     # --- hooks the benchmark overrides ---------------------------------------------------------
@@ -227,6 +235,11 @@ class _Handle:
         self._session = session
         self._sequence = sequence
 
+    @property
+    def slot(self) -> int:
+        """The cache slot it holds (what the session's `on_token` names)."""
+        return self._sequence.slot
+
     async def generate(
         self, new_token_ids: Sequence[int], *, max_new_tokens: int, generator: Any
     ) -> GeneratedTurn:
@@ -244,10 +257,12 @@ class ContinuousBatchingSession:
         slots: int,
         max_sequence_tokens: int,
         on_step: Callable[[], None] | None = None,
+        on_token: Callable[[int, int], None] | None = None,
     ) -> None:
         self.backend = backend
         self.sampling = sampling
         self.on_step = on_step
+        self.on_token = on_token
         self.stats = EngineStats(slots=slots)
         self.capacity = max_sequence_tokens
         self._free_slots = list(range(slots))
@@ -550,6 +565,8 @@ class ContinuousBatchingSession:
             request.token_ids.append(token)
             request.logprobs.append(logprob)
             stats.generated_tokens += 1
+            if self.on_token is not None:
+                self.on_token(sequence.slot, token)
             stopped = token in stop_ids
             if stopped or len(request.token_ids) >= request.max_new_tokens:
                 sequence.request = None

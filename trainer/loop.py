@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 
-from trainer.checkpoint import CheckpointState, load_checkpoint, save_adapter_atomically, save_checkpoint
+from trainer.checkpoint import (
+    CheckpointState,
+    load_adapter_weights,
+    load_checkpoint,
+    prune_checkpoints,
+    save_adapter_atomically,
+    save_checkpoint,
+)
 from trainer.config import ConfigError, TrainerConfig
 from trainer.distributed import (
     World,
@@ -413,9 +420,15 @@ class _Run:
                 config=self.config.to_dict(),
                 metrics={k: float(v) for k, v in metrics.items()},
             ),
-            keep=self.config.keep_checkpoints,
+            keep=0,  # pruned below: the latest plus the best by eval reward
             world=self.world,
         )
+        if self.world.is_rank_zero:  # the ranks share the filesystem; save_checkpoint ended on a barrier
+            prune_checkpoints(
+                self.output_dir / "checkpoints",
+                keep_latest=self.config.keep_checkpoints,
+                keep_best=self.config.keep_best_checkpoints,
+            )
         self.reporter.report_checkpoint(step, str(path), dict(metrics))
         return path
 
@@ -437,12 +450,15 @@ class _Run:
         """Rank 0 asks `should_stop()`; every rank gets its answer (call it on every rank)."""
         return self.world.rank_zero_decides(self.world.is_rank_zero and self.should_stop())
 
-    def run(self, *, resume_from: str | None) -> TrainResult:
+    def run(self, *, resume_from: str | None, start_from_adapter: str | None = None) -> TrainResult:
         config = self.config
         step = 0
         if resume_from:
             step = self.resume(resume_from)
             self.reporter.log("info", f"resumed from {resume_from} at step {step}")
+        elif start_from_adapter:  # a fork: the parent's adapter, a fresh optimizer and step counter
+            load_adapter_weights(path=start_from_adapter, model=self.model)
+            self.reporter.log("info", f"starting from the adapter in {start_from_adapter}")
         last_checkpoint: tuple[int, Path] | None = None
         stopped = False
         if step == 0 and self.eval_items and not self.stop_requested():
@@ -532,6 +548,7 @@ def train(
     output_dir: str,
     resume_from: str | None = None,
     backend_factory: Callable[[Any, Any], GenerationBackend] | None = None,
+    start_from_adapter: str | None = None,
     environment: RolloutEnvironment | None = None,
 ) -> TrainResult:
     """Trains a LoRA adapter with multi-turn GRPO; see the module docstring and trainer/README.
@@ -564,6 +581,7 @@ def train(
             resume_from=resume_from,
             backend_factory=backend_factory,
             environment=environment,
+            start_from_adapter=start_from_adapter,
         )
     finally:
         world.close()
@@ -597,6 +615,7 @@ def _train_in_world(
     resume_from: str | None,
     backend_factory: Callable[[Any, Any], GenerationBackend] | None,
     environment: RolloutEnvironment | None = None,
+    start_from_adapter: str | None = None,
 ) -> TrainResult:
     train_items = list(train_items)
     eval_items = list(eval_items)
@@ -629,7 +648,7 @@ def _train_in_world(
             world=world,
             environment=environment,
         )
-        return run.run(resume_from=resume_from)
+        return run.run(resume_from=resume_from, start_from_adapter=start_from_adapter)
     except Exception as error:
         reporter.log("error", f"training failed: {type(error).__name__}: {error}")
         raise

@@ -24,6 +24,7 @@ from rest_framework.response import Response
 
 from .. import selectors
 from ..models import Checkpoint
+from ..selectors import checkpoints as checkpoint_selectors
 from ..services import artifacts
 
 
@@ -100,8 +101,15 @@ class CheckpointSerializer(serializers.Serializer):
     step = serializers.IntegerField()
     created_at = serializers.DateTimeField()
     metrics = serializers.DictField(child=serializers.FloatField(), help_text="Eval metrics at this step.")
-    adapter_available = serializers.BooleanField(help_text="False once pruned (keep_checkpoints).")
+    adapter_available = serializers.BooleanField(
+        help_text="False once pruned (not among the latest keep_checkpoints or the keep_best_checkpoints best)."
+    )
     adapter_url = serializers.CharField(help_text="GET it for this checkpoint's adapter zip.")
+    reward = serializers.FloatField(allow_null=True, help_text="Train reward at this step.")
+    eval_reward = serializers.FloatField(allow_null=True)
+    eval = serializers.DictField(child=serializers.FloatField(), help_text="Eval reward and pass@k.")
+    available = serializers.BooleanField(help_text="The same as adapter_available.")
+    eval_rank = serializers.IntegerField(allow_null=True, help_text="1 = the best kept by eval reward.")
 
 
 class CheckpointListView(GenericAPIView):
@@ -110,20 +118,23 @@ class CheckpointListView(GenericAPIView):
 
     @extend_schema(operation_id="runs_checkpoints", responses=CheckpointSerializer(many=True), tags=["runs"])
     def get(self, request, run_id: int):
-        """The run's checkpoints, oldest first, each with the URL of its adapter."""
+        """The run's checkpoints, oldest first, each with the URL of its adapter, its eval metrics and
+        its rank by eval reward among the kept ones."""
         run = _run(request, run_id)
         adapter_url = reverse("api-run-download-adapter", kwargs={"run_id": run.pk})
+        metrics = {
+            checkpoint.step: checkpoint.metrics or {} for checkpoint in Checkpoint.objects.filter(run=run)
+        }
         rows = [
             {
-                "step": checkpoint.step,
-                "created_at": checkpoint.created_at,
+                **row,
                 "metrics": {
-                    k: v for k, v in (checkpoint.metrics or {}).items() if isinstance(v, int | float)
+                    k: v for k, v in metrics.get(row["step"], {}).items() if isinstance(v, int | float)
                 },
-                "adapter_available": artifacts.checkpoint_has_adapter(checkpoint),
-                "adapter_url": request.build_absolute_uri(f"{adapter_url}?step={checkpoint.step}"),
+                "adapter_available": row["available"],
+                "adapter_url": request.build_absolute_uri(f"{adapter_url}?step={row['step']}"),
             }
-            for checkpoint in Checkpoint.objects.filter(run=run).order_by("step")
+            for row in reversed(checkpoint_selectors.run_checkpoints(run=run))
         ]
         return Response(CheckpointSerializer(rows, many=True).data)
 

@@ -10,13 +10,15 @@ from trainer.config import Setting, settings
 
 from .. import selectors
 from ..models import Dataset, Environment, Grader, Run, Tool
-from ..services import run_launch
+from ..selectors import checkpoints as checkpoint_selectors
+from ..services import forks, run_launch
 from ..services.runs import RunStateError
 from .common import OwnedReadOnlyViewSet
 
 
 class RunSerializer(serializers.ModelSerializer):
     queue_position = serializers.SerializerMethodField()
+    forks = serializers.SerializerMethodField(help_text="Ids of the runs forked from this one.")
 
     class Meta:
         model = Run
@@ -42,6 +44,9 @@ class RunSerializer(serializers.ModelSerializer):
             "watch_config",
             "paused_by",
             "queue_position",
+            "parent",
+            "parent_step",
+            "forks",
             "created_at",
             "queued_at",
             "started_at",
@@ -51,6 +56,20 @@ class RunSerializer(serializers.ModelSerializer):
 
     def get_queue_position(self, run: Run) -> int | None:
         return run_launch.queue_position(run=run)
+
+    def get_forks(self, run: Run) -> list[int]:
+        return [fork.pk for fork in checkpoint_selectors.run_lineage(run=run)["forks"]]
+
+
+class RunForkSerializer(serializers.Serializer):
+    step = serializers.IntegerField(
+        required=False, allow_null=True, help_text="The checkpoint's step; omitted: the final adapter."
+    )
+    name = serializers.CharField(max_length=200, required=False)
+    config = serializers.DictField(
+        required=False,
+        help_text="The fork's settings; omitted: the parent's. The LoRA shape must stay the parent's.",
+    )
 
 
 class OwnedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
@@ -213,6 +232,29 @@ class RunViewSet(mixins.CreateModelMixin, OwnedReadOnlyViewSet):
     def resume(self, request, pk=None):
         """Resume a failed, cancelled or paused run from its last checkpoint (a new attempt)."""
         return self._lifecycle(run_launch.resume_run)
+
+    @extend_schema(request=RunForkSerializer, responses={201: RunSerializer})
+    @action(detail=True, methods=["post"])
+    def fork(self, request, pk=None):
+        """A new run starting from this run's adapter at `step`, with the given settings."""
+        parent = self.get_object()
+        serializer = RunForkSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        step = data.get("step")
+        try:
+            run = forks.fork_run(
+                owner=request.user,
+                parent=parent,
+                step=step,
+                name=data.get("name") or f"{parent.name} (fork @ {step if step is not None else 'final'})",
+                config=data["config"] if "config" in data else parent.config,
+            )
+        except run_launch.RunValidationError as exc:
+            raise ValidationError(exc.errors) from exc
+        return Response(
+            RunSerializer(run, context=self.get_serializer_context()).data, status=status.HTTP_201_CREATED
+        )
 
     @extend_schema(
         parameters=[OpenApiParameter("after", int, description="Only events with seq greater than this.")],

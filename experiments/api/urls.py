@@ -7,6 +7,7 @@ from .datasets import DatasetViewSet
 from .environments import EnvironmentViewSet, McpServerViewSet
 from .graders import GraderViewSet
 from .hosted_graders import HostedGraderRunView, HostedGraderValidateView
+from .playground import PlaygroundViewSet
 from .readiness import GraderAuditViewSet, ReadinessReportViewSet
 from .runs import RunViewSet
 from .tools import ToolViewSet
@@ -22,6 +23,7 @@ router.register("runs", RunViewSet, basename="api-run")
 router.register("trajectories", TrajectoryViewSet, basename="api-trajectory")
 router.register("readiness", ReadinessReportViewSet, basename="api-readiness")
 router.register("audits", GraderAuditViewSet, basename="api-audit")
+router.register("playground", PlaygroundViewSet, basename="api-playground")
 
 urlpatterns = [
     path("auth/token/", ObtainTokenView.as_view(), name="api-token"),

@@ -52,6 +52,8 @@ Tools
     one per line (``"."`` is the root); an unknown directory is a 404.
 ``grep {"pattern": str}``  a regular expression over every line of the fake repository ->
     ``path:line: text`` lines, or ``no matches``.
+``peek {}``  the quick demo's toy tool (``trainer/toy.py``): the rollout's ``item.answer`` (a secret
+    colour) as a "swatch", the colour on eight lines; a call without the item is a 400.
 
 The fake repository (``data.REPOSITORY``, a toy "shop" package) has these files::
 

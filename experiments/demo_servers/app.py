@@ -16,6 +16,7 @@ from experiments.demo_servers.data import PRODUCTS, REPOSITORY
 from experiments.demo_servers.filetree import FILETREE_TOOL_NAMES, FILETREE_TOOLS, FileTreeError, FileTrees
 from trainer.graders.formula import FormulaError, parse_formula
 from trainer.outbound.signing import SIGNATURE_HEADER, verify_signature
+from trainer.toy import TOY_TOOLS, toy_tool_output
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ TOOL_DEFINITIONS: list[dict[str, Any]] = [
         {"pattern": {"type": "string", "description": "a regular expression, e.g. compute_total"}},
         ["pattern"],
     ),
+    # The quick demo's toy tool (trainer/toy.py): shows the item's secret colour.
+    *TOY_TOOLS,
 ]
 TOOL_NAMES = tuple(definition["function"]["name"] for definition in TOOL_DEFINITIONS)
 
@@ -145,6 +148,15 @@ def run_grep(arguments: dict[str, Any]) -> str:
     return "\n".join(matches) if matches else "no matches"
 
 
+def run_peek(arguments: dict[str, Any], item: dict[str, Any]) -> str:
+    if not isinstance(item, dict) or "answer" not in item:
+        raise ToolInputError("peek needs the rollout's item (with its secret colour) in the request")
+    _status, output = toy_tool_output(name="peek", item=item)
+    return output
+
+
+# Tools that read the rollout's item (sent along in the wire format) rather than only their arguments.
+ITEM_TOOL_FUNCTIONS = {"peek": run_peek}
 TOOL_FUNCTIONS = {
     "calculator": run_calculator,
     "lookup": run_lookup,
@@ -263,7 +275,7 @@ class DemoRequestHandler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": f"no such path {path}; tools are POST /tools/<name>"})
 
     def _handle_tool(self, name: str) -> None:
-        if name not in TOOL_FUNCTIONS:
+        if name not in TOOL_FUNCTIONS and name not in ITEM_TOOL_FUNCTIONS:
             self._send_json(404, {"error": f"unknown tool {name!r}; tools: {', '.join(TOOL_NAMES)}"})
             return
         payload = self._read_signed_json()
@@ -285,7 +297,10 @@ class DemoRequestHandler(BaseHTTPRequestHandler):
                 {"tool": name, "call_id": payload.get("call_id"), "arguments": arguments, "at": time.time()},
             )
         try:
-            output = TOOL_FUNCTIONS[name](arguments)
+            if name in ITEM_TOOL_FUNCTIONS:
+                output = ITEM_TOOL_FUNCTIONS[name](arguments, payload.get("item"))
+            else:
+                output = TOOL_FUNCTIONS[name](arguments)
         except ToolInputError as exc:
             self._send_json(int(exc.status), {"error": str(exc)})
             return

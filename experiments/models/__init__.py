@@ -3,6 +3,7 @@ from .base import OwnedQuerySet
 from .dataset import Dataset, DatasetItem
 from .environment import Environment, EnvironmentLease, McpServer
 from .grader import Grader
+from .playground import PlaygroundSession, PlaygroundStatus
 from .readiness import GraderAudit, ReadinessReport, ReadinessStatus
 from .run import Checkpoint, MetricPoint, MetricRollup, Run, RunEvent, RunStatus
 from .tool import Tool
@@ -21,6 +22,8 @@ __all__ = [
     "MetricPoint",
     "MetricRollup",
     "OwnedQuerySet",
+    "PlaygroundSession",
+    "PlaygroundStatus",
     "ReadinessReport",
     "ReadinessStatus",
     "Run",

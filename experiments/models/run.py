@@ -72,6 +72,11 @@ class Run(OwnedModel):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    # Lineage: a fork starts from its parent's adapter at `parent_step` (a checkpoint, or the final
+    # adapter), with its own settings, a fresh optimizer and step counter.
+    parent = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="forks")
+    parent_step = models.PositiveIntegerField(null=True, blank=True)
+
     objects = OwnedQuerySet.as_manager()
 
     class Meta:

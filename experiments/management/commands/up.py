@@ -14,6 +14,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -76,8 +77,10 @@ class Command(BaseCommand):
                 # The demo's workspace tools as an MCP server, on the next port.
                 mcp_url=f"http://127.0.0.1:{options['demo_port'] + 1}/mcp",
             )
+            self._prepare_quick_demo_model()
             self.stdout.write(
-                "Demo datasets, tools and graders are ready: press “Start demo run” on the dashboard."
+                "Demo datasets, tools and graders are ready: press “Start quick demo” (a tiny model, "
+                "about two minutes) or “Start demo run” (SmolLM2-135M) on the dashboard."
             )
         python = sys.executable
         environment = {
@@ -154,6 +157,22 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(f"rftweb is up: http://{host}:{port}/  (Ctrl-C stops everything)")
         )
+
+    def _prepare_quick_demo_model(self) -> None:
+        """Build the quick demo's warm-started model in the background (once; cached in DATA_DIR), so
+        that the quick demo's two minutes are spent on RL, not on building its starting point."""
+        from experiments.services.training import toy_model_dir
+
+        def build() -> None:
+            started = time.monotonic()
+            try:
+                path = toy_model_dir()
+            except Exception as exc:  # the quick demo's worker tries again; say why here
+                self.stderr.write(f"the quick demo's model could not be prepared: {exc}")
+                return
+            self.stdout.write(f"quick demo model ready in {time.monotonic() - started:.0f} s: {path}")
+
+        threading.Thread(target=build, name="quick-demo-model", daemon=True).start()
 
     def _announce(self, name: str, process: subprocess.Popen, what: str) -> None:
         self.stdout.write(f"started {name} pid={process.pid} ({what})")

@@ -1,0 +1,53 @@
+"""A run's checkpoints as a user picks from them: eval metrics, which are the best, which are kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..models import Checkpoint, Run
+
+EVAL_REWARD = "eval/reward"
+
+
+def _eval_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        key.removeprefix("eval/"): float(value)
+        for key, value in sorted(metrics.items())
+        # The eval reward and pass@k: what a user picks a checkpoint by.
+        if (key == EVAL_REWARD or key.startswith("eval/pass@")) and isinstance(value, int | float)
+    }
+
+
+def run_checkpoints(*, run: Run) -> list[dict[str, Any]]:
+    """Newest first: step, train reward, eval metrics, whether the adapter is still on disk, and the
+    rank by eval reward among the kept ones (1 = best) when the checkpoint was evaluated."""
+    rows = []
+    for checkpoint in Checkpoint.objects.filter(run=run).order_by("-step"):
+        metrics = checkpoint.metrics or {}
+        rows.append(
+            {
+                "step": checkpoint.step,
+                "reward": metrics.get("reward"),
+                "eval_reward": metrics.get(EVAL_REWARD),
+                "eval": _eval_metrics(metrics),
+                "created_at": checkpoint.created_at,
+                "available": (Path(checkpoint.path) / "adapter_config.json").is_file(),
+                "eval_rank": None,
+            }
+        )
+    ranked = sorted(
+        (row for row in rows if row["available"] and row["eval_reward"] is not None),
+        key=lambda row: (row["eval_reward"], row["step"]),
+        reverse=True,
+    )
+    for rank, row in enumerate(ranked, start=1):
+        row["eval_rank"] = rank
+    return rows
+
+
+def run_lineage(*, run: Run) -> dict[str, Any]:
+    """The run's parent (and the step it forked from) and its forks, visible to the run's owner."""
+    forks = list(Run.objects.filter(parent=run, owner=run.owner).order_by("created_at"))
+    parent = run.parent if run.parent_id and run.parent and run.parent.owner_id == run.owner_id else None
+    return {"parent": parent, "parent_step": run.parent_step, "forks": forks}

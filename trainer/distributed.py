@@ -335,7 +335,15 @@ def launch(
     try:
         elastic_launch(launch_config, sys.executable)("-m", "trainer.distributed", str(job_dir))
     except ChildFailedError as error:
-        rank, failure = error.get_first_failure()
+        # The launcher stops the surviving ranks with SIGTERM once one fails, and under load its monitor
+        # can record those stops first: the culprit is the first failure that is not such a stop.
+        failures = error.failures
+        culprits = {
+            r: f
+            for r, f in failures.items()
+            if not (f.exitcode is not None and f.exitcode == -signal.SIGTERM)
+        }
+        rank, failure = min((culprits or failures).items(), key=lambda item: (item[1].timestamp, item[0]))
         if failure.exitcode is not None and failure.exitcode < 0:
             detail = f"was killed by {failure.signal_name()}"
         else:

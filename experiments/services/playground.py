@@ -124,13 +124,15 @@ class _StopWatch(threading.Thread):
 
     def run(self) -> None:
         try:
-            while not self.done.wait(STOP_POLL_S):
+            while True:  # look at once, then every STOP_POLL_S: a stop sent while queued is seen first
                 try:
-                    if PlaygroundSession.objects.filter(pk=self.session_id, stop_requested=True).exists():
+                    if _stop_flag_set(self.session_id):
                         self.stop.set()
                         return
                 except Exception:  # a database hiccup: look again
                     close_old_connections()
+                if self.done.wait(STOP_POLL_S):
+                    return
         finally:
             connection.close()
 
@@ -152,6 +154,8 @@ def execute_session(*, session_id: int) -> str | None:
     run = session.run
     publisher = _Publisher(session_id)
     publisher.emit("session", "status", {"status": PlaygroundStatus.RUNNING})
+    if session.stop_requested:  # stopped while it waited in the queue: load nothing, play nothing
+        return _finish(session, publisher, PlaygroundStatus.STOPPED, {}, "")
     watch = _StopWatch(session_id)
     results: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
@@ -180,6 +184,7 @@ def execute_session(*, session_id: int) -> str | None:
     # Loaded one after the other: transformers' loading is not thread-safe (it builds on the meta
     # device under a process-wide switch); the two rollouts then run at the same time.
     models: dict[str, tuple[Any, Any]] = {}
+    watch.start()  # a stop sent while the models load ends the session before either side plays
     for side in SIDES:
         started = time.perf_counter()
         try:
@@ -191,6 +196,7 @@ def execute_session(*, session_id: int) -> str | None:
             )
         except Exception as exc:
             logger.exception("playground session %s: loading the %s model failed", session_id, side)
+            watch.done.set()
             return _finish(session, publisher, PlaygroundStatus.FAILED, {}, f"{type(exc).__name__}: {exc}")
         publisher.emit(side, "loaded", {"seconds": round(time.perf_counter() - started, 2)})
 
@@ -225,7 +231,9 @@ def execute_session(*, session_id: int) -> str | None:
             errors[side] = f"{type(exc).__name__}: {exc}"[:2000]
             emit("error", {"error": errors[side]})
 
-    watch.start()
+    if watch.stop.is_set() or _stop_flag_set(session_id):  # stopped while the models loaded
+        watch.done.set()
+        return _finish(session, publisher, PlaygroundStatus.STOPPED, {}, "")
     threads = [threading.Thread(target=play, args=(side,), name=f"playground-{side}") for side in SIDES]
     # One intra-op thread per side: the two sides run at once, and oversubscribed torch threads
     # make every token wait on the others (see training._torch_threads).
@@ -242,6 +250,10 @@ def execute_session(*, session_id: int) -> str | None:
     else:
         status = PlaygroundStatus.SUCCEEDED
     return _finish(session, publisher, status, results, "; ".join(f"{k}: {v}" for k, v in errors.items()))
+
+
+def _stop_flag_set(session_id: int) -> bool:
+    return PlaygroundSession.objects.filter(pk=session_id, stop_requested=True).exists()
 
 
 def _finish(session, publisher: _Publisher, status: str, results: dict, error: str) -> str:

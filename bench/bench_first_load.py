@@ -55,14 +55,36 @@ def export_tree(ref: str, into: Path) -> Path:
     return into
 
 
-def start_daphne(tree: Path, env: dict, log: Path) -> tuple[subprocess.Popen, str]:
+def baseline_packages(packages: list[str], into: Path) -> str:
+    """The baseline's imports that this checkout no longer installs (e.g. httpx), put in a folder of
+    their own that only the baseline server has on its path."""
+    if packages:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--target",
+                str(into),
+                *packages,
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return str(into)
+
+
+def start_daphne(tree: Path, env: dict, log: Path, extra_path: str = "") -> tuple[subprocess.Popen, str]:
     from tests.conftest import free_port
 
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "rftweb.asgi:application"],
         cwd=tree,
-        env={**env, "PYTHONPATH": str(tree)},
+        env={**env, "PYTHONPATH": os.pathsep.join(p for p in (str(tree), extra_path) if p)},
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
@@ -121,6 +143,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline", default="8d541d7", help="git ref to compare against")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--baseline-packages",
+        nargs="*",
+        default=["httpx", "httpcore"],
+        help="packages the baseline imports that this checkout no longer installs",
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("RFTWEB_TEST_NAMESPACE", f"bench-first-load-{os.getpid()}")
@@ -142,8 +170,10 @@ def main() -> None:
     try:
         (scratch / "baseline").mkdir()
         baseline_tree = export_tree(args.baseline, scratch / "baseline")
+        extra = {"baseline": baseline_packages(args.baseline_packages, scratch / "baseline-packages")}
         for name, tree in (("baseline", baseline_tree), ("this checkout", ROOT)):
-            servers[name] = start_daphne(tree, env, scratch / f"{name.replace(' ', '-')}.log")
+            log = scratch / f"{name.replace(' ', '-')}.log"
+            servers[name] = start_daphne(tree, env, log, extra.get(name, ""))
         from playwright.sync_api import sync_playwright
 
         results: dict[tuple[str, str], list[tuple[float, float, int, float]]] = {}
@@ -192,7 +222,10 @@ def main() -> None:
         for process, _ in servers.values():
             process.terminate()
             process.wait(timeout=15)
-        shutil.rmtree(scratch, ignore_errors=True)
+        if sys.exc_info()[0] is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        else:
+            print(f"server logs kept in {scratch}", file=sys.stderr)
         from django.db import connections
 
         connections.close_all()

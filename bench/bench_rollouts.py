@@ -197,11 +197,16 @@ def run_engine(
     from turn_sync_engine import KVCacheBackend, TurnSyncRolloutEngine
 
     from trainer.models import stop_token_ids
+    from trainer.outbound.policy import OutboundPolicy
+    from trainer.outbound.tools import HttpToolExecutor, ToolEndpoint
     from trainer.rollout import RolloutEngine, RolloutLimits
-    from trainer.standalone import HttpTool, SimpleHttpToolExecutor
 
     rollouts, keys = make_rollouts(tokenizer, prompts)
-    inner = SimpleHttpToolExecutor(tools={"lookup": HttpTool(url=server_url, timeout_s=60.0)}, attempts=1)
+    inner = HttpToolExecutor(
+        {"lookup": ToolEndpoint(url=server_url, timeout_s=60.0)},
+        OutboundPolicy(allow_loopback=True),
+        max_retries=0,
+    )
     executor = KeyedExecutor(inner, keys, result_words)
     limits = RolloutLimits(
         max_turns=MAX_TURNS,

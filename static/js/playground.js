@@ -18,6 +18,7 @@
       score: element.querySelector("[data-score]"),
       footer: element.querySelector("[data-footer]"),
       current: null,
+      currentText: null,
       tokens: 0,
     };
   }
@@ -51,6 +52,19 @@
     if (side.current) side.current.classList.remove("pg-cursor");
     side.transcript.appendChild(turn);
     side.current = text;
+    side.currentText = text.appendChild(document.createTextNode(""));
+  }
+
+  // Scrolling reads the layout: once per frame, not once per token (a forced layout per token made
+  // each token of a burst wait for the ones before it).
+  let scrollScheduled = false;
+  function scrollToEnd() {
+    if (scrollScheduled) return;
+    scrollScheduled = true;
+    requestAnimationFrame(() => {
+      scrollScheduled = false;
+      for (const side of Object.values(sides)) side.transcript.scrollTop = side.transcript.scrollHeight;
+    });
   }
 
   function showScore(side, score, error) {
@@ -80,10 +94,10 @@
         break;
       case "token": {
         if (!side.current) newTurn(side, "assistant");
-        side.current.textContent += event.text;
+        side.currentText.appendData(event.text);  // appends; `textContent +=` rewrote the whole turn
         side.tokens += 1;
         side.element.dataset.tokens = String(side.tokens);
-        side.transcript.scrollTop = side.transcript.scrollHeight;
+        scrollToEnd();
         window.playgroundLatencies.push(performance.timeOrigin + performance.now() - event.t * 1000);
         break;
       }

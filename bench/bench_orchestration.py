@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -129,6 +130,7 @@ def load_old_outbound() -> object:
     target = Path(tempfile.mkdtemp(prefix="rftweb-old-outbound-"))
     package = target / OLD_PACKAGE
     package.mkdir()
+    httpx_installed = importlib.util.find_spec("httpx") is not None
     for name in OLD_MODULES:
         source = subprocess.run(
             ["git", "-C", str(root), "show", f"{OLD_CLIENT_COMMIT}:trainer/outbound/{name}.py"],
@@ -136,7 +138,12 @@ def load_old_outbound() -> object:
             text=True,
             check=True,
         ).stdout
-        (package / f"{name}.py").write_text(source.replace("trainer.outbound", OLD_PACKAGE))
+        source = source.replace("trainer.outbound", OLD_PACKAGE)
+        if not httpx_installed:
+            # The old client used httpx 0.x only to parse URLs (once per URL) and to build its TLS
+            # context; httpx2 has the same API and is what this checkout installs.
+            source = source.replace("\nimport httpx\n", "\nimport httpx2 as httpx\n")
+        (package / f"{name}.py").write_text(source)
     sys.path.insert(0, str(target))
     try:
         return importlib.import_module(f"{OLD_PACKAGE}.tools")

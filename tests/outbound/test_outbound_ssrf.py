@@ -1,5 +1,6 @@
 """SSRF: the resolved address is checked at connect time. Only the DNS resolver is patched."""
 
+import asyncio
 import json
 
 import pytest
@@ -126,6 +127,26 @@ async def test_connect_uses_the_checked_address_not_a_second_lookup(scripted_ser
         with pytest.raises(BlockedAddressError):
             await client.request("POST", scripted_server.url("/t", host="rebind.example.com"))
     assert lookups == ["rebind.example.com", "rebind.example.com"]
+
+
+async def test_a_kept_alive_connection_is_resolved_and_vetted_once_not_per_request(scripted_server, fake_dns):
+    """Keep-alive: calls to one host reuse the connection without another lookup or check; the next
+    new connection (here after the idle one expired) is resolved and vetted again."""
+    answers, lookups = fake_dns
+    answers["tools.example.com"] = ["127.0.0.1"]
+    policy = OutboundPolicy(allowlist=("127.0.0.1/32",))
+    scripted_server.routes["/t"] = lambda request: Reply(body=b'{"output": "ok"}')
+    url = scripted_server.url("/t", host="tools.example.com")
+    async with OutboundClient(policy=policy, keepalive_expiry_s=0.3) as client:
+        for _ in range(5):
+            assert (await client.request("POST", url)).status_code == 200
+        assert lookups == ["tools.example.com"]
+        assert client.connection_counts() == (1, 1)
+        answers["tools.example.com"] = ["10.0.0.1"]
+        await asyncio.sleep(0.5)
+        with pytest.raises(BlockedAddressError):
+            await client.request("POST", url)
+    assert lookups == ["tools.example.com", "tools.example.com"]
 
 
 @pytest.mark.parametrize(

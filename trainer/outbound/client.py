@@ -1,9 +1,12 @@
 """The one HTTP client for everything rftweb sends out (tools, endpoint graders, model judges).
 
-HTTP itself is `httpcore2` (the maintained core of `httpx2`, h11 underneath): its connection pool,
-HTTP/1.1 framing and TLS. Safety is added where the socket is opened, not where the URL is parsed:
-the pool's network backend (`VettedNetworkBackend`) resolves the host itself, checks *every*
-resolved address against the `OutboundPolicy`, and then connects to one of the checked addresses.
+HTTP/1.1 itself is `h11` (the protocol library under `httpcore2`/`httpx2`: request framing and
+validation, response parsing, keep-alive rules; `connection.py` moves its bytes), TLS is the
+standard library's through asyncio, and the connections sit in a small keep-alive pool
+(`pool.py`). Safety is added where the socket is opened, not where the URL is parsed: the network
+backend (`VettedNetworkBackend`, an `httpcore2` network backend, shared with `policy_http_client`)
+resolves the host itself, checks *every* resolved address against the `OutboundPolicy`, and then
+connects to one of the checked addresses.
 TLS still uses the host name (SNI and certificate verification) and so does the Host header, so
 nothing changes for the server, but a DNS answer that changes between check and connect
 (rebinding) cannot reach a refused address: there is no second lookup. Addresses are tried
@@ -13,7 +16,7 @@ deadline of the request.
 
 Also here: no redirects followed (a 3xx is an error: the target would escape the policy check of
 the URL the user registered), no proxies from the environment and no cookie jar (httpcore has
-neither), a wall-clock deadline per attempt, a response size cap enforced while the body streams
+none), a wall-clock deadline per attempt, a response size cap enforced while the body streams
 in, and retries with exponential backoff for 5xx, timeouts and connection errors.
 """
 
@@ -35,9 +38,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
+import h11
 import httpcore2
 import httpx2
 
+from trainer.outbound.connection import BodyTooLargeError, HTTP11Connection, ServerDisconnectedError
 from trainer.outbound.policy import OutboundPolicy
 from trainer.outbound.pool import ConnectionPool
 from trainer.outbound.signing import SIGNATURE_HEADER, sign_body
@@ -246,7 +251,7 @@ class _Target:
     scheme: str
     host: str  # ASCII (IDNA) name or address literal without brackets: connect, policy, TLS SNI
     port: int
-    url: httpcore2.URL
+    request_target: bytes  # path and query, as sent in the request line
     host_header: bytes
     destination: str  # scheme://host:port, for messages
     key: str  # the connection pool's origin key
@@ -271,12 +276,7 @@ def _target(url: str) -> _Target:
         scheme=scheme,
         host=host,
         port=port,
-        url=httpcore2.URL(
-            scheme=scheme.encode("ascii"),
-            host=host.encode("ascii"),
-            port=port,
-            target=request_target.encode("ascii"),
-        ),
+        request_target=request_target.encode("ascii"),
         host_header=host_header.encode("ascii"),
         destination=describe_destination(url),
         key=f"{scheme}://{host}:{port}",
@@ -425,14 +425,13 @@ class VettedNetworkBackend(httpcore2.AsyncNetworkBackend):
 
 
 _BYTEARRAY_REPR = re.compile(r"bytearray\((b'.*?'|b\".*?\")\)")
-_DISCONNECTED = "disconnected without sending a response"
 _BODY_CUT = "peer closed connection without sending complete message body"
 
 
 class OutboundClient:
-    """An async, pooled, policy-enforcing HTTP/1.1 client over `httpcore2`.
+    """An async, pooled, policy-enforcing HTTP/1.1 client over `h11`.
 
-    One `httpcore2.AsyncConnectionPool` per event loop with at most `max_connections` connections over
+    One `ConnectionPool` per event loop with at most `max_connections` connections over
     all origins, finished keep-alive connections reused per origin (closed after
     `keepalive_expiry_s` idle; an idle connection the server has closed is noticed before reuse). A
     request on a reused connection that the server closed just as it went out is sent again on a
@@ -476,24 +475,22 @@ class OutboundClient:
         if self._ssl_context is None:
             # Building a context loads the CA store (tens of ms): one per client, shared by its connections.
             self._ssl_context = httpx2.create_ssl_context(trust_env=False)
+        self._ssl_context.set_alpn_protocols(["http/1.1"])
         return self._ssl_context
 
-    def _new_connection(self, origin: httpcore2.Origin) -> httpcore2.AsyncHTTPConnection:
-        return httpcore2.AsyncHTTPConnection(
-            origin,
-            ssl_context=self._tls_context() if origin.scheme == b"https" else None,
-            keepalive_expiry=self.keepalive_expiry_s,
-            http1=True,
-            http2=False,
-            network_backend=self.backend,
-        )
+    async def _open_connection(self, target: _Target) -> HTTP11Connection:
+        """A new connection to a vetted address of the target's host; TLS by the host's name (SNI
+        and certificate check), as the Host header."""
+        stream = await self.backend.connect_tcp(target.host, target.port)
+        if target.scheme == "https":
+            stream = await stream.start_tls(self._tls_context(), server_hostname=target.host)
+        return HTTP11Connection(stream, keepalive_expiry_s=self.keepalive_expiry_s)
 
     def _connection_pool(self) -> ConnectionPool:
         pool = self._pool
         if pool is None or pool.loop is not asyncio.get_running_loop():
             # A pool from a finished loop cannot be reused (its sockets belong to that loop).
             pool = self._pool = ConnectionPool(
-                connect=self._new_connection,
                 max_connections=self.max_connections,
                 max_idle=self.max_keepalive_connections,
             )
@@ -542,14 +539,17 @@ class OutboundClient:
         """
         target = _target(url)
         destination = target.destination
-        secrets = [*(headers or {}).values(), *([signing_secret] if signing_secret else [])]
+        headers = headers or {}
         started = time.perf_counter()
         attempts = 0
         while True:
             attempts += 1
-            attempt_headers = dict(headers or {})
-            if signing_secret:
-                attempt_headers[SIGNATURE_HEADER] = sign_body(secret=signing_secret, body=content)
+            attempt_headers = headers
+            if signing_secret:  # signed per attempt: the signature carries the time it was sent
+                attempt_headers = {
+                    **headers,
+                    SIGNATURE_HEADER: sign_body(secret=signing_secret, body=content),
+                }
             retryable: OutboundError | None = None
             try:
                 response = await self._attempt(
@@ -563,7 +563,7 @@ class OutboundClient:
             except (OutboundTimeoutError, OutboundConnectionError) as exc:
                 retryable = exc
             except OutboundError as exc:
-                exc.message = redact(exc.message, secrets)
+                exc.message = redact(exc.message, _secrets(headers, signing_secret))
                 exc.args = (exc.message,)
                 exc.attempts, exc.latency_ms = attempts, (time.perf_counter() - started) * 1000
                 raise
@@ -575,7 +575,7 @@ class OutboundClient:
                 logger.info("outbound %s answered %s, retrying", destination, response.status_code)
             if retryable is not None:
                 if attempts > max_retries:
-                    retryable.message = redact(retryable.message, secrets)
+                    retryable.message = redact(retryable.message, _secrets(headers, signing_secret))
                     retryable.args = (retryable.message,)
                     retryable.attempts = attempts
                     retryable.latency_ms = (time.perf_counter() - started) * 1000
@@ -606,15 +606,15 @@ class OutboundClient:
                 )
         except TimeoutError as exc:
             raise OutboundTimeoutError(f"{destination} did not answer within {timeout_s:g} s") from exc
-        except httpcore2.LocalProtocolError as exc:
+        except h11.LocalProtocolError as exc:
             raise OutboundError(f"the request to {destination} cannot be sent: {exc}") from exc
-        except httpcore2.RemoteProtocolError as exc:
+        except ServerDisconnectedError as exc:
+            raise OutboundConnectionError(
+                f"could not complete the request to {destination}: "
+                "the server closed the connection without answering"
+            ) from exc
+        except h11.RemoteProtocolError as exc:
             text = str(exc)
-            if _DISCONNECTED in text:
-                raise OutboundConnectionError(
-                    f"could not complete the request to {destination}: "
-                    "the server closed the connection without answering"
-                ) from exc
             if _BODY_CUT in text:
                 raise OutboundConnectionError(
                     f"could not complete the request to {destination}: the server closed the connection "
@@ -637,86 +637,87 @@ class OutboundClient:
         max_response_bytes: int,
         attempt_started: float,
     ) -> OutboundResponse:
-        destination = target.destination
-        request = httpcore2.Request(method.encode("ascii"), target.url, headers=fields, content=content)
+        raw_method = method.encode("ascii")
         while True:
-            connection, reused = await pool.acquire(target.key, request.url.origin)
+            connection = await pool.acquire(target.key)
+            reused = connection is not None
             reusable = False
             try:
+                if connection is None:
+                    # A new connection: resolved, vetted and connected only now (never per request).
+                    connection = await self._open_connection(target)
                 try:
-                    response = await connection.handle_async_request(request)
-                except httpcore2.ConnectionNotAvailable:
-                    continue  # an idle connection the server had closed: httpcore2 noticed, take another
-                except (httpcore2.RemoteProtocolError, httpcore2.ReadError, httpcore2.WriteError) as exc:
-                    if reused and (
-                        not isinstance(exc, httpcore2.RemoteProtocolError) or _DISCONNECTED in str(exc)
-                    ):
+                    head = await connection.request(raw_method, target.request_target, fields, content)
+                except (ServerDisconnectedError, httpcore2.ReadError, httpcore2.WriteError):
+                    if reused:
                         # Not a byte of an answer on a reused connection: the server closed it while
                         # it sat idle and our request crossed its FIN/RST. Send it again on another
                         # connection (each such failure discards one, so this ends with a fresh one).
-                        logger.debug("outbound %s: kept-alive connection was closed, resending", destination)
+                        logger.debug(
+                            "outbound %s: kept-alive connection was closed, resending", target.destination
+                        )
                         continue
                     raise
                 result = await self._read_response(
-                    response, method, destination, max_response_bytes, attempt_started
+                    connection, head, method, target.destination, max_response_bytes, attempt_started
                 )
                 reusable = True
                 return result
             finally:
+                # Whatever did not end with a complete response (refused, cut, cancelled) is closed.
                 await pool.release(target.key, connection, reusable=reusable)
 
     async def _read_response(
         self,
-        response: httpcore2.Response,
+        connection: HTTP11Connection,
+        head: h11.Response,
         method: str,
         destination: str,
         max_response_bytes: int,
         attempt_started: float,
     ) -> OutboundResponse:
+        status = head.status_code
+        response_headers: dict[str, str] = {}
+        for raw_name, raw_value in head.headers:  # h11 gives the names in lower case
+            name = raw_name.decode("latin-1")
+            value = raw_value.decode("latin-1")
+            previous = response_headers.get(name)
+            response_headers[name] = value if previous is None else f"{previous}, {value}"
+        if 300 <= status < 400:
+            location = response_headers.get("location", "")
+            raise RedirectRefusedError(
+                f"{destination} answered {status} redirecting to "
+                f"{describe_destination(location) if location else 'nowhere'}; "
+                "redirects are not followed"
+            )
+        encoding = response_headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise InvalidResponseError(
+                f"{destination} sent a {encoding}-encoded body although identity was requested"
+            )
+        declared = response_headers.get("content-length", "").strip()
+        if declared.isdigit() and int(declared) > max_response_bytes and method != "HEAD":
+            raise ResponseTooLargeError(
+                f"{destination} announced {int(declared)} bytes, over the {max_response_bytes}-byte limit"
+            )
         try:
-            status = response.status
-            response_headers: dict[str, str] = {}
-            for raw_name, raw_value in response.headers:
-                name = raw_name.decode("latin-1").lower()
-                value = raw_value.decode("latin-1")
-                previous = response_headers.get(name)
-                response_headers[name] = value if previous is None else f"{previous}, {value}"
-            if 300 <= status < 400:
-                location = response_headers.get("location", "")
-                raise RedirectRefusedError(
-                    f"{destination} answered {status} redirecting to "
-                    f"{describe_destination(location) if location else 'nowhere'}; "
-                    "redirects are not followed"
-                )
-            encoding = response_headers.get("content-encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                raise InvalidResponseError(
-                    f"{destination} sent a {encoding}-encoded body although identity was requested"
-                )
-            declared = response_headers.get("content-length", "").strip()
-            if declared.isdigit() and int(declared) > max_response_bytes and method != "HEAD":
-                raise ResponseTooLargeError(
-                    f"{destination} announced {int(declared)} bytes, over the {max_response_bytes}-byte limit"
-                )
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.stream:  # type: ignore[union-attr]
-                size += len(chunk)
-                if size > max_response_bytes:
-                    raise ResponseTooLargeError(
-                        f"the response from {destination} exceeded the {max_response_bytes}-byte limit"
-                    )
-                chunks.append(chunk)
-        finally:
-            # A body left unread (refused, cut, cancelled) closes the connection instead of reusing it.
-            await response.aclose()
+            body = await connection.read_body(max_response_bytes)
+        except BodyTooLargeError as exc:
+            raise ResponseTooLargeError(
+                f"the response from {destination} exceeded the {max_response_bytes}-byte limit"
+            ) from exc
         return OutboundResponse(
             status_code=status,
             headers=response_headers,
-            body=b"".join(chunks),
+            body=body,
             latency_ms=(time.perf_counter() - attempt_started) * 1000,
             attempts=1,
         )
+
+
+def _secrets(headers: Mapping[str, str], signing_secret: str | None) -> list[str]:
+    """The values an error message must not echo (servers sometimes echo headers)."""
+    return [*headers.values(), *([signing_secret] if signing_secret else [])]
 
 
 def run_sync(coroutine_factory: Callable[[], Awaitable[T]]) -> T:

@@ -1,4 +1,4 @@
-"""A bounded keep-alive pool of `httpcore2.AsyncHTTPConnection`s (HTTP/1.1 and TLS stay httpcore2's).
+"""A bounded keep-alive pool of the outbound client's `HTTP11Connection`s.
 
 Why not `httpcore2.AsyncConnectionPool`: it re-scans every connection it holds twice per request
 (`_assign_requests_to_connections`), which with the 256 connections a step's concurrent tool calls
@@ -7,8 +7,9 @@ keep open cost ~2 ms of CPU per request — 7x the whole per-request cost of the
 kept per origin (most recent first), a global count bounds the open ones, and waiters are woken in
 order when a connection is released or closed.
 
-Invariants: `opened` counts every connection handed out or idle, never more than
-`max_connections`; a connection is either in one request's hands or idle in `_idle`, never both.
+Invariants: `opened` counts every connection (or slot for one being opened) handed out or idle,
+never more than `max_connections`; a connection is either in one request's hands or idle in
+`_idle`, never both.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
 
-import httpcore2
+from trainer.outbound.connection import HTTP11Connection
 
 logger = logging.getLogger(__name__)
 
@@ -27,19 +27,12 @@ logger = logging.getLogger(__name__)
 class ConnectionPool:
     """Connections for one event loop; `acquire` a connection for an origin, `release` it after."""
 
-    def __init__(
-        self,
-        *,
-        connect: Callable[[httpcore2.Origin], httpcore2.AsyncHTTPConnection],
-        max_connections: int,
-        max_idle: int,
-    ) -> None:
-        self._connect = connect
+    def __init__(self, *, max_connections: int, max_idle: int) -> None:
         self.max_connections = max_connections
         self.max_idle = max_idle
         self.loop = asyncio.get_running_loop()
         self.opened = 0  # handed out + idle
-        self._idle: dict[str, list[httpcore2.AsyncHTTPConnection]] = {}  # by "scheme://host:port"
+        self._idle: dict[str, list[HTTP11Connection]] = {}  # by "scheme://host:port"
         self._idle_count = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
@@ -48,20 +41,21 @@ class ConnectionPool:
     def idle_count(self) -> int:
         return self._idle_count
 
-    async def acquire(self, key: str, origin: httpcore2.Origin) -> tuple[httpcore2.AsyncHTTPConnection, bool]:
-        """A connection for `origin` (named `key`) and whether it is a reused one (False: not yet
-        connected)."""
+    async def acquire(self, key: str) -> HTTP11Connection | None:
+        """An idle connection to the origin `key` ("scheme://host:port"), or None: a slot for a new
+        connection, which the caller opens and then releases like a connection (None if opening
+        failed)."""
         while True:
             idle = self._idle.get(key)
             while idle:
                 connection = idle.pop()
                 self._idle_count -= 1
-                if connection.is_idle() and not connection.has_expired():
-                    return connection, True
+                if connection.reusable():
+                    return connection
                 await self._discard(connection)
             if self.opened < self.max_connections:
                 self.opened += 1
-                return self._connect(origin), False
+                return None
             if self._idle_count:
                 # Every slot is taken but some hold idle connections of other origins: free one.
                 await self._discard(self._pop_any_idle())
@@ -78,16 +72,23 @@ class ConnectionPool:
                         self._waiters.remove(waiter)
                 raise
 
-    async def release(self, key: str, connection: httpcore2.AsyncHTTPConnection, *, reusable: bool) -> None:
-        """Give a connection back: kept for reuse when it finished cleanly, else closed."""
-        if reusable and not self._closed and connection.is_idle() and self._idle_count < self.max_idle:
+    async def release(self, key: str, connection: HTTP11Connection | None, *, reusable: bool) -> None:
+        """Give a connection (or an unused slot: None) back: kept for reuse when it finished cleanly,
+        else closed."""
+        if (
+            reusable
+            and connection is not None
+            and not self._closed
+            and connection.is_idle()
+            and self._idle_count < self.max_idle
+        ):
             self._idle.setdefault(key, []).append(connection)
             self._idle_count += 1
             self._wake_one()
             return
         await self._discard(connection)
 
-    def _pop_any_idle(self) -> httpcore2.AsyncHTTPConnection:
+    def _pop_any_idle(self) -> HTTP11Connection:
         for key, idle in self._idle.items():
             if idle:
                 self._idle_count -= 1
@@ -97,9 +98,11 @@ class ConnectionPool:
                 return connection
         raise RuntimeError("no idle connection")  # callers check idle_count first
 
-    async def _discard(self, connection: httpcore2.AsyncHTTPConnection) -> None:
+    async def _discard(self, connection: HTTP11Connection | None) -> None:
         self.opened -= 1
         self._wake_one()
+        if connection is None:
+            return
         try:
             await asyncio.shield(connection.aclose())
         except Exception:

@@ -172,6 +172,8 @@ class HttpToolExecutor:
     async def execute(
         self, calls: Sequence[ToolCall], *, item: Mapping[str, Any], trace_id: str
     ) -> list[ToolResult]:
+        if len(calls) == 1:  # the common turn: no task to spawn (gather would make one per call)
+            return [await self.execute_one(calls[0], item=item, trace_id=trace_id)]
         return list(
             await asyncio.gather(*(self.execute_one(call, item=item, trace_id=trace_id) for call in calls))
         )

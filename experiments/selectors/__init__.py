@@ -33,6 +33,11 @@ def run_events_after(*, run_id: int, after: int, limit: int = 5000) -> list[dict
     return [event.as_message() for event in events]
 
 
+def run_last_seq(*, run_id: int) -> int:
+    """The seq of the run's last stored event (0: none, or no such run)."""
+    return Run.objects.filter(pk=run_id).values_list("last_seq", flat=True).first() or 0
+
+
 def dashboard_counts(*, user) -> dict[str, int]:
     """The dashboard's tiles. Rejected uploads are not datasets: they are counted apart."""
     from ..models import RunStatus

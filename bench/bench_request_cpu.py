@@ -220,6 +220,7 @@ def main() -> None:
     parser.add_argument("--watchers", type=int, default=20)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rollouts", type=int, default=50)
+    parser.add_argument("--history", type=int, default=500, help="steps the live run has recorded")
     args = parser.parse_args()
 
     admin_url = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -230,11 +231,12 @@ def main() -> None:
     try:
         env = configure(database_url, redis_url)
         config = seed(20)
-        # The live run has a history, as it has when people open it mid-run.
+        # The live run has a history, as it has when people open it mid-run (bench_load's run is at
+        # ~800 steps by its end).
         from experiments.services.recording import record_step
 
         rng = random.Random(1)
-        for step in range(1, 101):
+        for step in range(1, args.history + 1):
             record_step(
                 run_id=config["stream_run"],
                 lease_owner=LEASE_OWNER,

@@ -141,6 +141,8 @@ def seed(users: int) -> dict:
                 status=RunStatus.SUCCEEDED,
                 current_step=200,
                 total_steps=200,
+                # As recorded runs are: every point's seq is one of the run's events (<= last_seq).
+                last_seq=200,
                 config={"steps": 200},
             )
             now = timezone.now()

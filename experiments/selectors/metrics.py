@@ -100,7 +100,7 @@ def metrics_after(
 # text once the run's last_seq is past the block (a committed seq's points never change, except when
 # a resumed attempt discards steps: that bumps the run's generation, and blocks of another
 # generation are rebuilt).
-METRICS_BLOCK_SEQS = 100
+METRICS_BLOCK_SEQS = 50
 METRICS_BLOCK_SECONDS = 3600
 
 

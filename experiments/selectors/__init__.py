@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from django.contrib.auth import get_user_model
-from django.db.models import F, Func, QuerySet, Subquery
+from django.db import connection
+from django.db.models import QuerySet
 
 from ..models import Dataset, Grader, Run, RunEvent, Tool
 
@@ -40,24 +40,31 @@ def run_last_seq(*, run_id: int) -> int:
 
 
 def dashboard_counts(*, user) -> dict[str, int]:
-    """The dashboard's tiles, in one query. Rejected uploads are not datasets: they are counted apart."""
+    """The dashboard's tiles, in one query. Rejected uploads are not datasets: they are counted apart.
+
+    Written as SQL: the ORM took longer to compile the five counts (as five queries or as subqueries)
+    than PostgreSQL took to answer them. Visibility as `visible_to`: staff see everything."""
     from ..models import RunStatus
     from ..models.dataset import DatasetStatus
 
-    datasets = datasets_for(user=user)
-    counts = {
-        "dataset_count": datasets.filter(status=DatasetStatus.READY),
-        "rejected_upload_count": datasets.exclude(status=DatasetStatus.READY),
-        "tool_count": tools_for(user=user),
-        "grader_count": graders_for(user=user),
-        "active_run_count": Run.objects.visible_to(user).filter(
-            status__in=[RunStatus.QUEUED, RunStatus.RUNNING]
-        ),
+    names = ("dataset_count", "rejected_upload_count", "tool_count", "grader_count", "active_run_count")
+    if not user or not user.is_authenticated:
+        return dict.fromkeys(names, 0)
+    owned = "TRUE" if user.is_staff else "owner_id = %(owner)s"
+    sql = f"""
+    SELECT
+        (SELECT count(*) FROM {Dataset._meta.db_table} WHERE {owned} AND status = %(ready)s),
+        (SELECT count(*) FROM {Dataset._meta.db_table} WHERE {owned} AND status <> %(ready)s),
+        (SELECT count(*) FROM {Tool._meta.db_table} WHERE {owned}),
+        (SELECT count(*) FROM {Grader._meta.db_table} WHERE {owned}),
+        (SELECT count(*) FROM {Run._meta.db_table} WHERE {owned} AND status IN (%(queued)s, %(running)s))
+    """
+    params = {
+        "owner": user.pk,
+        "ready": DatasetStatus.READY,
+        "queued": RunStatus.QUEUED,
+        "running": RunStatus.RUNNING,
     }
-    # One scalar subquery per tile, selected from the user's own row.
-    annotations = {
-        name: Subquery(queryset.order_by().annotate(n=Func(F("pk"), function="COUNT")).values("n")[:1])
-        for name, queryset in counts.items()
-    }
-    values = get_user_model().objects.filter(pk=user.pk).values(**annotations).first() or {}
-    return {name: values.get(name) or 0 for name in counts}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return dict(zip(names, cursor.fetchone(), strict=True))

@@ -107,3 +107,5 @@ def test_dashboard_counts_in_one_query_match_the_tiles():
         "grader_count": 2,
         "active_run_count": 1,
     }
+    staff = UserFactory(is_staff=True)
+    assert dashboard_counts(user=staff)["active_run_count"] == 2  # staff see everyone's, as visible_to

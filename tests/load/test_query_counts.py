@@ -30,7 +30,7 @@ BOUNDS = {
     "/tools/": 3,
     "/graders/": 3,
     "/datasets/{dataset}/": 6,
-    "/runs/{run}/": 18,
+    "/runs/{run}/": 16,  # 19 before: the watch panel read every flagged rollout; the run owner again
     "/runs/{run}/rollouts/": 9,
     "/api/v1/runs/{run}/series/?x=step&max_points=2000&keys=reward,kl,loss": 9,
     "api /api/v1/runs/": 6,  # 4 + 2 per run before (each run's forks and owner)

@@ -169,6 +169,7 @@ def measure_fan_out(port: int, pid: int, config: dict, watchers: int, steps: int
             additional_headers={"Cookie": cookie},
             origin="http://127.0.0.1",
             max_size=None,
+            ping_interval=None,  # this client's threads may starve on a busy machine: no keepalive to miss
         )
         for _ in range(watchers)
     ]

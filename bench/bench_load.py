@@ -19,7 +19,8 @@ Goal: p95 < 300 ms for pages and API, 0 errors, 0 lost points, web RSS < 1 GB. T
     .venv/bin/python bench/bench_load.py [--users 200] [--seconds 60] [--workers 2]
 
 Needs PostgreSQL (BENCH_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/postgres), Redis
-(BENCH_REDIS_URL, default redis://127.0.0.1:6379/8) and the `bench` extra (locust).
+(BENCH_REDIS_URL, default redis://127.0.0.1:6379/8) and the `bench` extra (locust), or BENCH_LOCUST_PYTHON: a
+Python of another environment with locust and websocket-client (the locust file imports nothing of the app).
 """
 
 from __future__ import annotations
@@ -140,6 +141,8 @@ def seed(users: int) -> dict:
                 status=RunStatus.SUCCEEDED,
                 current_step=200,
                 total_steps=200,
+                # As recorded runs are: every point's seq is one of the run's events (<= last_seq).
+                last_seq=200,
                 config={"steps": 200},
             )
             now = timezone.now()
@@ -336,7 +339,8 @@ def upload(port: int, token: str, index: int, size: int, results: list) -> None:
 
 def run_locust(host: str, args, config_path: Path, results_path: Path, csv_prefix: Path) -> None:
     command = [
-        sys.executable,
+        # locust (gevent) in another environment than the app's, if the `bench` extra is not installed
+        os.environ.get("BENCH_LOCUST_PYTHON", sys.executable),
         "-m",
         "locust",
         "-f",

@@ -9,6 +9,10 @@ received from BENCH_LOAD_RESULTS when it ends.
 - RunWatcher: a person watching the live run: loads its page and chart history (whose answer carries
   `last_seq`), opens the run's WebSocket with `?after=<last_seq>` as the page's script does, keeps it
   open for the whole test and records every seq it receives; meanwhile reloads the API now and then.
+
+FastHttpUser (geventhttpclient), not HttpUser (requests): the load generator shares the machine with the
+server, and requests costs it several times the CPU per request. The session cookie goes in each
+request's headers.
 """
 
 from __future__ import annotations
@@ -21,13 +25,24 @@ import time
 
 import gevent
 import websocket
-from locust import HttpUser, between, events, task
+from locust import between, events, task
+from locust.contrib.fasthttp import FastHttpUser
 
 CONFIG = json.loads(open(os.environ["BENCH_LOAD_CONFIG"]).read())
 RESULTS_PATH = os.environ["BENCH_LOAD_RESULTS"]
 WATCHERS: list[RunWatcher] = []
 _lock = threading.Lock()
 _next_session = 0
+
+
+def _get(user, path: str, *, headers: dict, name: str) -> None:
+    """GET that counts anything but a 200 as an error: not followed redirects (a lost session would
+    otherwise land on the login page and count as a success)."""
+    with user.client.get(
+        path, headers=headers, name=name, allow_redirects=False, catch_response=True
+    ) as response:
+        if response.status_code != 200:
+            response.failure(f"HTTP {response.status_code}")
 
 
 def _session():
@@ -40,18 +55,18 @@ def _session():
     return login["cookie"], CONFIG["accounts"][login["account"]]
 
 
-class Browser(HttpUser):
+class Browser(FastHttpUser):
     wait_time = between(1, 3)
     weight = 3
 
     def on_start(self):
         cookie, self.account = _session()
-        self.client.cookies.set("sessionid", cookie)
+        self.page_headers = {"Cookie": f"sessionid={cookie}"}
         self.api_headers = {"Authorization": f"Token {self.account['token']}", "Accept": "application/json"}
 
     @task(3)
     def dashboard(self):
-        self.client.get("/", name="page: dashboard")
+        _get(self, "/", headers=self.page_headers, name="page: dashboard")
 
     @task(3)
     def lists(self):
@@ -63,27 +78,28 @@ class Browser(HttpUser):
                 ("/graders/", "page: graders list"),
             ]
         )
-        self.client.get(path, name=name)
+        _get(self, path, headers=self.page_headers, name=name)
 
     @task(3)
     def dataset(self):
         dataset = random.choice(self.account["datasets"])
-        self.client.get(f"/datasets/{dataset}/", name="page: dataset")
+        _get(self, f"/datasets/{dataset}/", headers=self.page_headers, name="page: dataset")
 
     @task(3)
     def run_page(self):
         run = random.choice(self.account["runs"])
-        self.client.get(f"/runs/{run}/", name="page: run")
-        self.client.get(
+        _get(self, f"/runs/{run}/", headers=self.page_headers, name="page: run")
+        _get(
+            self,
             f"/api/v1/runs/{run}/series/?x=step&max_points=2000&keys=reward,kl,loss",
-            headers={"Accept": "application/json"},
+            headers={**self.page_headers, "Accept": "application/json"},
             name="api: run series",
         )
 
     @task(1)
     def rollouts(self):
         run = random.choice(self.account["runs"])
-        self.client.get(f"/runs/{run}/rollouts/", name="page: rollouts")
+        _get(self, f"/runs/{run}/rollouts/", headers=self.page_headers, name="page: rollouts")
 
     @task(3)
     def api(self):
@@ -94,25 +110,25 @@ class Browser(HttpUser):
                 (f"/api/v1/runs/{random.choice(self.account['runs'])}/metrics/", "api: run metrics"),
             ]
         )
-        self.client.get(path, headers=self.api_headers, name=name)
+        _get(self, path, headers=self.api_headers, name=name)
 
 
-class RunWatcher(HttpUser):
+class RunWatcher(FastHttpUser):
     wait_time = between(1, 3)
     fixed_count = CONFIG["watchers"]
 
     def on_start(self):
         self.cookie, self.account = _session_of(CONFIG["stream_account"])
-        self.client.cookies.set("sessionid", self.cookie)
+        self.page_headers = {"Cookie": f"sessionid={self.cookie}"}
         self.run_id = CONFIG["stream_run"]
         self.received: dict[int, float] = {}  # seq -> when it arrived (epoch s)
         self.after = None
         self.errors: list[str] = []
         self.closed = False
-        self.client.get(f"/runs/{self.run_id}/", name="page: run (live)")
+        _get(self, f"/runs/{self.run_id}/", headers=self.page_headers, name="page: run (live)")
         with self.client.get(
             f"/api/v1/runs/{self.run_id}/series/?x=step&max_points=2000&keys=reward,kl,loss",
-            headers={"Accept": "application/json"},
+            headers={**self.page_headers, "Accept": "application/json"},
             name="api: run series (live)",
             catch_response=True,
         ) as response:
@@ -162,7 +178,8 @@ class RunWatcher(HttpUser):
 
     @task
     def reload_api(self):
-        self.client.get(
+        _get(
+            self,
             f"/api/v1/runs/{self.run_id}/metrics/",
             headers={"Authorization": f"Token {self.account['token']}", "Accept": "application/json"},
             name="api: run metrics (live)",

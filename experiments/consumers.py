@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import parse_qs
 
+import orjson
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
@@ -12,6 +14,7 @@ from .selectors import playground as playground_selectors
 
 CLOSE_FORBIDDEN = 4403
 REPLAY_BATCH = 2000
+CATCH_UP_SECONDS = 5.0
 
 
 class RunEventsConsumer(AsyncJsonWebsocketConsumer):
@@ -19,12 +22,17 @@ class RunEventsConsumer(AsyncJsonWebsocketConsumer):
 
     Joining before reading means an event committed during the replay is either in the replay or
     arrives through the group; `last_seq` drops the duplicates, and a jump in seq (a frame the
-    channel layer dropped) is filled from the database.
+    channel layer dropped) is filled from the database. The channel layer drops frames silently when
+    a watcher falls behind (its channel over `capacity`, or frames older than `expiry`): when the
+    dropped ones are the last, no later frame shows the gap, so a watcher that heard nothing for
+    CATCH_UP_SECONDS asks the database whether the run went on without it.
     """
 
     run_id: int
     last_seq: int = 0
     group_name: str | None = None
+    heard = False
+    catch_up: asyncio.Task | None = None
 
     async def connect(self) -> None:
         await self.accept()
@@ -42,12 +50,28 @@ class RunEventsConsumer(AsyncJsonWebsocketConsumer):
         except ValueError:
             self.last_seq = 0
         self.group_name = realtime.run_group_name(self.run_id)
+        self.sending = asyncio.Lock()
         await self.channel_layer.group_add(self.group_name, self.channel_name)
-        await self._send_stored_after(self.last_seq)
+        async with self.sending:
+            await self._send_stored_after(self.last_seq)
+        self.catch_up = asyncio.create_task(self._catch_up_when_idle())
 
     async def disconnect(self, code: int) -> None:
+        if self.catch_up is not None:
+            self.catch_up.cancel()
         if self.group_name:
             await self.channel_layer.group_discard(self.group_name, self.channel_name)
+
+    async def _catch_up_when_idle(self) -> None:
+        while True:
+            await asyncio.sleep(CATCH_UP_SECONDS)
+            if self.heard:
+                self.heard = False
+                continue
+            last_seq = await database_sync_to_async(selectors.run_last_seq)(run_id=self.run_id)
+            if last_seq > self.last_seq:
+                async with self.sending:
+                    await self._send_stored_after(self.last_seq)
 
     async def receive_json(self, content, **kwargs) -> None:
         # Clients only listen; a {"type": "ping"} gets a pong so that they can tell a stale socket.
@@ -55,15 +79,23 @@ class RunEventsConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "pong", "last_seq": self.last_seq})
 
     async def run_events(self, message: dict) -> None:
-        events = [event for event in message["events"] if event["seq"] > self.last_seq]
-        if not events:
-            return
-        if events[0]["seq"] > self.last_seq + 1:
-            await self._send_stored_after(self.last_seq)
-            events = [event for event in events if event["seq"] > self.last_seq]
-            if not events:
+        self.heard = True
+        async with self.sending:
+            if message["last"] <= self.last_seq:
                 return
-        await self._send_events(events)
+            if message["first"] > self.last_seq + 1:
+                await self._send_stored_after(self.last_seq)
+                if message["last"] <= self.last_seq:
+                    return
+            if message["first"] == self.last_seq + 1:
+                # The usual case: the frame as the publisher encoded it.
+                await self.send(text_data=message["frame"])
+                self.last_seq = message["last"]
+                return
+            events = [
+                event for event in orjson.loads(message["frame"])["events"] if event["seq"] > self.last_seq
+            ]
+            await self._send_events(events)
 
     async def _send_stored_after(self, after: int) -> None:
         while True:

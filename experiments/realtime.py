@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Sequence
 
+import orjson
 from channels.layers import get_channel_layer
 from django.db import transaction
 
@@ -59,11 +60,23 @@ def run_group_name(run_id: int) -> str:
     return f"run-{run_id}"
 
 
+def run_events_message(events: Sequence[dict]) -> dict:
+    """The channel-layer message for consecutive events: their first and last seq and the WebSocket
+    frame itself, encoded once here rather than by each of the run's watchers."""
+    return {
+        "type": RUN_EVENTS_MESSAGE_TYPE,
+        "first": events[0]["seq"],
+        "last": events[-1]["seq"],
+        "frame": orjson.dumps({"type": "events", "events": list(events)}).decode(),
+    }
+
+
 def publish_run_events(*, run_id: int, events: Sequence[dict]) -> None:
-    """Send the run's new events (already stored, JSON-safe dicts with `seq`) as one frame, on commit."""
+    """Send the run's new events (already stored, JSON-safe dicts with consecutive `seq`s) as one
+    frame, on commit."""
     if not events:
         return
-    message = {"type": RUN_EVENTS_MESSAGE_TYPE, "events": list(events)}
+    message = run_events_message(events)
 
     def send() -> None:
         layer = get_channel_layer()

@@ -167,7 +167,9 @@ class RunViewSet(mixins.CreateModelMixin, OwnedReadOnlyViewSet):
     serializer_class = RunSerializer
 
     def get_queryset(self):
-        return selectors.runs_for(user=self.request.user).prefetch_related("tools")
+        return checkpoint_selectors.with_forks(
+            selectors.runs_for(user=self.request.user).prefetch_related("tools")
+        )
 
     def get_serializer_class(self):
         return RunCreateSerializer if self.action == "create" else RunSerializer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.db import connection
 from django.db.models import QuerySet
 
 from ..models import Dataset, Grader, Run, RunEvent, Tool
@@ -33,18 +34,37 @@ def run_events_after(*, run_id: int, after: int, limit: int = 5000) -> list[dict
     return [event.as_message() for event in events]
 
 
+def run_last_seq(*, run_id: int) -> int:
+    """The seq of the run's last stored event (0: none, or no such run)."""
+    return Run.objects.filter(pk=run_id).values_list("last_seq", flat=True).first() or 0
+
+
 def dashboard_counts(*, user) -> dict[str, int]:
-    """The dashboard's tiles. Rejected uploads are not datasets: they are counted apart."""
+    """The dashboard's tiles, in one query. Rejected uploads are not datasets: they are counted apart.
+
+    Written as SQL: the ORM took longer to compile the five counts (as five queries or as subqueries)
+    than PostgreSQL took to answer them. Visibility as `visible_to`: staff see everything."""
     from ..models import RunStatus
     from ..models.dataset import DatasetStatus
 
-    datasets = datasets_for(user=user)
-    return {
-        "dataset_count": datasets.filter(status=DatasetStatus.READY).count(),
-        "rejected_upload_count": datasets.exclude(status=DatasetStatus.READY).count(),
-        "tool_count": tools_for(user=user).count(),
-        "grader_count": graders_for(user=user).count(),
-        "active_run_count": runs_for(user=user)
-        .filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING])
-        .count(),
+    names = ("dataset_count", "rejected_upload_count", "tool_count", "grader_count", "active_run_count")
+    if not user or not user.is_authenticated:
+        return dict.fromkeys(names, 0)
+    owned = "TRUE" if user.is_staff else "owner_id = %(owner)s"
+    sql = f"""
+    SELECT
+        (SELECT count(*) FROM {Dataset._meta.db_table} WHERE {owned} AND status = %(ready)s),
+        (SELECT count(*) FROM {Dataset._meta.db_table} WHERE {owned} AND status <> %(ready)s),
+        (SELECT count(*) FROM {Tool._meta.db_table} WHERE {owned}),
+        (SELECT count(*) FROM {Grader._meta.db_table} WHERE {owned}),
+        (SELECT count(*) FROM {Run._meta.db_table} WHERE {owned} AND status IN (%(queued)s, %(running)s))
+    """
+    params = {
+        "owner": user.pk,
+        "ready": DatasetStatus.READY,
+        "queued": RunStatus.QUEUED,
+        "running": RunStatus.RUNNING,
     }
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return dict(zip(names, cursor.fetchone(), strict=True))

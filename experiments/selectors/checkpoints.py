@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from django.db.models import Prefetch
+
 from ..models import Checkpoint, Run
 
 EVAL_REWARD = "eval/reward"
@@ -47,7 +49,22 @@ def run_checkpoints(*, run: Run) -> list[dict[str, Any]]:
 
 
 def run_lineage(*, run: Run) -> dict[str, Any]:
-    """The run's parent (and the step it forked from) and its forks, visible to the run's owner."""
-    forks = list(Run.objects.filter(parent=run, owner=run.owner).order_by("created_at"))
+    """The run's parent (and the step it forked from) and its forks, visible to the run's owner.
+    Forks prefetched into `run.prefetched_forks` (with_fork_ids) are used as they are."""
+    if hasattr(run, "prefetched_forks"):
+        forks = [fork for fork in run.prefetched_forks if fork.owner_id == run.owner_id]
+    else:
+        forks = list(Run.objects.filter(parent=run, owner_id=run.owner_id).order_by("created_at"))
     parent = run.parent if run.parent_id and run.parent and run.parent.owner_id == run.owner_id else None
     return {"parent": parent, "parent_step": run.parent_step, "forks": forks}
+
+
+def with_forks(runs):
+    """`runs` (a queryset) with each run's forks fetched in one query for all (run_lineage uses them)."""
+    return runs.prefetch_related(
+        Prefetch(
+            "forks",
+            queryset=Run.objects.only("pk", "owner_id", "parent_id", "created_at").order_by("created_at"),
+            to_attr="prefetched_forks",
+        )
+    )

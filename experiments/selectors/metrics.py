@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import orjson
 import psycopg
+from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models import Max, Min
 
@@ -70,17 +73,19 @@ def metric_keys(run_id: int) -> list[str]:
         return sorted(row[0] for row in cursor.fetchall())
 
 
-def metrics_after(run_id: int, after_seq: int, *, limit: int = 5000) -> list[dict]:
-    """The metric points stored after `after_seq`, one entry per step event, oldest first.
+def metrics_after(
+    run_id: int, after_seq: int, *, limit: int = 5000, through_seq: int | None = None
+) -> list[dict]:
+    """The metric points stored after `after_seq` (up to `through_seq`), one entry per step event,
+    oldest first.
 
     `[{"seq", "step", "time", "metrics": {key: value}}]`; at most `limit` events (continue from the
     last `seq` returned).
     """
-    rows = (
-        MetricPoint.objects.filter(run_id=run_id, seq__gt=after_seq)
-        .order_by("seq", "key")
-        .values_list("seq", "step", "key", "value", "wall_time")
-    )
+    rows = MetricPoint.objects.filter(run_id=run_id, seq__gt=after_seq)
+    if through_seq is not None:
+        rows = rows.filter(seq__lte=through_seq)
+    rows = rows.order_by("seq", "key").values_list("seq", "step", "key", "value", "wall_time")
     events: list[dict] = []
     for seq, step, key, value, wall_time in rows.iterator(chunk_size=5000):
         if not events or events[-1]["seq"] != seq:
@@ -89,6 +94,90 @@ def metrics_after(run_id: int, after_seq: int, *, limit: int = 5000) -> list[dic
             events.append({"seq": seq, "step": step, "time": wall_time.isoformat(), "metrics": {}})
         events[-1]["metrics"][key] = value
     return events
+
+
+# metrics_after_json's blocks: the events of seqs (k*BLOCK, (k+1)*BLOCK], kept in the cache as JSON
+# text once the run's last_seq is past the block (a committed seq's points never change, except when
+# a resumed attempt discards steps: that bumps the run's generation, and blocks of another
+# generation are rebuilt).
+METRICS_BLOCK_SEQS = 50
+METRICS_BLOCK_SECONDS = 3600
+
+
+def _events_json(events: list[dict]) -> str:
+    """The events as the items of a JSON array (no brackets)."""
+    return orjson.dumps(events).decode()[1:-1]
+
+
+def _generation_key(run_id: int) -> str:
+    return f"metrics-generation:{run_id}"
+
+
+def _block_key(run_id: int, block: int) -> str:
+    return f"metrics-block:{run_id}:{METRICS_BLOCK_SEQS}:{block}"
+
+
+def bump_metrics_generation(run_id: int) -> None:
+    """Forget the run's cached blocks of metric events (its stored points changed)."""
+    cache.set(_generation_key(run_id), time.time_ns(), timeout=None)
+
+
+def metrics_after_json(
+    *, run_id: int, after_seq: int, last_seq: int, limit: int = 5000
+) -> tuple[str, int, int]:
+    """metrics_after as JSON: (the events as the items of a JSON array, how many, the last seq).
+
+    `last_seq` is the run's committed last_seq, read before. A watcher reloading a long live run's
+    points asks for thousands of events again and again: the finished blocks of seqs come from the
+    cache (one round trip for all of them), and only the head before the first block and the tail
+    after the last one are read from the database.
+    """
+    parts: list[str] = []
+    count = 0
+    cursor = after_seq  # read up to here
+    last = after_seq  # the last event's seq
+    first_block = -(-after_seq // METRICS_BLOCK_SEQS)  # the first block starting after after_seq
+    last_block = last_seq // METRICS_BLOCK_SEQS - 1  # the last block ending at or before last_seq
+
+    def add(events: list[dict]) -> None:
+        nonlocal count, cursor, last
+        if events:
+            parts.append(_events_json(events))
+            count += len(events)
+            cursor = last = events[-1]["seq"]
+
+    if first_block <= last_block:
+        if after_seq < first_block * METRICS_BLOCK_SEQS:
+            add(metrics_after(run_id, after_seq, limit=limit, through_seq=first_block * METRICS_BLOCK_SEQS))
+        blocks = range(first_block, last_block + 1)
+        keys = [_block_key(run_id, block) for block in blocks]
+        cached = cache.get_many([_generation_key(run_id), *keys])
+        generation = cached.get(_generation_key(run_id), 0)
+        fresh = {}
+        for block, key in zip(blocks, keys, strict=True):
+            if count >= limit:
+                break
+            entry = cached.get(key)
+            if entry is None or entry[0] != generation:
+                start = block * METRICS_BLOCK_SEQS
+                events = metrics_after(
+                    run_id, start, limit=METRICS_BLOCK_SEQS, through_seq=start + METRICS_BLOCK_SEQS
+                )
+                entry = (generation, _events_json(events), len(events), events[-1]["seq"] if events else None)
+                fresh[key] = entry
+            _, text, size, block_last = entry
+            if count + size > limit:
+                break
+            if size:
+                parts.append(text)
+                count += size
+                last = block_last
+            cursor = (block + 1) * METRICS_BLOCK_SEQS
+        if fresh:
+            cache.set_many(fresh, timeout=METRICS_BLOCK_SECONDS)
+    if count < limit:
+        add(metrics_after(run_id, cursor, limit=limit - count))
+    return ",".join(parts), count, last
 
 
 # Each key's first and last step: two index probes per key on (run, key, step).

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from ..models import Checkpoint, MetricPoint, Run, RunEvent, Trajectory
 from ..models.run import RunStatus
+from ..selectors.metrics import bump_metrics_generation
 from ..watch.flags import StepWatch
 from . import readiness, rollups, watch
 from .runs import LeaseLost, NewEvent, append_events
@@ -233,6 +234,9 @@ def discard_steps_after(*, run_id: int, lease_owner: str, step: int) -> int:
     match the rollouts. Returns how many metric points were dropped."""
     run = _locked_run(run_id=run_id, lease_owner=lease_owner)
     dropped, _ = MetricPoint.objects.filter(run=run, step__gt=step).delete()
+    if dropped:
+        # The cached blocks of its metric events (selectors.metrics.metrics_after_json) are stale.
+        transaction.on_commit(lambda: bump_metrics_generation(run.pk))
     rollups.discard_after(run_id=run.pk, step=step)
     rollouts, _ = Trajectory.objects.filter(run=run, step__gt=step).delete()
     Run.objects.filter(pk=run.pk).update(current_step=max(step, 0))

@@ -87,3 +87,50 @@ async def test_an_idle_subscriber_still_receives_after_the_blocking_receive_time
     events = await receive_events(socket, count=2)
     assert [event["seq"] for event in events] == [1, 2]
     await socket.disconnect()
+
+
+def _record_in_a_thread(run_id: int, steps: range) -> None:
+    """The worker records while this test's event loop (the watcher's process) is blocked: busy."""
+    import threading
+
+    from django.db import connection
+
+    def record():
+        try:
+            run_services.acquire_lease(run_id=run_id, worker_id="w")
+            for step in steps:
+                run_services.record_metrics(
+                    run_id=run_id, step=step, metrics={"reward": step / 10}, lease_owner="w"
+                )
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=record)
+    thread.start()
+    thread.join()
+
+
+async def test_a_watcher_that_falls_behind_still_gets_every_point(settings, monkeypatch):
+    """Its channel holds 3 frames (capacity): the channel layer drops the rest silently, the last ones
+    included, so no later frame shows the gap; the watcher finds it from the database when idle."""
+    import copy
+
+    from experiments import consumers
+
+    layers = copy.deepcopy(settings.CHANNEL_LAYERS)
+    layers["default"]["CONFIG"]["capacity"] = 3
+    settings.CHANNEL_LAYERS = layers
+    monkeypatch.setattr(consumers, "CATCH_UP_SECONDS", 0.5)
+    run, owner_session, _ = await make_run_and_sessions()
+    socket = run_socket(run.pk, session=owner_session, after=0)
+    connected, _ = await socket.connect()
+    assert connected
+    assert await socket.receive_nothing(timeout=0.3)
+
+    _record_in_a_thread(run.pk, range(1, 21))  # seq 1 = running, 2..21 = steps 1..20
+
+    events = await receive_events(socket, count=21, timeout=10)
+    assert [event["seq"] for event in events] == list(range(1, 22))
+    assert [event["step"] for event in events[1:]] == list(range(1, 21))
+    assert await socket.receive_nothing(timeout=1.2)  # nothing twice
+    await socket.disconnect()

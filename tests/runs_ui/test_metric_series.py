@@ -146,3 +146,42 @@ def test_progress_and_eta_from_recent_step_times(run):
     assert progress["step"] == 10 and progress["total"] == 100
     assert progress["percent"] == 10.0
     assert progress["eta_seconds"] == pytest.approx(180.0)
+
+
+def test_metrics_after_json_from_cached_blocks_matches_the_database(
+    run, monkeypatch, django_capture_on_commit_callbacks
+):
+    """A live run's watchers reload its points again and again: finished blocks of seqs come from the
+    cache as JSON text; the answer is the same as reading every point, for any `after` and limit, and
+    a resumed attempt's discarded steps are not served from the cache."""
+    import json
+
+    from experiments.models import Run
+    from experiments.services.recording import discard_steps_after
+
+    monkeypatch.setattr(metric_selectors, "METRICS_BLOCK_SEQS", 4)
+    write_metrics(run, range(1, 23))
+    run.refresh_from_db()
+
+    def as_json(after, limit=5000):
+        text, count, last = metric_selectors.metrics_after_json(
+            run_id=run.pk, after_seq=after, last_seq=run.last_seq, limit=limit
+        )
+        events = json.loads(f"[{text}]")
+        assert count == len(events)
+        return events, last
+
+    for _ in range(2):  # the first pass fills the cache, the second reads it
+        for after in (0, 1, 3, 4, 5, 9, 20, run.last_seq):
+            for limit in (1, 3, 5, 5000):
+                expected = metrics_after(run.pk, after, limit=limit)
+                events, last = as_json(after, limit)
+                assert events == json.loads(json.dumps(expected)), (after, limit)
+                assert last == (expected[-1]["seq"] if expected else after)
+
+    Run.objects.filter(pk=run.pk).update(status="running", lease_owner="worker-1")
+    with django_capture_on_commit_callbacks(execute=True):
+        discard_steps_after(run_id=run.pk, lease_owner="worker-1", step=10)
+    run.refresh_from_db()
+    events, _ = as_json(0)
+    assert [event["step"] for event in events] == list(range(1, 11))

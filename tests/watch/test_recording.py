@@ -104,3 +104,22 @@ def test_the_watch_reads_a_bounded_history_so_a_late_step_costs_what_an_early_on
         history_rows(step)
     # a window of max(trend_window 5, pause window 3) steps of the ~14 watch keys, however long the run
     assert history_rows(40) == history_rows(41) <= early + 14 * 5
+
+
+def test_the_watch_panel_counts_in_postgresql_match_the_rollouts_read_one_by_one():
+    """The run page's watch panel counts flagged rollouts by rule and reads the latest trends in SQL
+    (a live run's page is opened while its rollouts grow); the same as reading every rollout."""
+    from experiments.selectors import readiness as readiness_selectors
+
+    run = build_flagged_run(UserFactory(), steps=6)
+    rollouts, flagged, counts, latest = readiness_selectors._watch_counts_portable(run=run)
+    assert flagged > 0 and any(counts.values())
+    summary = readiness_selectors.run_watch_summary(run=run)
+    assert (summary["rollouts"], summary["flagged"]) == (rollouts, flagged)
+    assert {row["rule"]: row["count"] for row in summary["by_rule"]} == {
+        rule: counts.get(rule, 0) for rule in readiness_selectors.ROLLOUT_RULES
+    }
+    assert [trend["active"] for trend in summary["trends"]] == [
+        latest.get(rule) == 1.0 for rule in readiness_selectors.TREND_RULES
+    ]
+    assert any(trend["active"] for trend in summary["trends"])

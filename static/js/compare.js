@@ -415,13 +415,12 @@
     connect();
   }
 
-  // The tool-call charts are further down: drawn after the curves.
+  // The tool-call charts are further down: drawn after the curves. `data-ready`: all drawn.
   loadAll()
     .catch((error) => console.error(error))
     .finally(() => {
-      container.dataset.ready = "1";
       for (const run of runs) if (!TERMINAL.includes(run.status)) follow(run);
-      plotlyReady.then(drawToolCalls);
+      plotlyReady.then(drawToolCalls).catch((error) => console.error(error)).finally(() => { container.dataset.ready = "1"; });
     });
 
   // ---- tool-call distributions -------------------------------------------------------------

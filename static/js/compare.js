@@ -4,6 +4,8 @@
 // again for the steps in view. Runs still training follow their WebSocket and grow with
 // Plotly.extendTraces. The view's state (metrics, x axis, smoothing, band, item filters) lives in
 // the URL, so the address bar is a shareable link to exactly this view.
+// This script runs before Plotly (see compare.html): the curves are asked for at once, while the
+// browser is still evaluating Plotly, and drawn when it is there.
 (function () {
   "use strict";
 
@@ -13,6 +15,11 @@
   const DEFAULT_KEYS = ["reward", "eval/reward", "eval/pass@1", "tools/calls_mean", "tools/calls_p95", "completions/mean_length", "kl", "loss", "step_time"];
   const PLOT_CONFIG = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ["lasso2d", "select2d"], toImageButtonOptions: { format: "png", scale: 2 } };
   const FLUSH_MS = 100;
+  // Deferred scripts run in order before DOMContentLoaded; Plotly's comes after this one.
+  const plotlyReady = new Promise((resolve) => {
+    if (window.Plotly) resolve();
+    else document.addEventListener("DOMContentLoaded", resolve, { once: true });
+  });
 
   const runs = config.runs;
   const runById = new Map(runs.map((run) => [String(run.id), run]));
@@ -180,6 +187,7 @@
     }
 
     draw(keepLayout) {
+      if (!window.Plotly) return; // not loaded yet: loadAll draws with the state of then
       const layout = this.layout();
       if (keepLayout && this.el.layout) {
         layout.xaxis = { ...this.el.layout.xaxis, type: layout.xaxis.type };
@@ -282,7 +290,8 @@
   async function loadAll() {
     if (!state.keys.length) return;
     const data = await fetchSeries(state.keys);
-    // Charts on screen first; each one below the fold in a task of its own, after a paint.
+    await plotlyReady;
+    // The charts in the window first, in one task; each of the others in a task of its own, after a paint.
     const ordered = [...charts.values()].sort((a, b) => onScreen(b.el) - onScreen(a.el));
     for (const [index, chart] of ordered.entries()) {
       if (index > 0 && !onScreen(chart.el)) await new Promise((resolve) => setTimeout(resolve, 0));
@@ -295,7 +304,7 @@
 
   function onScreen(element) {
     const box = element.getBoundingClientRect();
-    return Number(box.bottom > -200 && box.top < window.innerHeight + 200);
+    return Number(box.bottom > 0 && box.top < window.innerHeight);
   }
 
   async function addChart(key) {
@@ -306,6 +315,7 @@
     refreshAddOptions();
     saveState();
     const data = await fetchSeries([key]);
+    await plotlyReady;
     chart.load(data.runs);
     chart.draw(false);
   }
@@ -405,15 +415,16 @@
     connect();
   }
 
+  // The tool-call charts are further down: drawn after the curves. `data-ready`: all drawn.
   loadAll()
     .catch((error) => console.error(error))
     .finally(() => {
-      container.dataset.ready = "1";
       for (const run of runs) if (!TERMINAL.includes(run.status)) follow(run);
+      plotlyReady.then(drawToolCalls).catch((error) => console.error(error)).finally(() => { container.dataset.ready = "1"; });
     });
 
   // ---- tool-call distributions -------------------------------------------------------------
-  (function drawToolCalls() {
+  function drawToolCalls() {
     const data = JSON.parse(document.getElementById("tool-call-data").textContent);
     const xs = Array.from({ length: data.max_calls + 1 }, (_, i) => i);
     const font = { family: "system-ui, sans-serif", size: 11 };
@@ -441,7 +452,7 @@
       yaxis: { title: { text: "calls per rollout" } }, legend: { orientation: "h", y: -0.25 },
       annotations: data.tools.length ? [] : [{ ...empty[0], text: "no tool calls" }],
     }, PLOT_CONFIG);
-  })();
+  }
 
   // ---- baseline, config diff ---------------------------------------------------------------
   document.getElementById("baseline-select").addEventListener("change", (change) => {

@@ -1,4 +1,6 @@
 // The run page: load the charts' history from the series endpoint, then follow the run's WebSocket.
+// This script runs before Plotly (see run_page.html): the history is asked for at once, while the
+// browser is still evaluating Plotly's 1.2 MB, and drawn when Plotly is there.
 // The series answer carries the `last_seq` it was read at; the socket asks for `after=<that seq>`,
 // and every reconnect asks for `after=<the last seq we hold>`, so the server fills any gap and
 // nothing is drawn twice (each chart trace also drops steps it already has).
@@ -37,6 +39,12 @@
   const stepTimes = [];
   let totalSteps = Number(progress.total && progress.total.textContent) || 0;
 
+  // Deferred scripts run in order before DOMContentLoaded; Plotly's comes after this one.
+  const plotlyReady = new Promise((resolve) => {
+    if (window.Plotly) resolve();
+    else document.addEventListener("DOMContentLoaded", resolve, { once: true });
+  });
+
   const charts = config.charts.map((spec) => new RftLiveChart(document.getElementById(`chart-${spec.id}`), spec, { xAxis, smoothing: 0, finished: TERMINAL.includes(config.status) && config.status !== "paused" }));
 
   // ---- x axis ------------------------------------------------------------------------------
@@ -55,6 +63,7 @@
     // Ask only for what the charts draw (a run also stores per-tool and per-error-type counts).
     const keys = [...knownKeys].filter((key) => charts.some((chart) => chart.wants(key)));
     if (!keys.length) {
+      await plotlyReady;
       for (const chart of charts) chart.reset({}, xAxis);
       flushBuffered();
       return;
@@ -65,22 +74,23 @@
     const data = await response.json();
     for (const key of data.keys || []) knownKeys.add(key);
     t0 = data.t0 === undefined ? t0 : data.t0;
+    await plotlyReady;
     await resetInViewFirst(data.series);
     flushBuffered();
   }
 
-  // The charts on screen are drawn first and painted before the others (each below the fold in a
-  // task of its own), so the page shows curves before all twelve charts are done. Live events
-  // wait in `reloading` meanwhile.
-  function nearView(element) {
+  // The charts in the window are drawn first, in one task, and painted before the others (each
+  // of those in a task of its own, nearest first), so the page shows curves before all the charts
+  // are done. Live events wait in `reloading` meanwhile.
+  function inView(element) {
     const box = element.getBoundingClientRect();
-    return box.bottom > -200 && box.top < window.innerHeight + 200;
+    return box.bottom > 0 && box.top < window.innerHeight;
   }
   const nextTask = () => new Promise((resolve) => setTimeout(resolve, 0));
   async function resetInViewFirst(series) {
     const later = [];
     for (const chart of charts) {
-      if (nearView(chart.el)) chart.reset(series, xAxis);
+      if (inView(chart.el)) chart.reset(series, xAxis);
       else later.push(chart);
     }
     for (const chart of later) {
@@ -356,8 +366,9 @@
   });
 
   loadHistory()
-    .catch((error) => {
+    .catch(async (error) => {
       console.error(error);
+      await plotlyReady;
       for (const chart of charts) chart.reset({}, xAxis);
       flushBuffered();
     })

@@ -66,8 +66,14 @@ def warm_start_model(
     batch_size: int = 16,
     learning_rate: float = 3e-3,
     marker: str = DEFAULT_MARKER,
+    threads: int | None = None,
 ) -> Path:
-    """Fine-tunes the model in `base` on `chats` (rendered with `tools`) and saves it in `directory`."""
+    """Fine-tunes the model in `base` on `chats` (rendered with `tools`) and saves it in `directory`.
+
+    `threads` sets torch's intra-op threads for the training (restored after): for a tiny model one
+    thread is several times faster than two on a 2-core machine (the threads' synchronisation costs
+    more than the matmuls: 0.1 s against 0.86 s of CPU per step of 8 x 420 tokens).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -82,6 +88,9 @@ def warm_start_model(
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     examples = [assistant_token_mask(tokenizer, chat, tools) for chat in chats]
     generator = torch.Generator().manual_seed(seed)
+    saved_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     saved_rng = torch.random.get_rng_state()
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
@@ -103,6 +112,7 @@ def warm_start_model(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     torch.random.set_rng_state(saved_rng)
+    torch.set_num_threads(saved_threads)
     logger.info(
         "warm start: %d steps in %.1f s, last loss %.3f", steps, time.perf_counter() - started, loss.item()
     )

@@ -299,5 +299,12 @@ def warm_start_workspace_model(
     base = Path(base_dir) if base_dir else target.parent / f"{target.name}-base"
     build_tiny_model(base, seed=seed, extra_corpus=corpus, vocab_size=1024)
     return warm_start_model(
-        target, base=base, chats=chats, tools=tools, steps=steps, batch_size=batch_size, seed=seed
+        target,
+        base=base,
+        chats=chats,
+        tools=tools,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        threads=1,
     )

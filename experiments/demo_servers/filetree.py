@@ -21,11 +21,13 @@ compared with spacing normalized), partial credit per file, 0.0 without a tree.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 MAX_TREES = 2_000  # live trees kept at most (a run's max_live is far below; protects the demo)
@@ -222,8 +224,6 @@ def _edited(original: str | None, text: str) -> str:
 
 
 def _tool_call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    import json
-
     return {
         "role": "assistant",
         "content": "",
@@ -284,11 +284,9 @@ def warm_start_workspace_model(
     steps: int = 200,
     batch_size: int = 8,
     seed: int = 0,
-):
+) -> Path:
     """The tiny model, with a vocabulary built on the workspace demonstrations, warm-started on them
     (`trainer.warm_start`): it then reads and writes its workspace through the tools. Cached."""
-    from pathlib import Path
-
     from trainer.tiny import build_tiny_model, build_tiny_tokenizer
     from trainer.warm_start import warm_start_model
 

@@ -10,11 +10,13 @@ then byte-level) that transformers' `Qwen2Tokenizer` applies when `AutoTokenizer
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from trainer.chat import (
@@ -66,7 +68,7 @@ _CORPUS_SENTENCES = [
 ]
 
 
-def _corpus() -> list[str]:
+def _corpus(extra: Sequence[str] = ()) -> list[str]:
     chats = []
     for colour in ("red", "blue", "green", "gold"):
         chats.append(
@@ -76,11 +78,15 @@ def _corpus() -> list[str]:
             f"{IM_START}user\n{TOOL_RESPONSE_OPEN}\n{colour}\n{TOOL_RESPONSE_CLOSE}\n{IM_END}\n"
             f"{IM_START}assistant\n{colour}{IM_END}\n"
         )
-    return _CORPUS_SENTENCES * 4 + chats * 4
+    return _CORPUS_SENTENCES * 4 + chats * 4 + list(extra) * 4
 
 
-def build_tiny_tokenizer(*, vocab_size: int = 640):
-    """Trains the byte-level BPE tokenizer and wraps it as a transformers fast tokenizer."""
+def build_tiny_tokenizer(*, vocab_size: int = 640, extra_corpus: Sequence[str] = ()):
+    """Trains the byte-level BPE tokenizer and wraps it as a transformers fast tokenizer.
+
+    `extra_corpus` (texts of a task, e.g. rendered demonstration chats) joins the training text, so
+    that the task's words become a few tokens each instead of one per character.
+    """
     from tokenizers import (
         AddedToken,
         Regex,
@@ -109,7 +115,7 @@ def build_tiny_tokenizer(*, vocab_size: int = 640):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    tokenizer.train_from_iterator(_corpus(extra_corpus), trainer=trainer)
     tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in MARKUP_TOKENS])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
@@ -159,9 +165,17 @@ def tiny_model_config(*, vocab_size: int, eos_token_id: int, pad_token_id: int, 
     )
 
 
-def build_tiny_model(directory: str | os.PathLike[str], *, seed: int = 0, shape: str = "tiny") -> Path:
+def build_tiny_model(
+    directory: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    shape: str = "tiny",
+    extra_corpus: Sequence[str] = (),
+    vocab_size: int = 640,
+) -> Path:
     """Builds (once) a randomly initialised Qwen2-shaped model with the tiny tokenizer into `directory`.
 
+    `extra_corpus` and `vocab_size` give a task its own vocabulary (see `build_tiny_tokenizer`).
     Safe to call from several processes: the build goes to a temporary sibling and is renamed.
     """
     import torch
@@ -169,13 +183,17 @@ def build_tiny_model(directory: str | os.PathLike[str], *, seed: int = 0, shape:
 
     target = Path(directory)
     marker = target / _COMPLETE_MARKER
-    expected = json.dumps({"version": TINY_BUILD_VERSION, "seed": seed, "shape": shape})
+    build = {"version": TINY_BUILD_VERSION, "seed": seed, "shape": shape}
+    if extra_corpus or vocab_size != 640:
+        digest = hashlib.sha256("\0".join(extra_corpus).encode()).hexdigest()[:16]
+        build.update(vocab_size=vocab_size, corpus=digest)
+    expected = json.dumps(build)
     if marker.exists() and marker.read_text() == expected:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        tokenizer = build_tiny_tokenizer()
+        tokenizer = build_tiny_tokenizer(vocab_size=vocab_size, extra_corpus=extra_corpus)
         eos_id = tokenizer.convert_tokens_to_ids(IM_END)
         pad_id = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
         config = tiny_model_config(

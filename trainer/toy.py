@@ -5,19 +5,16 @@ reads it from the `item` that the wire format sends along). Answering without th
 guess, so reward above 0.25 needs the tool. The demo, the learning test and the benchmarks use it.
 
 A randomly initialised model almost never writes a well-formed tool call, so `warm_start_toy_model`
-first fine-tunes the tiny model for a few seconds on demonstration rollouts, a third of which call
-the tool and copy its answer, the rest guessing without it. RL then has signal to work with.
+first fine-tunes the tiny model for a few seconds on demonstration rollouts (`trainer.warm_start`),
+a third of which call the tool and copy its answer, the rest guessing without it. RL then has
+signal to work with.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
-import shutil
-import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,7 +41,6 @@ TOY_TOOLS: list[dict[str, Any]] = [
 # fills a good part of its context far faster than one it must single out by attention.
 SWATCH_LINES = 8
 _WARM_MARKER = ".rftweb-toy-warm-complete"
-WARM_START_VERSION = 3
 
 
 def toy_items(*, count: int, seed: int) -> list[dict[str, Any]]:
@@ -143,26 +139,6 @@ def demonstration_chats(*, count: int, seed: int) -> list[list[dict[str, Any]]]:
     return chats
 
 
-def _assistant_token_mask(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
-    """Token ids of the rendered chat and a mask of the assistant-written tokens (incl. <|im_end|>)."""
-    ids: list[int] = []
-    mask: list[int] = []
-    rendered_so_far = ""
-    for end in range(1, len(messages) + 1):
-        text = tokenizer.apply_chat_template(messages[:end], tools=TOY_TOOLS, tokenize=False)
-        piece = text[len(rendered_so_far) :]
-        rendered_so_far = text
-        piece_ids = tokenizer.encode(piece, add_special_tokens=False)
-        if messages[end - 1]["role"] == "assistant":
-            header = tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)
-            trained = [0] * len(header) + [1] * (len(piece_ids) - len(header) - 1) + [0]  # trailing "\n"
-            mask += trained
-        else:
-            mask += [0] * len(piece_ids)
-        ids += piece_ids
-    return ids, mask
-
-
 def warm_start_toy_model(
     directory: str | os.PathLike[str],
     *,
@@ -171,56 +147,18 @@ def warm_start_toy_model(
     seed: int = 0,
 ) -> Path:
     """Builds the tiny model (if needed) and fine-tunes it on the demonstrations; cached in `directory`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from trainer.tiny import build_tiny_model
+    from trainer.warm_start import warm_start_model
 
     target = Path(directory)
-    marker = target / _WARM_MARKER
-    expected = json.dumps({"version": WARM_START_VERSION, "steps": steps, "seed": seed})
-    if marker.exists() and marker.read_text() == expected:
-        return target
     base = Path(base_dir) if base_dir else target.parent / f"{target.name}-base"
     build_tiny_model(base, seed=seed)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    examples = [_assistant_token_mask(tokenizer, chat) for chat in demonstration_chats(count=64, seed=seed)]
-    generator = torch.Generator().manual_seed(seed)
-    saved_rng = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    model.train()
-    started = time.perf_counter()
-    batch_size = 16
-    for _ in range(steps):
-        picks = torch.randint(len(examples), (batch_size,), generator=generator).tolist()
-        length = max(len(examples[i][0]) for i in picks)
-        input_ids = torch.full((batch_size, length), tokenizer.pad_token_id, dtype=torch.long)
-        labels = torch.full((batch_size, length), -100, dtype=torch.long)
-        attention = torch.zeros((batch_size, length), dtype=torch.long)
-        for row, index in enumerate(picks):
-            ids, mask = examples[index]
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention[row, : len(ids)] = 1
-            labels[row, : len(ids)] = torch.tensor([t if m else -100 for t, m in zip(ids, mask, strict=True)])
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    torch.random.set_rng_state(saved_rng)
-    logger.info(
-        "warm start: %d steps in %.1f s, last loss %.3f", steps, time.perf_counter() - started, loss.item()
+    return warm_start_model(
+        target,
+        base=base,
+        chats=demonstration_chats(count=64, seed=seed),
+        tools=TOY_TOOLS,
+        steps=steps,
+        seed=seed,
+        marker=_WARM_MARKER,
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / _WARM_MARKER).write_text(expected)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target

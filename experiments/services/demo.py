@@ -141,7 +141,7 @@ DEMO_EXPLANATION = (
     "worked example as earlier turns of the chat (an order total from two lookups and the "
     "calculator; a price looked up with the lookup tool) before the real question: few-shot "
     "prompting, no warm start and no change to the model. At the baseline the model now calls the "
-    "demo server's lookup and calculator tools over HTTP in about a third of its rollouts "
+    "demo server's lookup and calculator tools over HTTP in a quarter to a third of its rollouts "
     "(temperature 0.8), and the rollouts that use the tool's answer score higher: that difference "
     "is what GRPO learns from. Many of the others still imitate the example wrongly (they write a "
     "<tool_response> themselves, or guess). The grader is unchanged: 0.7 for the right number or "

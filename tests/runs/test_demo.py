@@ -73,10 +73,20 @@ def test_quick_demo_button_starts_the_warm_started_toy_model_on_the_peek_task(
     assert len(enqueued) >= 1
     page = client.get(f"/runs/{run.pk}/").content.decode()
     assert 'id="model-note"' in page and "peek" in page  # what the model is, why it learns fast
-    # Other runs get no such note.
-    assert (
-        'id="model-note"' not in client.get(f"/runs/{demo.start_demo_run(owner=admin).pk}/").content.decode()
+    # The SmolLM2 demo run says what makes its base model call the tools (a worked example in the
+    # prompts); other runs get no note.
+    smollm2_page = client.get(f"/runs/{demo.start_demo_run(owner=admin).pk}/").content.decode()
+    assert 'id="model-note"' in smollm2_page and "worked example" in smollm2_page
+    assert "About this quick demo" not in smollm2_page
+    other = Run.objects.create(
+        owner=admin,
+        name="mine",
+        base_model=demo.BUNDLED_MODEL,
+        train_dataset=run.train_dataset,
+        grader=run.grader,
+        config={},
     )
+    assert 'id="model-note"' not in client.get(f"/runs/{other.pk}/").content.decode()
 
 
 def test_the_dashboard_says_the_measured_time_per_step_before_a_demo_starts(client):

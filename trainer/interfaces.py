@@ -8,7 +8,7 @@ can be stored as JSON without conversion.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -49,6 +49,20 @@ class ToolResult:
     latency_ms: float = 0.0
     status_code: int | None = None
     attempts: int = 1
+
+    @classmethod
+    def unknown_tool(cls, call: ToolCall, available: Iterable[str]) -> ToolResult:
+        """The answer to a call naming no tool of the rollout: the model reads which tools it has."""
+        names = ", ".join(sorted(available)) or "none"
+        return cls(
+            call_id=call.call_id,
+            name=call.name,
+            output=f"Error: unknown tool {call.name!r}. Available tools: {names}.",
+            ok=False,
+            error_type="unknown_tool",
+            error=f"the model called {call.name!r}, which is not a tool of this run",
+            attempts=0,
+        )
 
 
 @runtime_checkable

@@ -456,16 +456,7 @@ class RolloutEngine:
                 calls.append(call)
                 results.append(None)  # filled in by the executor
             else:
-                results.append(
-                    ToolResult(
-                        call_id=call.call_id,
-                        name=call.name,
-                        output=f"Error: unknown tool {call.name!r}. Available tools: {', '.join(sorted(allowed)) or 'none'}.",
-                        ok=False,
-                        error_type="unknown_tool",
-                        error=f"unknown tool {call.name!r}",
-                    )
-                )
+                results.append(ToolResult.unknown_tool(call, allowed))
             rollout.tool_calls.append(call)
         for call_id, _raw, reason in parsed.malformed:
             results.append(

@@ -410,15 +410,7 @@ class McpToolExecutor:
         for call in calls:
             endpoint = self.servers.get(call.name)
             if endpoint is None:
-                results[call.call_id] = ToolResult(
-                    call_id=call.call_id,
-                    name=call.name,
-                    output=f"Error: unknown tool {call.name!r}. Available tools: {', '.join(sorted(self.servers)) or 'none'}.",
-                    ok=False,
-                    error_type="unknown_tool",
-                    error=f"the model called {call.name!r}, which is not a tool of this run",
-                    attempts=0,
-                )
+                results[call.call_id] = ToolResult.unknown_tool(call, self.servers)
             else:
                 by_server.setdefault(endpoint, []).append(call)
         for server_results in await asyncio.gather(
@@ -485,15 +477,7 @@ class RoutingToolExecutor:
         for call in calls:
             executor = self.executors.get(call.name)
             if executor is None:
-                results[call.call_id] = ToolResult(
-                    call_id=call.call_id,
-                    name=call.name,
-                    output=f"Error: unknown tool {call.name!r}. Available tools: {', '.join(sorted(self.executors)) or 'none'}.",
-                    ok=False,
-                    error_type="unknown_tool",
-                    error=f"the model called {call.name!r}, which is not a tool of this run",
-                    attempts=0,
-                )
+                results[call.call_id] = ToolResult.unknown_tool(call, self.executors)
                 continue
             groups.setdefault(id(executor), (executor, []))[1].append(call)
         for executed in await asyncio.gather(

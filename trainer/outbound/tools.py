@@ -181,16 +181,7 @@ class HttpToolExecutor:
     async def execute_one(self, call: ToolCall, *, item: Mapping[str, Any], trace_id: str) -> ToolResult:
         endpoint = self.endpoints.get(call.name)
         if endpoint is None:
-            available = ", ".join(sorted(self.endpoints)) or "none"
-            return ToolResult(
-                call_id=call.call_id,
-                name=call.name,
-                output=f"Error: unknown tool {call.name!r}. Available tools: {available}.",
-                ok=False,
-                error_type="unknown_tool",
-                error=f"the model called {call.name!r}, which is not a tool of this run",
-                attempts=0,
-            )
+            return ToolResult.unknown_tool(call, self.endpoints)
         try:
             json.loads(call.arguments)
         except (ValueError, TypeError) as exc:

@@ -177,7 +177,7 @@ def test_the_warm_started_tiny_model_edits_its_own_workspace_in_a_real_run(demo,
     # The rollout page shows the context and every tool call with its arguments and answer.
     client = Client()
     client.force_login(owner)
-    rollout = max(rollouts, key=lambda r: len(_executed(_stored_calls(r))))
+    rollout = max(rollouts, key=lambda r: len([c for c in _executed(_stored_calls(r)) if c["ok"]]))
     page = client.get(f"/runs/{run.pk}/rollouts/{rollout.trace_id}/")
     assert page.status_code == 200
     text = html.unescape(page.content.decode())
@@ -186,7 +186,10 @@ def test_the_warm_started_tiny_model_edits_its_own_workspace_in_a_real_run(demo,
         assert f'data-tool-call="{call["name"]}"' in text
         assert call["output"].strip() in text
         for value in call["arguments"].values():
-            assert json.dumps(value)[1:-1].split("\\n")[0] in text
+            # The page shows the arguments as JSON; a sampled value may hold any character, written
+            # escaped or as itself.
+            first_line = {json.dumps(value, ensure_ascii=a)[1:-1].split("\\n")[0] for a in (True, False)}
+            assert any(line in text for line in first_line), (first_line, call)
 
 
 def env_text(rollout: Trajectory) -> str:

@@ -61,12 +61,13 @@ def demo():
 
 def _stored_calls(rollout: Trajectory) -> list[dict]:
     """The rollout's tool calls as stored, in order: name, arguments (None when not a JSON object),
-    whether the tool answered without error, and the answer the model read."""
+    whether the tool answered without error, and the answer the model read (None for calls of a
+    last turn that ended the rollout at its turn or token limit: they were never run)."""
     results = {m["tool_call_id"]: m for m in rollout.messages if m["role"] == "tool"}
     calls = []
     for message in rollout.messages:
         for call in message.get("tool_calls") or []:
-            result = results[call["id"]]
+            result = results.get(call["id"])
             try:
                 arguments = json.loads(call["function"]["arguments"])
             except ValueError:
@@ -75,8 +76,8 @@ def _stored_calls(rollout: Trajectory) -> list[dict]:
                 {
                     "name": call["function"]["name"],
                     "arguments": arguments if isinstance(arguments, dict) else None,
-                    "ok": result["ok"],
-                    "output": result["content"],
+                    "ok": bool(result and result["ok"]),
+                    "output": result["content"] if result else None,
                 }
             )
     return calls
@@ -84,7 +85,11 @@ def _stored_calls(rollout: Trajectory) -> list[dict]:
 
 def _executed(calls: list[dict]) -> list[dict]:
     """The calls that reached the demo server (well-formed, naming a workspace tool)."""
-    return [c for c in calls if c["name"] in FILETREE_TOOL_NAMES and c["arguments"] is not None]
+    return [
+        c
+        for c in calls
+        if c["name"] in FILETREE_TOOL_NAMES and c["arguments"] is not None and c["output"] is not None
+    ]
 
 
 def test_the_warm_started_tiny_model_edits_its_own_workspace_in_a_real_run(demo, celery_worker_factory):

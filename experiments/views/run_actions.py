@@ -40,15 +40,20 @@ def run_create(request):
                 mcp_tools=form.mcp_tool_picks(),
             )
         except run_launch.RunValidationError as exc:
-            for field, field_errors in exc.errors.items():
-                for message in field_errors:
-                    form.add_error(field if field in form.fields else None, message)
+            _show_launch_errors(form, exc)
         else:
             messages.success(request, f"Run “{run.name}” is queued.")
             return redirect("run-detail", run_id=run.pk)
     return render(
         request, "experiments/run_form.html", {"form": form, "clone_of": clone_of, "clone_source": source}
     )
+
+
+def _show_launch_errors(form: RunForm, exc: run_launch.RunValidationError) -> None:
+    """The service's refusals on the form: under their field, or above the form."""
+    for field, field_errors in exc.errors.items():
+        for message in field_errors:
+            form.add_error(field if field in form.fields else None, message)
 
 
 def run_fork(request, run_id: int):
@@ -87,9 +92,7 @@ def run_fork(request, run_id: int):
                 mcp_tools=form.mcp_tool_picks(),
             )
         except run_launch.RunValidationError as exc:
-            for field, field_errors in exc.errors.items():
-                for message in field_errors:
-                    form.add_error(field if field in form.fields else None, message)
+            _show_launch_errors(form, exc)
         else:
             messages.success(request, f"Fork “{run.name}” is queued: it starts from {parent.name}'s adapter.")
             return redirect("run-detail", run_id=run.pk)

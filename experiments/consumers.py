@@ -56,6 +56,16 @@ class RunEventsConsumer(AsyncJsonWebsocketConsumer):
             await self._send_stored_after(self.last_seq)
         self.catch_up = asyncio.create_task(self._catch_up_when_idle())
 
+    async def dispatch(self, message: dict) -> None:
+        # A run's frames are most of what a watcher receives (one per recorded step) and none of
+        # them touches the database: channels' dispatch would first close old database connections
+        # on a thread of their own, a thread hop per frame per watcher. The gap filling reads the
+        # database through database_sync_to_async, which closes old connections itself.
+        if message.get("type") == realtime.RUN_EVENTS_MESSAGE_TYPE:
+            await self.run_events(message)
+            return
+        await super().dispatch(message)
+
     async def disconnect(self, code: int) -> None:
         if self.catch_up is not None:
             self.catch_up.cancel()

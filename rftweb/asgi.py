@@ -18,9 +18,15 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from experiments.routing import websocket_urlpatterns  # noqa: E402
 from rftweb.request_guard import RequestBodyGuard  # noqa: E402
 
+from a2wsgi import WSGIMiddleware  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.core.wsgi import get_wsgi_application  # noqa: E402
+
+django_wsgi_app = WSGIMiddleware(get_wsgi_application(), workers=settings.RFT_WEB_THREADS)
+
 application = ProtocolTypeRouter(
     {
-        "http": RequestBodyGuard(django_asgi_app),
+        "http": RequestBodyGuard(django_wsgi_app, chunked_app=django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -34,8 +34,12 @@ SMALL_BODY_BYTES = 64 * 1024
 
 
 class RequestBodyGuard:
-    def __init__(self, app):
+    """`app` serves every request with a declared length (or none); `chunked_app`, when given, the
+    ones whose body comes chunked (a WSGI app cannot read a body of unknown length)."""
+
+    def __init__(self, app, *, chunked_app=None):
         self.app = app
+        self.chunked_app = chunked_app or app
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -90,7 +94,7 @@ class RequestBodyGuard:
                 started = True
             await send(message)
 
-        await self.app(scope, counting_receive, watching_send)
+        await self.chunked_app(scope, counting_receive, watching_send)
         if cut and not started:
             await _refuse(send, 413, _too_large(limit), api=api)
 

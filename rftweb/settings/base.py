@@ -118,6 +118,9 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             "max_size": _pool_size,
             "timeout": env.float("RFT_DB_POOL_TIMEOUT_SECONDS", default=30.0),
         }
+# Threads per web process that run Django for HTTP requests (see rftweb/asgi.py); at most the
+# database pool's size, so that a request never waits for a connection.
+RFT_WEB_THREADS = env.int("RFT_WEB_THREADS", default=16)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 

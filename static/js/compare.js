@@ -194,6 +194,7 @@
         layout.yaxis = { ...this.el.layout.yaxis };
       }
       this.drawing = true;
+      RftFirstFrame.clear(this.el);
       Plotly.react(this.el, this.traces(), layout, PLOT_CONFIG).then(() => { this.drawing = false; });
       this.el.dataset.points = String([...this.series.values()].reduce((total, s) => total + s.y.length, 0));
       this.el.dataset.maxSeriesPoints = String(Math.max(0, ...[...this.series.values()].map((s) => s.y.length)));
@@ -290,6 +291,14 @@
   async function loadAll() {
     if (!state.keys.length) return;
     const data = await fetchSeries(state.keys);
+    if (!window.Plotly) {
+      // Plotly is still being evaluated: the charts in the window as still frames meanwhile.
+      for (const chart of charts.values()) {
+        if (!onScreen(chart.el)) continue;
+        chart.load(data.runs);
+        RftFirstFrame.draw(chart.el, chart.traces(), chart.layout());
+      }
+    }
     await plotlyReady;
     // The charts in the window first, in one task; each of the others in a task of its own, after a paint.
     const ordered = [...charts.values()].sort((a, b) => onScreen(b.el) - onScreen(a.el));

@@ -124,6 +124,27 @@
 
     // Draw from the series endpoint's {key: {x, y, step}}; replaces whatever was drawn.
     reset(series, xAxis) {
+      if (!global.Plotly && global.RftFirstFrame) {
+        // Plotly could not be loaded (blocked, offline cache): the still chart at least.
+        this.preview(series, xAxis);
+        return;
+      }
+      const { traces, layout } = this.build(series, xAxis);
+      if (global.RftFirstFrame) global.RftFirstFrame.clear(this.el);
+      Plotly.react(this.el, traces, layout, PLOT_CONFIG);
+      this.drawn = true;
+      this.el.dataset.points = String(this.pointCount());
+    }
+
+    // The same chart as a still first frame (first_frame.js), while Plotly is not there yet; reset
+    // draws over it.
+    preview(series, xAxis) {
+      const { traces, layout } = this.build(series, xAxis);
+      global.RftFirstFrame.draw(this.el, traces, layout);
+    }
+
+    // The traces and layout for a history; sets the chart's state (keys, raw points, smoothing).
+    build(series, xAxis) {
       this.options.xAxis = xAxis;
       this.keys.clear();
       this.pending.clear();
@@ -173,9 +194,7 @@
         layout.yaxis.visible = false;
       }
       this.fitLegend(layout, traces);
-      Plotly.react(this.el, traces, layout, PLOT_CONFIG);
-      this.drawn = true;
-      this.el.dataset.points = String(this.pointCount());
+      return { traces, layout };
     }
 
     silent(key, values) {

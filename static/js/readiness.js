@@ -1,8 +1,28 @@
 // Readiness report charts: best-of-k curve, learning signal per item, tool calls per rollout.
+// This script runs before Plotly (see readiness_detail.html): the charts are drawn at once as still
+// first frames (first_frame.js), then by Plotly when it has been evaluated.
 (function () {
   "use strict";
   const source = document.getElementById("readiness-data");
-  if (!source || !window.Plotly) return;
+  if (!source) return;
+  const drawn = [];
+  function plot(id, traces, layout, config) {
+    const element = document.getElementById(id);
+    if (!element) return;
+    if (window.Plotly) {
+      RftFirstFrame.clear(element);
+      Plotly.newPlot(element, traces, layout, config);
+    } else {
+      RftFirstFrame.draw(element, traces, layout);
+      drawn.push([element, traces, layout, config]);
+    }
+  }
+  if (!window.Plotly) {
+    // Deferred scripts run in order before DOMContentLoaded; Plotly's comes after this one.
+    document.addEventListener("DOMContentLoaded", () => {
+      for (const [element, traces, layout, config] of drawn.splice(0)) plot(element.id, traces, layout, config);
+    }, { once: true });
+  }
   const data = JSON.parse(source.textContent);
   const layout = (extra) =>
     Object.assign(
@@ -12,7 +32,7 @@
   const config = { displayModeBar: false, responsive: true };
 
   const curve = data.bestOfK || [];
-  Plotly.newPlot(
+  plot(
     "chart-best-of-k",
     [
       {
@@ -35,7 +55,7 @@
   const varies = Math.max(0, 1 - (zero.total || 0));
   const labels = ["varies", "always 0", "always 1", "other constant"];
   const values = [varies, zero.always_0 || 0, zero.always_1 || 0, zero.other || 0];
-  Plotly.newPlot(
+  plot(
     "chart-zero-variance",
     [
       {
@@ -54,7 +74,7 @@
   }
 
   const histogram = data.toolCalls || [];
-  Plotly.newPlot(
+  plot(
     "chart-tool-calls",
     [
       {

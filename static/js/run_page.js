@@ -74,6 +74,7 @@
     const data = await response.json();
     for (const key of data.keys || []) knownKeys.add(key);
     t0 = data.t0 === undefined ? t0 : data.t0;
+    if (!window.Plotly) previewInView(data.series);
     await plotlyReady;
     await resetInViewFirst(data.series);
     flushBuffered();
@@ -85,6 +86,10 @@
   function inView(element) {
     const box = element.getBoundingClientRect();
     return box.bottom > 0 && box.top < window.innerHeight;
+  }
+  // Before Plotly is there, the charts in view are drawn as still frames at once (first_frame.js).
+  function previewInView(series) {
+    for (const chart of charts) if (inView(chart.el)) chart.preview(series, xAxis);
   }
   const nextTask = () => new Promise((resolve) => setTimeout(resolve, 0));
   async function resetInViewFirst(series) {

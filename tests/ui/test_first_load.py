@@ -1,6 +1,7 @@
 """What keeps the chart pages' first load short (issue 17; measured by bench/bench_first_load.py):
-Plotly compiled off the main thread, fetched from <head>, and on the run page and the comparison
-evaluated after the page's own script, which asks for the curves first."""
+Plotly compiled off the main thread, fetched from <head>, and evaluated after the page's own script,
+which asks for the curves first and draws the charts in view as still first frames meanwhile
+(tests/ui/test_first_frame.py shows them in Chromium)."""
 
 from __future__ import annotations
 
@@ -37,8 +38,7 @@ def test_the_chart_pages_preload_plotly_and_run_their_fetching_script_before_it(
         head = html.split("</head>", 1)[0]
         assert re.search(rf'<link rel="preload" href="[^"]*{re.escape(PLOTLY)}" as="script">', head), page
         scripts = re.findall(r'<script src="[^"]*/static/([^"]+)" defer></script>', html)
-        assert PLOTLY in scripts and own_script in scripts, page
-        if page in ("run", "compare"):  # they fetch their curves: asked for before Plotly runs
-            assert scripts.index(own_script) < scripts.index(PLOTLY), page
-        else:  # the readiness report's data is in the page: drawn once Plotly is there
-            assert scripts.index(PLOTLY) < scripts.index(own_script), page
+        assert PLOTLY in scripts and own_script in scripts and "js/first_frame.js" in scripts, page
+        # The run page and the comparison ask for their curves, the readiness report has its data in
+        # the page: all three draw their first frames before Plotly has been evaluated.
+        assert scripts.index("js/first_frame.js") < scripts.index(own_script) < scripts.index(PLOTLY), page

@@ -2,6 +2,14 @@
 
 Served by uvicorn (`manage.py serve`), which streams request bodies to the app; RequestBodyGuard
 judges each request's headers before any of its body is read (see rftweb/request_guard.py).
+
+HTTP requests run Django's WSGI handler on a fixed pool of RFT_WEB_THREADS threads (a2wsgi), the
+request body still streamed from the server as the handler reads it. Django's ASGI handler would start
+a thread for every request (asgiref's per-request ThreadSensitiveContext) and hop between the event
+loop and threads around each sync middleware and the view: under 200 people at once that machinery
+cost more than a fifth of the server's CPU (bench/bench_load.py, bench/README.md). A body without a
+length (chunked) goes to Django's ASGI handler, which reads it whole (spooled to disk): WSGI has no
+way to read a body of unknown length.
 """
 
 import os
@@ -11,16 +19,15 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rftweb.settings.local")
 django_asgi_app = get_asgi_application()
 
+from a2wsgi import WSGIMiddleware  # noqa: E402
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.core.wsgi import get_wsgi_application  # noqa: E402
 
 from experiments.routing import websocket_urlpatterns  # noqa: E402
 from rftweb.request_guard import RequestBodyGuard  # noqa: E402
-
-from a2wsgi import WSGIMiddleware  # noqa: E402
-from django.conf import settings  # noqa: E402
-from django.core.wsgi import get_wsgi_application  # noqa: E402
 
 django_wsgi_app = WSGIMiddleware(get_wsgi_application(), workers=settings.RFT_WEB_THREADS)
 

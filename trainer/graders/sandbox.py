@@ -84,7 +84,9 @@ except BaseException as exc:
 @dataclass(frozen=True)
 class SandboxLimits:
     timeout_s: float = 10.0
-    memory_bytes: int = 512 * 1024 * 1024
+    # Address space (RLIMIT_AS), not resident memory: importing what the hosted grader preinstalls
+    # (numpy, scipy, pandas, sklearn, sympy, deepdiff 9 with cachebox, ...) reserves ~580 MB of it.
+    memory_bytes: int = 1024 * 1024 * 1024
     max_output_bytes: int = 1_000_000
     max_processes: int = 4
     max_file_bytes: int = 1_000_000

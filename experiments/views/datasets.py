@@ -16,6 +16,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from .. import selectors
 from ..api.datasets import error_report_response
 from ..forms.datasets import DatasetUploadForm
+from ..heavy_work import heavy_upload
 from ..models.dataset import DatasetStatus
 from ..selectors import datasets as dataset_selectors
 from ..services import datasets as dataset_services
@@ -43,6 +44,11 @@ def dataset_upload(request):
     refused = CsrfViewMiddleware(lambda request: None).process_view(request, None, (), {})
     if refused is not None:
         return refused
+    with heavy_upload():  # the body is parsed and imported in one of the process's upload slots
+        return _import_upload(request, wants_json=wants_json)
+
+
+def _import_upload(request, *, wants_json: bool):
     form = DatasetUploadForm(request.POST, request.FILES)
     if not form.is_valid():
         return _upload_failed(request, form, form.errors, status=400, wants_json=wants_json)

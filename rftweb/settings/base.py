@@ -118,6 +118,10 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             "max_size": _pool_size,
             "timeout": env.float("RFT_DB_POOL_TIMEOUT_SECONDS", default=30.0),
         }
+# Uploads imported at once per web process, and how much lower their OS priority is than the
+# pages' (experiments/heavy_work.py).
+RFT_UPLOAD_CONCURRENCY = env.int("RFT_UPLOAD_CONCURRENCY", default=2)
+RFT_UPLOAD_NICE = env.int("RFT_UPLOAD_NICE", default=10)
 # Threads per web process that run Django for HTTP requests (see rftweb/asgi.py); at most the
 # database pool's size, so that a request never waits for a connection.
 RFT_WEB_THREADS = env.int("RFT_WEB_THREADS", default=16)
@@ -154,6 +158,10 @@ CACHES = {
         "KEY_PREFIX": "rftweb",
     }
 }
+
+# Sessions are read from the cache (Redis) and written through to the database: every page request
+# reads its session, and a cache hit spares a PostgreSQL query (bench/bench_request_cpu.py).
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 CHANNEL_LAYERS = {
     "default": {

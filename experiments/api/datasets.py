@@ -21,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from .. import selectors
-from ..heavy_work import heavy_upload
+from ..heavy_work import UploadsBusy, heavy_upload
 from ..models import Dataset
 from ..models.dataset import DatasetSplit
 from ..selectors import datasets as dataset_selectors
@@ -204,30 +204,43 @@ class DatasetViewSet(
                 description="The same file (SHA-256) was already uploaded",
             ),
             413: OpenApiResponse(DetailSerializer, description="Larger than RFT_MAX_UPLOAD_BYTES"),
+            503: OpenApiResponse(
+                DetailSerializer, description="Other uploads fill the server's import slots: see Retry-After"
+            ),
         },
     )
     def create(self, request: Request) -> Response:
-        with heavy_upload():  # the body is parsed and imported in one of the process's upload slots
-            upload = DatasetUploadSerializer(data=request.data)
-            upload.is_valid(raise_exception=True)
-            values = upload.validated_data
-            try:
-                result = dataset_services.upload_dataset(
-                    owner=request.user,
-                    file=values["file"],
-                    name=values["name"],
-                    description=values["description"],
-                    split=values["split"],
-                    carve=values["carve"],
-                )
-            except dataset_services.UploadTooLarge as exc:
-                return Response({"detail": str(exc)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
-            except dataset_services.DuplicateUpload as exc:
-                return Response(
-                    {"detail": str(exc), "existing_id": exc.existing.pk}, status=status.HTTP_409_CONFLICT
-                )
-            except dataset_services.DatasetError as exc:
-                return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        try:
+            with heavy_upload():  # the body is parsed and imported in one of the process's upload slots
+                return self._import_upload(request)
+        except UploadsBusy as exc:
+            return Response(
+                {"detail": str(exc)},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                headers={"Retry-After": str(exc.retry_after_seconds)},
+            )
+
+    def _import_upload(self, request: Request) -> Response:
+        upload = DatasetUploadSerializer(data=request.data)
+        upload.is_valid(raise_exception=True)
+        values = upload.validated_data
+        try:
+            result = dataset_services.upload_dataset(
+                owner=request.user,
+                file=values["file"],
+                name=values["name"],
+                description=values["description"],
+                split=values["split"],
+                carve=values["carve"],
+            )
+        except dataset_services.UploadTooLarge as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+        except dataset_services.DuplicateUpload as exc:
+            return Response(
+                {"detail": str(exc), "existing_id": exc.existing.pk}, status=status.HTTP_409_CONFLICT
+            )
+        except dataset_services.DatasetError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         body = DatasetUploadResultSerializer(
             {
                 "dataset": result.dataset,

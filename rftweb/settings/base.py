@@ -122,6 +122,9 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 # pages' (experiments/heavy_work.py).
 RFT_UPLOAD_CONCURRENCY = env.int("RFT_UPLOAD_CONCURRENCY", default=2)
 RFT_UPLOAD_NICE = env.int("RFT_UPLOAD_NICE", default=10)
+# Uploads that may wait for a slot per web process (each holds a server thread): keep it well under
+# RFT_WEB_THREADS. Past it, 503 with Retry-After.
+RFT_UPLOAD_QUEUE = env.int("RFT_UPLOAD_QUEUE", default=10)
 # Threads per web process that run Django for HTTP requests (see rftweb/asgi.py); at most the
 # database pool's size, so that a request never waits for a connection.
 RFT_WEB_THREADS = env.int("RFT_WEB_THREADS", default=16)

@@ -9,7 +9,7 @@ a thread for every request (asgiref's per-request ThreadSensitiveContext) and ho
 loop and threads around each sync middleware and the view: under 200 people at once that machinery
 cost more than a fifth of the server's CPU (bench/bench_load.py, bench/README.md). A body without a
 length (chunked) goes to Django's ASGI handler, which reads it whole (spooled to disk): WSGI has no
-way to read a body of unknown length.
+way to read a body of unknown length. Uploads run in a lane of their own (rftweb/upload_lane.py).
 """
 
 import os
@@ -27,13 +27,22 @@ from django.conf import settings  # noqa: E402
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 
 from experiments.routing import websocket_urlpatterns  # noqa: E402
-from rftweb.request_guard import RequestBodyGuard  # noqa: E402
+from rftweb.request_guard import RequestBodyGuard, refuse  # noqa: E402
+from rftweb.upload_lane import UploadLane  # noqa: E402
 
-django_wsgi_app = WSGIMiddleware(get_wsgi_application(), workers=settings.RFT_WEB_THREADS)
+django_wsgi = get_wsgi_application()
+django_wsgi_app = WSGIMiddleware(django_wsgi, workers=settings.RFT_WEB_THREADS)
+upload_lane = UploadLane(
+    django_wsgi,
+    workers=settings.RFT_UPLOAD_CONCURRENCY,
+    queue=settings.RFT_UPLOAD_QUEUE,
+    nice=settings.RFT_UPLOAD_NICE,
+    refuse=refuse,
+)
 
 application = ProtocolTypeRouter(
     {
-        "http": RequestBodyGuard(django_wsgi_app, chunked_app=django_asgi_app),
+        "http": RequestBodyGuard(django_wsgi_app, chunked_app=django_asgi_app, upload_app=upload_lane),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

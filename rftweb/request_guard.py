@@ -35,11 +35,13 @@ SMALL_BODY_BYTES = 64 * 1024
 
 class RequestBodyGuard:
     """`app` serves every request with a declared length (or none); `chunked_app`, when given, the
-    ones whose body comes chunked (a WSGI app cannot read a body of unknown length)."""
+    ones whose body comes chunked (a WSGI app cannot read a body of unknown length); `upload_app`, when
+    given, those with a declared length to an upload URL (rftweb/upload_lane.py)."""
 
-    def __init__(self, app, *, chunked_app=None):
+    def __init__(self, app, *, chunked_app=None, upload_app=None):
         self.app = app
         self.chunked_app = chunked_app or app
+        self.upload_app = upload_app
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -49,7 +51,7 @@ class RequestBodyGuard:
         try:
             declared = int(headers["content-length"]) if "content-length" in headers else None
         except ValueError:
-            return await _refuse(send, 400, "The Content-Length header is not a number.")
+            return await refuse(send, 400, "The Content-Length header is not a number.")
         if declared is None and not chunked:
             return await self.app(scope, receive, send)  # no body
         path = scope.get("path", "")
@@ -57,7 +59,7 @@ class RequestBodyGuard:
         limit = _limit_for(match)
         api = path.startswith("/api/") or "application/json" in headers.get("accept", "")
         if declared is not None and declared > limit:
-            return await _refuse(send, 413, _too_large(limit), api=api)
+            return await refuse(send, 413, _too_large(limit), api=api)
         if (chunked or (declared or 0) > SMALL_BODY_BYTES) and _needs_login(
             match.func if match is not None else None
         ):
@@ -66,8 +68,14 @@ class RequestBodyGuard:
                 authenticated = await _authenticated(headers)
             if not authenticated:
                 return await _refuse_anonymous(scope, send, path)
-        if declared is not None:
-            return await self.app(scope, receive, send)  # the server stops at Content-Length
+        if declared is not None:  # the server stops at Content-Length
+            if (
+                self.upload_app is not None
+                and match is not None
+                and match.url_name in settings.RFT_UPLOAD_URL_NAMES
+            ):
+                return await self.upload_app(scope, receive, send, api=api)
+            return await self.app(scope, receive, send)
         return await self._counted(scope, receive, send, limit, api=api)
 
     async def _counted(self, scope, receive, send, limit: int, *, api: bool):
@@ -96,7 +104,7 @@ class RequestBodyGuard:
 
         await self.chunked_app(scope, counting_receive, watching_send)
         if cut and not started:
-            await _refuse(send, 413, _too_large(limit), api=api)
+            await refuse(send, 413, _too_large(limit), api=api)
 
 
 def _headers(scope) -> dict[str, str]:
@@ -161,7 +169,7 @@ def _too_large(limit: int) -> str:
 
 async def _refuse_anonymous(scope, send, path: str):
     if path.startswith("/api/"):
-        return await _refuse(send, 403, "Authentication credentials were not provided.", api=True)
+        return await refuse(send, 403, "Authentication credentials were not provided.", api=True)
     query = scope.get("query_string", b"").decode("latin-1")
     target = path + (f"?{query}" if query else "")
     location = f"{resolve_url(settings.LOGIN_URL)}?next={quote(target)}"
@@ -179,7 +187,7 @@ async def _refuse_anonymous(scope, send, path: str):
     await send({"type": "http.response.body", "body": b""})
 
 
-async def _refuse(send, status: int, message: str, *, api: bool = True):
+async def refuse(send, status: int, message: str, *, api: bool = True, headers: list | None = None):
     if api:
         # `detail` as the API answers errors; `errors` as the upload page's script reads them.
         body = json.dumps({"detail": message, "errors": {"__all__": [message]}}).encode()
@@ -196,6 +204,7 @@ async def _refuse(send, status: int, message: str, *, api: bool = True):
                 (b"content-length", str(len(body)).encode()),
                 # The rest of the body is not read: close instead of draining it for keep-alive.
                 (b"connection", b"close"),
+                *(headers or []),
             ],
         }
     )

@@ -21,7 +21,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from .. import selectors
-from ..heavy_work import UploadsBusy, heavy_upload
 from ..models import Dataset
 from ..models.dataset import DatasetSplit
 from ..selectors import datasets as dataset_selectors
@@ -205,22 +204,12 @@ class DatasetViewSet(
             ),
             413: OpenApiResponse(DetailSerializer, description="Larger than RFT_MAX_UPLOAD_BYTES"),
             503: OpenApiResponse(
-                DetailSerializer, description="Other uploads fill the server's import slots: see Retry-After"
+                DetailSerializer,
+                description="The server's import slots and queue are full (rftweb/upload_lane.py): see Retry-After",
             ),
         },
     )
     def create(self, request: Request) -> Response:
-        try:
-            with heavy_upload():  # the body is parsed and imported in one of the process's upload slots
-                return self._import_upload(request)
-        except UploadsBusy as exc:
-            return Response(
-                {"detail": str(exc)},
-                status=status.HTTP_503_SERVICE_UNAVAILABLE,
-                headers={"Retry-After": str(exc.retry_after_seconds)},
-            )
-
-    def _import_upload(self, request: Request) -> Response:
         upload = DatasetUploadSerializer(data=request.data)
         upload.is_valid(raise_exception=True)
         values = upload.validated_data

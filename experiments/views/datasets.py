@@ -16,7 +16,6 @@ from django.views.decorators.http import require_http_methods, require_POST
 from .. import selectors
 from ..api.datasets import error_report_response
 from ..forms.datasets import DatasetUploadForm
-from ..heavy_work import UploadsBusy, heavy_upload
 from ..models.dataset import DatasetStatus
 from ..selectors import datasets as dataset_selectors
 from ..services import datasets as dataset_services
@@ -44,18 +43,6 @@ def dataset_upload(request):
     refused = CsrfViewMiddleware(lambda request: None).process_view(request, None, (), {})
     if refused is not None:
         return refused
-    try:
-        with heavy_upload():  # the body is parsed and imported in one of the process's upload slots
-            return _import_upload(request, wants_json=wants_json)
-    except UploadsBusy as exc:
-        response = _upload_failed(
-            request, DatasetUploadForm(), {"file": [str(exc)]}, status=503, wants_json=wants_json
-        )
-        response["Retry-After"] = str(exc.retry_after_seconds)
-        return response
-
-
-def _import_upload(request, *, wants_json: bool):
     form = DatasetUploadForm(request.POST, request.FILES)
     if not form.is_valid():
         return _upload_failed(request, form, form.errors, status=400, wants_json=wants_json)

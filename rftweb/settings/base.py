@@ -118,16 +118,16 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             "max_size": _pool_size,
             "timeout": env.float("RFT_DB_POOL_TIMEOUT_SECONDS", default=30.0),
         }
-# Uploads imported at once per web process, and how much lower their OS priority is than the
-# pages' (experiments/heavy_work.py).
+# The upload lane of each web process (rftweb/upload_lane.py): threads that import, how much lower
+# their OS priority is than the pages', and how many more uploads may wait (past that: 503).
 RFT_UPLOAD_CONCURRENCY = env.int("RFT_UPLOAD_CONCURRENCY", default=2)
 RFT_UPLOAD_NICE = env.int("RFT_UPLOAD_NICE", default=10)
-# Uploads that may wait for a slot per web process (each holds a server thread): keep it well under
-# RFT_WEB_THREADS. Past it, 503 with Retry-After.
-RFT_UPLOAD_QUEUE = env.int("RFT_UPLOAD_QUEUE", default=10)
+RFT_UPLOAD_QUEUE = env.int("RFT_UPLOAD_QUEUE", default=20)
 # Threads per web process that run Django for HTTP requests (see rftweb/asgi.py); at most the
-# database pool's size, so that a request never waits for a connection.
-RFT_WEB_THREADS = env.int("RFT_WEB_THREADS", default=16)
+# database pool's size, so that a request never waits for a connection. Fewer threads than one would
+# think: they share one GIL, and under a saturated CPU each runnable thread stretches the others'
+# requests (bench/README.md, bench_load: 16 -> 4 -> 2 threads, p95 1,700 -> 1,000 -> 770 ms).
+RFT_WEB_THREADS = env.int("RFT_WEB_THREADS", default=8)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 

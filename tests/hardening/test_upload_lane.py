@@ -1,0 +1,168 @@
+"""Uploads run in a lane of their own (rftweb/upload_lane.py): their own threads at a lower OS
+priority, a bounded queue, and 503 with Retry-After past it, before the body is read; the pages'
+threads are never theirs."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from rftweb.request_guard import refuse
+from rftweb.upload_lane import RETRY_AFTER_SECONDS, UploadLane
+from tests.conftest import database_url_for_subprocesses
+
+from .server import ServerProcess, stream_request
+from .test_request_bodies import MB, _jsonl_multipart, _upload
+
+
+def _thread_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+async def _call(app, body: bytes = b"{}") -> list[dict]:
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/v1/datasets/",
+        "query_string": b"",
+        "headers": [(b"content-length", str(len(body)).encode())],
+        "http_version": "1.1",
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+def test_the_lane_threads_run_at_a_lower_priority_than_the_pages():
+    seen = []
+
+    def wsgi(environ, start_response):
+        seen.append(_thread_nice())
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    lane = UploadLane(wsgi, workers=1, queue=0, nice=5, refuse=refuse)
+    sent = asyncio.run(_call(lane))
+    assert sent[0]["status"] == 200
+    assert seen == [min(19, _thread_nice() + 5)]
+
+
+def test_past_the_queue_an_upload_is_refused_at_once_and_the_app_never_sees_it():
+    entered, release = threading.Event(), threading.Event()
+    calls = []
+
+    def wsgi(environ, start_response):
+        calls.append(environ["PATH_INFO"])
+        if len(calls) == 1:
+            entered.set()
+            release.wait(10)
+        start_response("201 Created", [("Content-Type", "application/json")])
+        return [b"{}"]
+
+    lane = UploadLane(wsgi, workers=1, queue=1, nice=0, refuse=refuse)
+
+    async def scenario():
+        first = asyncio.create_task(_call(lane))
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+        second = asyncio.create_task(_call(lane))  # waits for the lane's one thread
+        await asyncio.sleep(0.05)
+        third = await _call(lane)  # one running, one waiting: full
+        assert len(calls) == 1
+        release.set()
+        return await first, await second, third
+
+    first, second, third = asyncio.run(scenario())
+    assert first[0]["status"] == 201 and second[0]["status"] == 201
+    assert third[0]["status"] == 503
+    assert (b"retry-after", str(RETRY_AFTER_SECONDS).encode()) in third[0]["headers"]
+    assert "importing other uploads" in json.loads(third[1]["body"])["detail"]
+    assert len(calls) == 2
+
+
+@pytest.fixture(scope="module")
+def one_slot_server(django_db_setup, django_db_blocker, redis_url, tmp_path_factory):
+    from experiments.services.api_tokens import create_token
+    from tests.factories import UserFactory
+
+    with django_db_blocker.unblock():
+        user = UserFactory(username="uploader-lane")
+        key = create_token(user=user, name="lane test").key
+        database_url = database_url_for_subprocesses()
+    process = ServerProcess(
+        log_path=tmp_path_factory.mktemp("server") / "server.log",
+        database_url=database_url,
+        redis_url=redis_url,
+        extra_env={"RFT_UPLOAD_CONCURRENCY": "1", "RFT_UPLOAD_QUEUE": "0"},
+    )
+    process.token = key
+    yield process
+    process.stop()
+    with django_db_blocker.unblock():
+        user.delete()
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_the_real_server_refuses_an_upload_while_its_lane_is_full_and_pages_still_answer(one_slot_server):
+    server = one_slot_server
+    boundary, parts, length = _jsonl_multipart(4 * MB, name="slow")
+    paused, resume = threading.Event(), threading.Event()
+
+    def slow_parts():  # a client on a slow line: half the file, then a pause
+        for index, part in enumerate(parts):
+            if index == 2:
+                paused.set()
+                resume.wait(30)
+            yield part
+
+    slow = {}
+
+    def send_slow():
+        slow["answer"] = stream_request(
+            server.port,
+            "POST",
+            "/api/v1/datasets/",
+            headers={
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+                "Accept": "application/json",
+                "Authorization": f"Token {server.token}",
+            },
+            body_parts=slow_parts(),
+            content_length=length,
+        )
+
+    thread = threading.Thread(target=send_slow)
+    thread.start()
+    try:
+        assert paused.wait(30)
+        time.sleep(0.5)  # the server holds the slow upload in its one lane thread
+        busy = _upload(server, _jsonl_multipart(1 * MB, name="second"), token=server.token)
+        assert busy.status == 503, busy.body[:300]
+        assert busy.headers.get("retry-after") == str(RETRY_AFTER_SECONDS)
+        assert "importing other uploads" in json.loads(busy.body)["detail"]
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.request("GET", "/accounts/login/")
+        assert connection.getresponse().status == 200  # the pages' threads are free
+    finally:
+        resume.set()
+        thread.join(60)
+    assert slow["answer"].status == 201, slow["answer"].body[:300]
+    again = _upload(server, _jsonl_multipart(1 * MB, name="third"), token=server.token)
+    assert again.status == 201, again.body[:300]

@@ -7,8 +7,10 @@ processes waited seconds behind them. In each web process, requests with a body 
 (RFT_UPLOAD_URL_NAMES) are routed here by RequestBodyGuard instead of to the pages' thread pool:
 
 - RFT_UPLOAD_CONCURRENCY threads of their own run Django for them (a2wsgi, the body still streamed),
-  at an OS priority RFT_UPLOAD_NICE lower than the pages' threads, so an import takes the CPU that the
-  pages leave;
+  at an OS priority RFT_UPLOAD_NICE lower than the pages' threads; the file, once on disk, is parsed
+  and stored by the process's import helper (a process of its own, also niced: the OS priority of a
+  thread does little while it holds the GIL that the pages' threads wait for), see
+  experiments/services/datasets.py;
 - up to RFT_UPLOAD_QUEUE more wait for a thread, holding no thread and no database connection (the
   server has not read their bodies yet: uvicorn stops reading the socket);
 - past that, an upload is answered 503 with Retry-After at once, before its body is read.

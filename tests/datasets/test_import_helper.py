@@ -1,0 +1,57 @@
+"""Outside a transaction, an upload is parsed and stored by the web process's import helper: a
+spawned process at a lower OS priority with a database connection of its own
+(experiments/services/datasets.py), so that an import does not hold the web process's GIL. The
+results are the same as an import in the request's thread."""
+
+import io
+
+import pytest
+from dataset_files import jsonl, valid_file
+
+from experiments.models import Dataset, DatasetItem
+from experiments.models.dataset import DatasetStatus
+from experiments.services import datasets as dataset_services
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def helper(settings):
+    settings.RFT_IMPORT_PROCESSES = 1
+    yield
+    if dataset_services._helper is not None:
+        dataset_services._helper.shutdown()
+        dataset_services._helper = None
+
+
+def test_an_upload_imports_in_the_helper_process_with_its_eval_split(helper, media_root):
+    user = UserFactory(username="helper-ada")
+    result = dataset_services.upload_dataset(
+        owner=user,
+        file=io.BytesIO(valid_file(30)),
+        name="tasks",
+        carve=dataset_services.EvalCarve(count=5, seed=1),
+    )
+    assert dataset_services._helper is not None  # the work went to the helper
+    assert result.ok
+    assert result.dataset.owner == user and result.dataset.item_count == 25
+    assert result.eval_dataset.item_count == 5 and result.eval_dataset.derived_from == result.dataset
+    assert DatasetItem.objects.filter(dataset=result.dataset).count() == 25
+    assert sorted(
+        DatasetItem.objects.filter(dataset__owner=user).values_list("line_number", flat=True)
+    ) == list(range(1, 31))
+
+
+def test_a_file_with_bad_lines_is_recorded_invalid_by_the_helper_and_imports_nothing(helper, media_root):
+    user = UserFactory(username="helper-bob")
+    good = {"messages": [{"role": "user", "content": "hi"}]}
+    result = dataset_services.upload_dataset(
+        owner=user, file=io.BytesIO(jsonl([good, good]) + b"{not json\n"), name="broken"
+    )
+    assert dataset_services._helper is not None
+    assert not result.ok
+    assert result.dataset.status == DatasetStatus.INVALID
+    assert result.dataset.error_count == 1 and result.dataset.errors[0]["line"] == 3
+    assert not DatasetItem.objects.filter(dataset__owner=user).exists()
+    assert Dataset.objects.filter(owner=user).count() == 1

@@ -178,8 +178,11 @@ def upload_dataset(
             max_line_bytes=max_line_bytes,
             max_errors=max_errors,
         )
-        if connection.in_atomic_block or settings.RFT_IMPORT_PROCESSES <= 0:
-            # A caller's open transaction must see the rows (and the owner it may have just made).
+        if (
+            connection.in_atomic_block  # the caller's open transaction must see the rows (and the owner)
+            or settings.RFT_IMPORT_PROCESSES <= 0
+            or copy.size < settings.RFT_IMPORT_HELPER_MIN_BYTES  # a small file costs less than a hand-off
+        ):
             result = _import_items(stored, **arguments)
         else:
             result = _import_in_helper(stored, **arguments)

@@ -1,7 +1,8 @@
 """Outside a transaction, an upload is parsed and stored by the web process's import helper: a
 spawned process at a lower OS priority with a database connection of its own
 (experiments/services/datasets.py), so that an import does not hold the web process's GIL. The
-results are the same as an import in the request's thread."""
+results are the same as an import in the request's thread. (Files under RFT_IMPORT_HELPER_MIN_BYTES,
+1 MB by default, import in the request's thread: the hand-off would cost more.)"""
 
 import io
 
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def helper(settings):
     settings.RFT_IMPORT_PROCESSES = 1
+    settings.RFT_IMPORT_HELPER_MIN_BYTES = 0  # these files are small
     yield
     if dataset_services._helper is not None:
         dataset_services._helper.shutdown()

@@ -154,8 +154,28 @@ class Command(BaseCommand):
             )
             self.children.append((name, process))
             self._announce(name, process, " ".join(command[1:4]))
+        self._wait_for_web(host, port, dict(self.children)["web"])
         self.stdout.write(
             self.style.SUCCESS(f"rftweb is up: http://{host}:{port}/  (Ctrl-C stops everything)")
+        )
+
+    def _wait_for_web(self, host: str, port: int, web: subprocess.Popen, timeout_s: float = 60.0) -> None:
+        """Say "up" only once the server answers: a click on the printed address must not be refused."""
+        import socket
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and web.poll() is None:
+            try:
+                with socket.create_connection(
+                    (host if host not in ("0.0.0.0", "::") else "127.0.0.1", port), 1
+                ):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        if web.poll() is not None:
+            raise CommandError(f"the web server exited with code {web.returncode}; see its output above")
+        self.stderr.write(
+            f"the web server does not answer on {host}:{port} after {timeout_s:.0f} s; still waiting"
         )
 
     def _prepare_quick_demo_model(self) -> None:

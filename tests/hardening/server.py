@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,3 +197,27 @@ def repeated(block: bytes, total: int):
         part = block if left >= len(block) else block[:left]
         left -= len(part)
         yield part
+
+
+@contextmanager
+def server_with_uploader(django_db_blocker, redis_url, log_dir: Path, *, username: str, extra_env=None):
+    """A real server on the test database, and a user of it with an API token (`.token`); the user is
+    deleted afterwards."""
+    from experiments.services.api_tokens import create_token
+    from tests.conftest import database_url_for_subprocesses
+    from tests.factories import UserFactory
+
+    with django_db_blocker.unblock():
+        user = UserFactory(username=username)
+        key = create_token(user=user, name=f"{username} token").key
+        database_url = database_url_for_subprocesses()
+    process = ServerProcess(
+        log_path=log_dir / "server.log", database_url=database_url, redis_url=redis_url, extra_env=extra_env
+    )
+    process.token = key
+    try:
+        yield process
+    finally:
+        process.stop()
+        with django_db_blocker.unblock():
+            user.delete()

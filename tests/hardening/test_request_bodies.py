@@ -7,9 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import database_url_for_subprocesses
-
-from .server import PeakRss, ServerProcess, repeated, stream_request
+from .server import PeakRss, repeated, server_with_uploader, stream_request
 
 # django_db: so that the test database is set up; the server process sees what the fixture commits.
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
@@ -21,27 +19,13 @@ BLOCK = b"x" * MB
 
 @pytest.fixture(scope="module")
 def server(django_db_setup, django_db_blocker, redis_url, tmp_path_factory):
-    from experiments.services.api_tokens import create_token
-    from tests.factories import UserFactory
-
-    with django_db_blocker.unblock():
-        user = UserFactory(username="uploader-rss")
-        key = create_token(user=user, name="rss test").key
-        database_url = database_url_for_subprocesses()
-    process = ServerProcess(
-        log_path=tmp_path_factory.mktemp("server") / "server.log",
-        database_url=database_url,
-        redis_url=redis_url,
-    )
-    process.token = key
-    # Warm up (imports, connections) so that what is measured next is the requests themselves.
-    answer = _upload(process, _jsonl_multipart(2 * MB), token=key)
-    assert answer.status == 201, answer.body[:500]
-    yield process
-    process.stop()
+    log_dir = tmp_path_factory.mktemp("server")
+    with server_with_uploader(django_db_blocker, redis_url, log_dir, username="uploader-rss") as process:
+        # Warm up (imports, connections) so that what is measured next is the requests themselves.
+        answer = _upload(process, _jsonl_multipart(2 * MB), token=process.token)
+        assert answer.status == 201, answer.body[:500]
+        yield process
     print(process.log_path.read_text(errors="replace")[-4000:])
-    with django_db_blocker.unblock():
-        user.delete()
 
 
 def _measure(server, send):

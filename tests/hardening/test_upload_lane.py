@@ -15,9 +15,8 @@ import pytest
 
 from rftweb.request_guard import refuse
 from rftweb.upload_lane import RETRY_AFTER_SECONDS, UploadLane
-from tests.conftest import database_url_for_subprocesses
 
-from .server import ServerProcess, stream_request
+from .server import server_with_uploader, stream_request
 from .test_request_bodies import MB, _jsonl_multipart, _upload
 
 
@@ -98,24 +97,14 @@ def test_past_the_queue_an_upload_is_refused_at_once_and_the_app_never_sees_it()
 
 @pytest.fixture(scope="module")
 def one_slot_server(django_db_setup, django_db_blocker, redis_url, tmp_path_factory):
-    from experiments.services.api_tokens import create_token
-    from tests.factories import UserFactory
-
-    with django_db_blocker.unblock():
-        user = UserFactory(username="uploader-lane")
-        key = create_token(user=user, name="lane test").key
-        database_url = database_url_for_subprocesses()
-    process = ServerProcess(
-        log_path=tmp_path_factory.mktemp("server") / "server.log",
-        database_url=database_url,
-        redis_url=redis_url,
+    with server_with_uploader(
+        django_db_blocker,
+        redis_url,
+        tmp_path_factory.mktemp("server"),
+        username="uploader-lane",
         extra_env={"RFT_UPLOAD_CONCURRENCY": "1", "RFT_UPLOAD_QUEUE": "0"},
-    )
-    process.token = key
-    yield process
-    process.stop()
-    with django_db_blocker.unblock():
-        user.delete()
+    ) as process:
+        yield process
 
 
 @pytest.mark.slow

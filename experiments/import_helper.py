@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import os
 
+PARENT_CHECK_SECONDS = 1.0
+
 
 def start(database_name: str, nice: int) -> None:
-    """The helper's initializer: a lower OS priority than the web process's, Django, and the web
-    process's database (under tests, the test database it was switched to)."""
+    """The helper's initializer: a lower OS priority than the web process's, Django, the web
+    process's database (under tests, the test database it was switched to), and a watch on the web
+    process: a helper whose web process is gone (killed, or exited without shutting its pool down)
+    ends instead of waiting for work forever."""
+    _exit_with_parent(os.getppid())
     if nice > 0:
         os.nice(min(19, nice))
     import django
@@ -35,3 +40,15 @@ def run(stored: str, owner_id: int, arguments: dict) -> tuple[int, int | None]:
     finally:
         connection.close()
     return result.dataset.pk, result.eval_dataset.pk if result.eval_dataset else None
+
+
+def _exit_with_parent(parent: int) -> None:
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(0)  # the web process is gone: nobody waits for this helper's answers
+
+    threading.Thread(target=watch, name="rftweb-import-parent-watch", daemon=True).start()

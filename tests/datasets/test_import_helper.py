@@ -5,7 +5,13 @@ results are the same as an import in the request's thread. (Files under RFT_IMPO
 1 MB by default, import in the request's thread: the hand-off would cost more.)"""
 
 import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import psutil
 import pytest
 from dataset_files import jsonl, valid_file
 
@@ -57,3 +63,39 @@ def test_a_file_with_bad_lines_is_recorded_invalid_by_the_helper_and_imports_not
     assert result.dataset.error_count == 1 and result.dataset.errors[0]["line"] == 3
     assert not DatasetItem.objects.filter(dataset__owner=user).exists()
     assert Dataset.objects.filter(owner=user).count() == 1
+
+
+def test_a_helper_ends_when_its_web_process_is_killed():
+    """A web process killed outright (SIGKILL, out of memory) cannot shut its helper down: the helper
+    notices its parent is gone and ends instead of waiting for work forever."""
+    script = (
+        "import multiprocessing, os, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from experiments import import_helper\n"
+        "pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),\n"
+        "                           initializer=import_helper.start, initargs=('unused', 0))\n"
+        "print(pool.submit(os.getpid).result(), flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    helper = int(parent.stdout.readline())
+    assert helper != parent.pid and psutil.pid_exists(helper)
+    parent.kill()
+    parent.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and psutil.pid_exists(helper):
+        try:
+            if psutil.Process(helper).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.2)
+    alive = psutil.pid_exists(helper) and psutil.Process(helper).status() != psutil.STATUS_ZOMBIE
+    assert not alive, "the helper outlived its web process"

@@ -124,11 +124,10 @@ RFT_UPLOAD_CONCURRENCY = env.int("RFT_UPLOAD_CONCURRENCY", default=2)
 RFT_UPLOAD_NICE = env.int("RFT_UPLOAD_NICE", default=10)
 RFT_UPLOAD_QUEUE = env.int("RFT_UPLOAD_QUEUE", default=20)
 # Helper processes per web process that parse and store uploads, off the web process's GIL
-# (experiments/services/datasets.py); 0: in the request's thread.
+# (experiments/services/datasets.py); 0: in the request's thread. Files under the minimum size are
+# imported in the request's thread all the same: the hand-off would cost more.
 RFT_IMPORT_PROCESSES = env.int("RFT_IMPORT_PROCESSES", default=1)
-RFT_IMPORT_HELPER_MIN_BYTES = env.int(
-    "RFT_IMPORT_HELPER_MIN_BYTES", default=1024 * 1024
-)  # smaller: in-thread
+RFT_IMPORT_HELPER_MIN_BYTES = env.int("RFT_IMPORT_HELPER_MIN_BYTES", default=1024 * 1024)
 # Threads per web process that run Django for HTTP requests (see rftweb/asgi.py); at most the
 # database pool's size, so that a request never waits for a connection. Fewer threads than one would
 # think: they share one GIL, and under a saturated CPU each runnable thread stretches the others'

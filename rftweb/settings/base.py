@@ -164,6 +164,8 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "rftweb",
+        # Every request's cache object shares the process's connections (rftweb/redis_pool.py).
+        "OPTIONS": {"pool_class": "rftweb.redis_pool.ProcessWideConnectionPool"},
     }
 }
 

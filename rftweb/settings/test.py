@@ -78,6 +78,7 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": f"rftweb-test-{TEST_NAMESPACE}",
+        "OPTIONS": {"pool_class": "rftweb.redis_pool.ProcessWideConnectionPool"},
     }
 }
 CELERY_BROKER_URL = celery_broker_url(REDIS_URL)

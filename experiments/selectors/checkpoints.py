@@ -21,11 +21,17 @@ def _eval_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def run_checkpoints(*, run: Run) -> list[dict[str, Any]]:
+def stored_checkpoints(*, run: Run) -> list[Checkpoint]:
+    """The run's checkpoint rows, newest first (read once for a page that needs them several times)."""
+    return list(Checkpoint.objects.filter(run=run).order_by("-step"))
+
+
+def run_checkpoints(*, run: Run, checkpoints: list[Checkpoint] | None = None) -> list[dict[str, Any]]:
     """Newest first: step, train reward, eval metrics, whether the adapter is still on disk, and the
-    rank by eval reward among the kept ones (1 = best) when the checkpoint was evaluated."""
+    rank by eval reward among the kept ones (1 = best) when the checkpoint was evaluated.
+    `checkpoints`: the rows as stored_checkpoints read them, when the caller has them already."""
     rows = []
-    for checkpoint in Checkpoint.objects.filter(run=run).order_by("-step"):
+    for checkpoint in stored_checkpoints(run=run) if checkpoints is None else checkpoints:
         metrics = checkpoint.metrics or {}
         rows.append(
             {

@@ -9,9 +9,12 @@ from pathlib import Path
 from ..models import Checkpoint, Run, RunStatus
 
 
-def resume_point(run_id: int) -> Checkpoint | None:
-    """The newest checkpoint still on disk (older ones may have been pruned), or None."""
-    for checkpoint in Checkpoint.objects.filter(run_id=run_id).order_by("-step"):
+def resume_point(run_id: int, checkpoints: list[Checkpoint] | None = None) -> Checkpoint | None:
+    """The newest checkpoint still on disk (older ones may have been pruned), or None. `checkpoints`:
+    the run's rows newest first, when the caller has read them already."""
+    if checkpoints is None:
+        checkpoints = Checkpoint.objects.filter(run_id=run_id).order_by("-step")
+    for checkpoint in checkpoints:
         if Path(checkpoint.path).is_dir():
             return checkpoint
     return None
@@ -26,8 +29,8 @@ class RunActionsState:
     nothing_to_resume: bool  # cancelled before any checkpoint: Clone, not Resume
 
 
-def run_actions_state(run: Run) -> RunActionsState:
-    checkpoint = resume_point(run.pk)
+def run_actions_state(run: Run, checkpoints: list[Checkpoint] | None = None) -> RunActionsState:
+    checkpoint = resume_point(run.pk, checkpoints)
     attempts_left = run.attempt < run.max_attempts
     step = checkpoint.step if checkpoint is not None else None
     can_cancel = (

@@ -28,15 +28,23 @@ class ArtifactMissing(Exception):
     """The requested artifact does not exist (yet); the message says why, for the user."""
 
 
-def adapter_directory(*, run: Run, step: int | None = None) -> Path:
-    """The final adapter, or a checkpoint's adapter at `step`, or the latest checkpoint's."""
+def adapter_directory(
+    *, run: Run, step: int | None = None, checkpoints: list[Checkpoint] | None = None
+) -> Path:
+    """The final adapter, or a checkpoint's adapter at `step`, or the latest checkpoint's.
+    `checkpoints`: the run's rows newest first, when the caller has read them already."""
     if step is None:
         final = run_output_dir(run.pk) / FINAL_ADAPTER_DIR
         if (final / "adapter_config.json").is_file():
             return final
-        checkpoints = Checkpoint.objects.filter(run=run).order_by("-step")
+        if checkpoints is None:
+            checkpoints = Checkpoint.objects.filter(run=run).order_by("-step")
     else:
-        checkpoints = Checkpoint.objects.filter(run=run, step=step)
+        checkpoints = (
+            [c for c in checkpoints if c.step == step]
+            if checkpoints is not None
+            else (Checkpoint.objects.filter(run=run, step=step))
+        )
     for checkpoint in checkpoints:
         path = Path(checkpoint.path)
         if (path / "adapter_config.json").is_file():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django import template
 
-from ..selectors.checkpoints import run_checkpoints
+from ..selectors.checkpoints import run_checkpoints, stored_checkpoints
 from ..selectors.run_state import run_actions_state
 from ..services import artifacts, run_launch
 
@@ -13,16 +13,17 @@ register = template.Library()
 
 @register.inclusion_tag("experiments/_run_actions.html", takes_context=True)
 def run_actions(context, run):
-    checkpoints = run_checkpoints(run=run)
+    stored = stored_checkpoints(run=run)  # one read for the table, the adapter and the resume button
+    checkpoints = run_checkpoints(run=run, checkpoints=stored)
     eval_columns = sorted({key for checkpoint in checkpoints for key in checkpoint["eval"]})
     for checkpoint in checkpoints:
         checkpoint["eval_values"] = [checkpoint["eval"].get(key) for key in eval_columns]
     try:
-        artifacts.adapter_directory(run=run)
+        artifacts.adapter_directory(run=run, checkpoints=stored)
         has_adapter = True
     except artifacts.ArtifactMissing:
         has_adapter = False
-    state = run_actions_state(run)
+    state = run_actions_state(run, stored)
     return {
         "request": context.get("request"),
         "csrf_token": context.get("csrf_token"),

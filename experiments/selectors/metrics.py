@@ -86,8 +86,12 @@ def metrics_after(
     if through_seq is not None:
         rows = rows.filter(seq__lte=through_seq)
     rows = rows.order_by("seq", "key").values_list("seq", "step", "key", "value", "wall_time")
+    # A bounded range (a block, the tail of a live run) is fetched at once; an open-ended one through a
+    # server-side cursor (its declare and fetches cost round trips that a few rows do not repay).
     events: list[dict] = []
-    for seq, step, key, value, wall_time in rows.iterator(chunk_size=5000):
+    for seq, step, key, value, wall_time in (
+        rows if through_seq is not None else rows.iterator(chunk_size=5000)
+    ):
         if not events or events[-1]["seq"] != seq:
             if len(events) == limit:
                 break
@@ -99,8 +103,10 @@ def metrics_after(
 # metrics_after_json's blocks: the events of seqs (k*BLOCK, (k+1)*BLOCK], kept in the cache as JSON
 # text once the run's last_seq is past the block (a committed seq's points never change, except when
 # a resumed attempt discards steps: that bumps the run's generation, and blocks of another
-# generation are rebuilt).
-METRICS_BLOCK_SEQS = 50
+# generation are rebuilt). Small blocks: at every reload, a live run's watchers read the tail after
+# the last finished block from the database, up to a block's worth of events (bench_load.py: 25
+# reloads/s of a run at 20 steps/s).
+METRICS_BLOCK_SEQS = 10
 METRICS_BLOCK_SECONDS = 3600
 
 
@@ -175,8 +181,9 @@ def metrics_after_json(
             cursor = (block + 1) * METRICS_BLOCK_SEQS
         if fresh:
             cache.set_many(fresh, timeout=METRICS_BLOCK_SECONDS)
-    if count < limit:
-        add(metrics_after(run_id, cursor, limit=limit - count))
+    if count < limit and cursor < last_seq:
+        # Up to the run's committed last_seq, read before: a step committed since is in the next reload.
+        add(metrics_after(run_id, cursor, limit=limit - count, through_seq=last_seq))
     return ",".join(parts), count, last
 
 

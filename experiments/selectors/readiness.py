@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.core.cache import cache
 from django.db import connection
 from django.db.models import QuerySet
 
@@ -35,17 +36,7 @@ def run_watch_summary(*, run: Run) -> dict[str, Any]:
     Counted by PostgreSQL in two queries: the page of a live run is opened again and again while its
     rollouts grow by thousands a minute (reading every flagged rollout's flags into Python grew with them).
     """
-    if connection.vendor == "postgresql":
-        rollouts, flagged, counts = _flag_counts(run_id=run.pk)
-        latest = dict(
-            MetricPoint.objects.filter(run=run, key__startswith="watch/trend/")
-            .order_by("key", "-step")
-            .distinct("key")
-            .values_list("key", "value")
-        )
-        latest = {key.removeprefix("watch/trend/"): value for key, value in latest.items()}
-    else:
-        rollouts, flagged, counts, latest = _watch_counts_portable(run=run)
+    rollouts, flagged, counts, latest = _watch_counts(run=run)
     trends = [
         {"rule": name, "meaning": meaning, "active": latest.get(name) == 1.0}
         for name, meaning in TREND_RULES.items()
@@ -63,6 +54,36 @@ def run_watch_summary(*, run: Run) -> dict[str, Any]:
         "pause": config["pause"],
         "paused_by": run.paused_by or None,
     }
+
+
+# A stopped run's counts, kept by the seq of its last event: its rollouts and trend points only change
+# through recording (and discarding) steps, which append events. A finished run's page is opened far
+# more often than it changes (bench_load.py: ~14 run pages/s).
+WATCH_COUNTS_SECONDS = 3600
+
+
+def _watch_counts(*, run: Run) -> tuple[int, int, dict[str, int], dict[str, float]]:
+    """(rollouts, flagged rollouts, flagged rollouts by rule, the latest value of each trend rule)."""
+    key = f"watch-counts:{run.pk}:{run.last_seq}"
+    if run.is_terminal:
+        cached = cache.get(key)
+        if cached is not None:
+            return cached
+    if connection.vendor == "postgresql":
+        rollouts, flagged, counts = _flag_counts(run_id=run.pk)
+        latest = dict(
+            MetricPoint.objects.filter(run=run, key__startswith="watch/trend/")
+            .order_by("key", "-step")
+            .distinct("key")
+            .values_list("key", "value")
+        )
+        latest = {key.removeprefix("watch/trend/"): value for key, value in latest.items()}
+        result = (rollouts, flagged, counts, latest)
+    else:
+        result = _watch_counts_portable(run=run)
+    if run.is_terminal:
+        cache.set(key, result, timeout=WATCH_COUNTS_SECONDS)
+    return result
 
 
 _FLAG_COUNTS_SQL = """

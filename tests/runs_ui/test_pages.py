@@ -57,6 +57,27 @@ def test_run_page_shows_progress_charts_and_the_lead_actions(browser_client, run
     )
 
 
+def test_run_page_lists_the_runs_tools_and_mcp_tools_by_name(browser_client, run, owner):
+    from experiments.models import Run, Tool
+
+    run.tools.add(
+        Tool.objects.create(owner=owner, name="zeta_lookup", url="https://tools.example.com/z"),
+        Tool.objects.create(owner=owner, name="alpha_search", url="https://tools.example.com/a"),
+    )
+    Run.objects.filter(pk=run.pk).update(mcp_tools=[{"name": "read_file", "server": 1}])
+    html = browser_client.get(f"/runs/{run.pk}/").content.decode()
+    tools = re.sub(r"\s+", " ", html.split("<dt>Tools</dt><dd>")[1].split("</dd>")[0])
+    assert tools == (
+        '<span class="mono">alpha_search</span>, <span class="mono">zeta_lookup</span>, '
+        '<span class="mono">read_file</span> <span class="muted small">(MCP)</span>'
+    )
+
+
+def test_run_page_without_tools_shows_a_dash(browser_client, run):
+    html = browser_client.get(f"/runs/{run.pk}/").content.decode()
+    assert html.split("<dt>Tools</dt><dd>")[1].split("</dd>")[0] == "—"
+
+
 def test_run_pages_are_private(client, run):
     client.force_login(UserFactory(username="intruder"))
     rollout = TrajectoryFactory(run=run)

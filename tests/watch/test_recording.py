@@ -123,3 +123,30 @@ def test_the_watch_panel_counts_in_postgresql_match_the_rollouts_read_one_by_one
         latest.get(rule) == 1.0 for rule in readiness_selectors.TREND_RULES
     ]
     assert any(trend["active"] for trend in summary["trends"])
+
+
+def test_a_stopped_runs_watch_counts_are_kept_until_its_next_event(django_assert_num_queries):
+    """A stopped run's page reads its watch counts once per last event: again, no query; a new event
+    (a step recorded or discarded after a resume) counts afresh. A running run always counts afresh."""
+    from experiments.models import Run
+    from experiments.selectors import readiness as readiness_selectors
+    from experiments.services.runs import NewEvent, append_events
+
+    run = build_flagged_run(UserFactory(), steps=4)
+    Run.objects.filter(pk=run.pk).update(status="succeeded")
+    run.refresh_from_db()
+    first = readiness_selectors.run_watch_summary(run=run)
+    with django_assert_num_queries(0):
+        assert readiness_selectors.run_watch_summary(run=run) == first
+
+    extra = Trajectory.objects.filter(run=run).exclude(flags=[]).first()
+    extra.pk, extra.trace_id = None, "extra-flagged"
+    extra.save()
+    append_events(run=run, events=[NewEvent(kind=RunEvent.Kind.LOG, payload={"message": "resumed"})])
+    run.refresh_from_db()
+    assert readiness_selectors.run_watch_summary(run=run)["flagged"] == first["flagged"] + 1
+
+    Run.objects.filter(pk=run.pk).update(status="running")
+    run.refresh_from_db()
+    Trajectory.objects.filter(trace_id="extra-flagged").delete()
+    assert readiness_selectors.run_watch_summary(run=run)["flagged"] == first["flagged"]

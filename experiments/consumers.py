@@ -22,10 +22,10 @@ class RunEventsConsumer(AsyncJsonWebsocketConsumer):
 
     Joining before reading means an event committed during the replay is either in the replay or
     arrives through the group; `last_seq` drops the duplicates, and a jump in seq (a frame the
-    channel layer dropped) is filled from the database. The channel layer drops frames silently when
-    a watcher falls behind (its channel over `capacity`, or frames older than `expiry`): when the
-    dropped ones are the last, no later frame shows the gap, so a watcher that heard nothing for
-    CATCH_UP_SECONDS asks the database whether the run went on without it.
+    channel layer lost) is filled from the database. Redis pub/sub loses the frames published while
+    a web process's connection to Redis is down or being re-established: when the lost ones are the
+    last, no later frame shows the gap, so a watcher that heard nothing for CATCH_UP_SECONDS asks the
+    database whether the run went on without it.
     """
 
     run_id: int

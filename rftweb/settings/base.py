@@ -153,8 +153,8 @@ def celery_broker_url(redis_url: str) -> str:
 
 
 def channel_layer_hosts(redis_url: str) -> list[dict]:
-    # redis-py 8 reads with a 5 s socket timeout by default, the same as channels_redis' blocking
-    # receive (BZPOPMIN, 5 s): an idle consumer then dies with "Timeout reading". Read longer.
+    # redis-py 8 reads with a 5 s socket timeout by default; a channel layer connection can stay quiet
+    # longer than that (an idle run), and must not die with "Timeout reading". Read longer.
     return [{"address": redis_url, "socket_timeout": 30, "socket_connect_timeout": 5}]
 
 
@@ -173,10 +173,15 @@ CACHES = {
 # reads its session, and a cache hit spares a PostgreSQL query (bench/bench_request_cpu.py).
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
+# Redis pub/sub: a run's frame is published once and each web process hears it once, then hands it
+# to its watchers; the list-based layer wrote one copy per watcher into Redis and each process read
+# them one by one (bench/bench_request_cpu.py, 50 watchers: 6.0-7.0 -> 4.0-4.2 CPU ms per recorded
+# step in the web process). A frame published while a process is not connected is lost: the run's
+# watchers fill any gap from the database (experiments/consumers.py).
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": channel_layer_hosts(REDIS_URL), "capacity": 1500, "expiry": 60},
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": channel_layer_hosts(REDIS_URL)},
     }
 }
 

@@ -69,7 +69,7 @@ else:
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {"hosts": channel_layer_hosts(REDIS_URL), "prefix": f"rftweb-test-{TEST_NAMESPACE}"},
     }
 }

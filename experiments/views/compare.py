@@ -104,7 +104,7 @@ def compare(request):
         "nothing_picked": nothing_picked,
         "selection": selection,
         "runs": selection.runs,
-        "all_runs": selectors.runs_for(user=request.user)[:200],
+        "all_runs": selectors.run_rows_for(user=request.user)[:200],
         "max_runs": compare_selectors.MAX_COMPARE_RUNS,
         "show_all_config": request.GET.get("config") == "all",
     }

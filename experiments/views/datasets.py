@@ -6,10 +6,13 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
+from django.core.cache import cache
 from django.http import HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import path, reverse
+from django.utils.safestring import mark_safe
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -104,28 +107,48 @@ def _upload_failed(request, form, errors, *, status: int, wants_json: bool, extr
     return _upload_page(request, form, status=status)
 
 
-def dataset_page(request, dataset_id: int):
-    dataset = get_object_or_404(selectors.datasets_for(user=request.user), pk=dataset_id)
+# A dataset's items never change once imported (they go only with the dataset): a page of them,
+# rendered, is kept by dataset and position. Searches are not kept (their words are the user's).
+ITEM_PAGE_CACHE_SECONDS = 3600
+
+
+def _item_browser_html(dataset, *, after, before, query: str, with_tools: bool) -> str:
+    key = None if query else f"dataset-items:{dataset.pk}:{after}:{before}:{int(with_tools)}"
+    if key is not None and (html := cache.get(key)) is not None:
+        return mark_safe(html)
     item_page = dataset_selectors.dataset_item_page(
-        dataset=dataset,
-        after=_int_or_none(request.GET.get("after")),
-        before=_int_or_none(request.GET.get("before")),
-        query=request.GET.get("q", ""),
-        with_tools=request.GET.get("tools") == "1",
+        dataset=dataset, after=after, before=before, query=query, with_tools=with_tools
     )
     # The filters, carried by the pager's links.
     filters = urlencode(
-        {
-            key: value
-            for key, value in (("q", item_page.query), ("tools", "1" if item_page.with_tools else ""))
-            if value
-        }
+        {key: value for key, value in (("q", query), ("tools", "1" if with_tools else "")) if value}
     )
-    items_context = {"dataset": dataset, "page": item_page, "filters": filters + "&" if filters else ""}
+    html = render_to_string(
+        "experiments/dataset_items.html",
+        {"dataset": dataset, "page": item_page, "filters": filters + "&" if filters else ""},
+    )
+    if key is not None:
+        cache.set(key, str(html), timeout=ITEM_PAGE_CACHE_SECONDS)
+    return html
+
+
+def dataset_page(request, dataset_id: int):
+    dataset = get_object_or_404(selectors.datasets_for(user=request.user), pk=dataset_id)
+    query, with_tools = request.GET.get("q", "").strip(), request.GET.get("tools") == "1"
+    items_html = _item_browser_html(
+        dataset,
+        after=_int_or_none(request.GET.get("after")),
+        before=_int_or_none(request.GET.get("before")),
+        query=query,
+        with_tools=with_tools,
+    )
     if request.htmx:
-        return render(request, "experiments/dataset_items.html", items_context)
+        return HttpResponse(items_html)
     context = {
-        **items_context,
+        "dataset": dataset,
+        "items_html": items_html,
+        "query": query,
+        "with_tools": with_tools,
         "stats": dataset.stats,
         "fields": dataset_selectors.field_presence(dataset=dataset),
         "roles": dataset_selectors.role_counts(dataset=dataset),

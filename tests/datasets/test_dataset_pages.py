@@ -65,6 +65,32 @@ def test_upload_redirects_to_the_dataset_page_with_stats_and_items(client):
     )
 
 
+def test_a_page_of_items_is_rendered_once_and_searches_are_not_kept(client, django_assert_num_queries):
+    from django.core.cache import cache
+
+    upload(client, jsonl([item(i) for i in range(30)]))
+    dataset = Dataset.objects.get()
+    keys = [f"dataset-items:{dataset.pk}:None:None:0", f"dataset-items:{dataset.pk}:19:None:0"]
+    cache.delete_many(keys)
+    first = client.get(f"/datasets/{dataset.pk}/").content.decode()
+    # again: the user, the dataset, its derived sets and the runs using it; not its items
+    with django_assert_num_queries(4):
+        again = client.get(f"/datasets/{dataset.pk}/").content.decode()
+    browser = first.split('<div id="item-browser">')[1].split("</section>")[0]
+    assert (
+        again.split('<div id="item-browser">')[1].split("</section>")[0] == browser and "Item 19" in browser
+    )
+    pager = client.get(f"/datasets/{dataset.pk}/", {"after": 19}, headers={"HX-Request": "true"}).content
+    assert (
+        pager == client.get(f"/datasets/{dataset.pk}/", {"after": 19}, headers={"HX-Request": "true"}).content
+    )
+    assert cache.get(keys[1]) == pager.decode()
+    client.get(f"/datasets/{dataset.pk}/", {"q": "Question 7:"})
+    with django_assert_num_queries(5):  # a search reads the items every time
+        search = client.get(f"/datasets/{dataset.pk}/", {"q": "Question 7:"}).content.decode()
+    assert "Item 7" in search and "Item 8" not in search
+
+
 def test_broken_file_shows_the_error_table_and_report(client):
     response = upload(client, jsonl([item(0), b"{oops", item(2), b'{"messages": []}']), json=False)
     dataset = Dataset.objects.get()

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import multiprocessing
+import os
 import random
 import threading
 import time
@@ -257,6 +258,9 @@ class _HashingCopier:
 
 
 def _copy_upload(file: IO[bytes], stored: Path, *, max_bytes: int, count_items: bool) -> _Copy:
+    moved = _move_hashed_upload(file, stored, max_bytes=max_bytes, count_items=count_items)
+    if moved is not None:
+        return moved
     seekable = getattr(file, "seekable", None)
     if seekable is not None and seekable():
         file.seek(0)
@@ -272,6 +276,23 @@ def _copy_upload(file: IO[bytes], stored: Path, *, max_bytes: int, count_items: 
             while copier.read(READ_CHUNK_BYTES):
                 pass
     return _Copy(sha256=copier.digest.hexdigest(), size=copier.size, item_count=item_count)
+
+
+def _move_hashed_upload(file, stored: Path, *, max_bytes: int, count_items: bool) -> _Copy | None:
+    """An upload that Django spooled to a temporary file and hashed on the way in
+    (experiments/upload_handlers.py): renamed into place, its hash and size already known. None when
+    the file is not such an upload, when its items must be counted (that needs a pass anyway), or
+    when the rename is impossible (the temporary folder is on another filesystem): then it is copied."""
+    digest = getattr(file, "sha256", None)
+    path = getattr(file, "temporary_file_path", None)
+    if digest is None or path is None or count_items or file.size > max_bytes:
+        return None
+    try:
+        os.replace(path(), stored)
+    except OSError:
+        return None
+    os.chmod(stored, 0o644)  # a temporary file is private to its creator; a stored upload is not
+    return _Copy(sha256=digest, size=file.size, item_count=0)
 
 
 class _Target:

@@ -223,7 +223,18 @@ RFT_UPLOAD_URL_NAMES = ["dataset-upload", "api-dataset-list"]
 DATA_UPLOAD_MAX_MEMORY_SIZE = RFT_MAX_REQUEST_BYTES
 # Request bodies past this stay on disk, not in memory (Django spools them; uploads go to temp files).
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
-FILE_UPLOAD_TEMP_DIR = None
+# Past the memory size, uploads go to a temporary file hashed as it is written, then moved into
+# MEDIA_ROOT: next to it, so that the move is a rename (elsewhere, e.g. a data folder that cannot be
+# written, the system's temporary folder, and the file is copied).
+FILE_UPLOAD_TEMP_DIR: str | None = str(DATA_DIR / "tmp")
+try:
+    os.makedirs(FILE_UPLOAD_TEMP_DIR, exist_ok=True)
+except OSError:
+    FILE_UPLOAD_TEMP_DIR = None
+FILE_UPLOAD_HANDLERS = [
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "experiments.upload_handlers.HashingTemporaryFileUploadHandler",
+]
 
 # Brute-force protection (django-axes, counted in the Redis cache): after RFT_LOGIN_FAILURE_LIMIT
 # failed logins from one address, or for one account, both the login page and the token endpoint

@@ -105,6 +105,39 @@ def test_broken_file_shows_the_error_table_and_report(client):
     )
 
 
+def test_a_large_upload_is_hashed_as_it_arrives_and_moved_into_place(
+    client, settings, media_root, tmp_path, monkeypatch
+):
+    """Past FILE_UPLOAD_MAX_MEMORY_SIZE Django spools the upload to a temporary file; it is hashed on
+    the way in and that very file becomes the stored one (no second pass, nothing left behind)."""
+    import hashlib
+
+    from experiments.services import datasets as dataset_services
+
+    class NoSecondPass:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("the upload was read again to hash and copy it")
+
+    monkeypatch.setattr(dataset_services, "_HashingCopier", NoSecondPass)
+
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "spool")
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
+    (tmp_path / "spool").mkdir()
+    body = valid_file(2000)
+    assert len(body) > settings.FILE_UPLOAD_MAX_MEMORY_SIZE
+    response = upload(client, body)
+    assert response.status_code == 201, response.content
+    dataset = Dataset.objects.get()
+    assert dataset.item_count == 2000 and dataset.file_size == len(body)
+    assert dataset.file_sha256 == hashlib.sha256(body).hexdigest()
+    stored = media_root / dataset.file_path
+    assert stored.read_bytes() == body and stored.stat().st_mode & 0o777 == 0o644
+    assert list((tmp_path / "spool").iterdir()) == []  # moved, not copied
+    duplicate = upload(client, body)  # the hash taken on the way in finds the same file again
+    assert duplicate.status_code == 409 and Dataset.objects.count() == 1
+    assert sorted(path.name for path in (media_root / "datasets").iterdir()) == [stored.name]
+
+
 def test_duplicate_and_form_errors(client):
     first = upload(client, valid_file(3)).json()
     duplicate = upload(client, valid_file(3))

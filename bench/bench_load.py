@@ -225,12 +225,13 @@ class RssSampler(threading.Thread):
             time.sleep(0.2)
 
 
-def start_server(port: int, workers: int, env: dict, log_path: Path) -> subprocess.Popen:
+def start_server(port: int, workers: int, env: dict, log_path: Path, cwd: Path = ROOT) -> subprocess.Popen:
+    """`manage.py serve` of the checkout at `cwd` (another checkout: a baseline to compare with)."""
     command = [sys.executable, "-m", "django", "serve", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--workers", str(workers)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            command, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+            command, cwd=cwd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
         )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

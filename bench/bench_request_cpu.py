@@ -15,6 +15,11 @@ At 200 people (~100 requests/s) the server must stay well under the ~1.3 cores t
 leaves it next to locust: ~10 ms of CPU per request on average.
 
     .venv/bin/python bench/bench_request_cpu.py [--n 200] [--watchers 20] [--steps 40]
+    .venv/bin/python bench/bench_request_cpu.py --baseline 99fb7c8 --rounds 5 --n 100
+
+With --baseline, a worktree of that git ref is served beside this checkout (same database, same
+settings) and the two are measured alternately, round by round: the medians and their ratio are the
+figures to read on a shared, noisy machine.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ import argparse
 import http.client
 import os
 import random
+import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -213,6 +221,43 @@ def measure_fan_out(port: int, pid: int, config: dict, watchers: int, steps: int
     return {"cpu_ms_per_step": used * 1000 / steps, "lost": lost, "events": len(stored), "seconds": elapsed}
 
 
+# The locust mix (load_locustfile.py: Browser task weights, one kind of each group at random).
+BROWSERS_MIX = {
+    "page: dashboard": 3,
+    "page: runs list": 0.75,
+    "page: datasets list": 0.75,
+    "page: tools list": 0.75,
+    "page: graders list": 0.75,
+    "page: dataset": 3,
+    "page: run": 3,
+    "api: run series": 3,
+    "page: rollouts": 1,
+    "api: runs": 1,
+    "api: datasets": 1,
+    "api: run metrics": 1,
+}
+
+
+def mix_average(results: dict) -> float:
+    return sum(results[k][0] * w for k, w in BROWSERS_MIX.items()) / sum(BROWSERS_MIX.values())
+
+
+def baseline_checkout(ref: str) -> Path:
+    """A detached worktree of `ref`, served side by side with this checkout."""
+    path = Path(tempfile.mkdtemp(prefix="rftweb-baseline-"))
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), ref],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+def server_pid(server) -> int:
+    process = psutil.Process(server.pid)
+    return process.children()[0].pid if process.children() else server.pid  # one worker: in-process
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -222,13 +267,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rollouts", type=int, default=50)
     parser.add_argument("--history", type=int, default=500, help="steps the live run has recorded")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also serve this git ref (a worktree) and measure both, alternating, --rounds times",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --baseline: alternations")
     args = parser.parse_args()
 
     admin_url = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/8")
     name = f"rftweb_cpu_{os.getpid()}"
     database_url = scratch_database(admin_url, name)
-    server = None
+    servers: dict[str, subprocess.Popen] = {}
+    baseline = None
     try:
         env = configure(database_url, redis_url)
         config = seed(20)
@@ -247,45 +299,54 @@ def main() -> None:
             )
         queries = count_queries(config)
         work = Path(os.environ.get("TMPDIR", "/tmp"))
-        port = free_port()
-        server = start_server(port, 1, env, work / f"rftweb-cpu-{os.getpid()}.log")
-        pid = server.pid
-        process = psutil.Process(pid)
-        if process.children():  # uvicorn with one worker serves in its own process
-            pid = process.children()[0].pid
-        idle_cpu_rate(psutil.Process(pid))
+        checkouts = {"this": ROOT}
+        if args.baseline:
+            baseline = baseline_checkout(args.baseline)
+            checkouts = {args.baseline: baseline, "this": ROOT}
+        ports = {}
+        for label, checkout in checkouts.items():
+            ports[label] = free_port()
+            servers[label] = start_server(
+                ports[label], 1, env, work / f"rftweb-cpu-{os.getpid()}-{len(servers)}.log", cwd=checkout
+            )
+        for server in servers.values():
+            idle_cpu_rate(psutil.Process(server_pid(server)))
         print(
             f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; server idle CPU {_idle_rate * 1000:.1f} ms/s"
         )
-        results = measure_requests(port, pid, config, args.n)
-        print(f"{'kind':<28}{'CPU ms':>8}{'wall ms':>9}{'queries':>9}{'bytes':>9}")
-        for kind, (cpu, wall, size) in results.items():
-            print(f"{kind:<28}{cpu:>8.1f}{wall:>9.1f}{queries[kind]:>9}{size:>9}")
-        fan = measure_fan_out(port, pid, config, args.watchers, args.steps, args.rollouts)
-        print(
-            f"ws fan-out: {args.watchers} watchers, {args.steps} steps x {args.rollouts} rollouts: "
-            f"{fan['cpu_ms_per_step']:.1f} CPU ms per step "
-            f"({fan['cpu_ms_per_step'] / args.watchers:.2f} per step per watcher), lost {fan['lost']}"
-        )
-        # The locust mix (load_locustfile.py: Browser task weights, one kind of each group at random).
-        mix = {
-            "page: dashboard": 3,
-            "page: runs list": 0.75,
-            "page: datasets list": 0.75,
-            "page: tools list": 0.75,
-            "page: graders list": 0.75,
-            "page: dataset": 3,
-            "page: run": 3,
-            "api: run series": 3,
-            "page: rollouts": 1,
-            "api: runs": 1,
-            "api: datasets": 1,
-            "api: run metrics": 1,
+        rounds = args.rounds if args.baseline else 1
+        totals: dict[str, dict[str, list[float]]] = {label: {} for label in checkouts}
+        sizes: dict[str, int] = {}
+        for round_index in range(rounds):
+            for label in checkouts if round_index % 2 == 0 else reversed(list(checkouts)):
+                results = measure_requests(ports[label], server_pid(servers[label]), config, args.n)
+                for kind, (cpu, _wall, size) in results.items():
+                    totals[label].setdefault(kind, []).append(cpu)
+                    sizes[kind] = size
+            print(f"round {round_index + 1}/{rounds}: load average {os.getloadavg()[0]:.1f}", flush=True)
+        medians = {
+            label: {kind: (statistics.median(values), 0.0, sizes[kind]) for kind, values in kinds.items()}
+            for label, kinds in totals.items()
         }
-        average = sum(results[k][0] * w for k, w in mix.items()) / sum(mix.values())
-        print(f"browsers' mix: {average:.1f} CPU ms per request on average")
+        labels = list(checkouts)
+        header = "".join(f"{label[:12] + ' CPU ms':>20}" for label in labels)
+        print(f"{'kind':<28}{header}{'queries':>9}{'bytes':>9}" + ("   this/baseline" if baseline else ""))
+        for kind in medians["this"]:
+            cells = "".join(f"{medians[label][kind][0]:>20.1f}" for label in labels)
+            ratio = f"{medians['this'][kind][0] / medians[args.baseline][kind][0]:>16.2f}" if baseline else ""
+            print(f"{kind:<28}{cells}{queries[kind]:>9}{sizes[kind]:>9}{ratio}")
+        for label in labels:
+            print(f"browsers' mix ({label}): {mix_average(medians[label]):.1f} CPU ms per request on average")
+        for label in labels:
+            pid = server_pid(servers[label])
+            fan = measure_fan_out(ports[label], pid, config, args.watchers, args.steps, args.rollouts)
+            print(
+                f"ws fan-out ({label}): {args.watchers} watchers, {args.steps} steps x {args.rollouts} rollouts: "
+                f"{fan['cpu_ms_per_step']:.1f} CPU ms per step "
+                f"({fan['cpu_ms_per_step'] / args.watchers:.2f} per step per watcher), lost {fan['lost']}"
+            )
     finally:
-        if server is not None:
+        for server in servers.values():
             server.terminate()
             try:
                 server.wait(timeout=15)
@@ -295,6 +356,10 @@ def main() -> None:
 
         connections.close_all()
         drop_database(admin_url, name)
+        if baseline is not None:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False
+            )
 
 
 if __name__ == "__main__":

@@ -135,10 +135,24 @@ X_AXIS_LABELS = {
 }
 
 
+# The run's datasets, grader and environment are shown by name on its pages: their JSON (a dataset's
+# statistics and errors, a grader's spec) and their encrypted secrets are not loaded for that.
+_UNSHOWN_RELATED_FIELDS = (
+    "train_dataset__stats",
+    "train_dataset__errors",
+    "eval_dataset__stats",
+    "eval_dataset__errors",
+    "grader__spec",
+    "grader__secrets",
+    "environment__headers",
+)
+
+
 def _visible_run(request, run_id: int):
     # No prefetch of the tools: Django's many-to-many prefetch machinery was half the CPU of this
     # lookup, and only the run page shows them (as names: `tool_names`).
-    return get_object_or_404(selectors.runs_for(user=request.user).select_related("environment"), pk=run_id)
+    runs = selectors.runs_for(user=request.user).select_related("environment").defer(*_UNSHOWN_RELATED_FIELDS)
+    return get_object_or_404(runs, pk=run_id)
 
 
 def run_detail(request, run_id: int):

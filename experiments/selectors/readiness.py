@@ -58,13 +58,14 @@ def run_watch_summary(*, run: Run) -> dict[str, Any]:
 
 # A stopped run's counts, kept by the seq of its last event: its rollouts and trend points only change
 # through recording (and discarding) steps, which append events. A finished run's page is opened far
-# more often than it changes (bench_load.py: ~14 run pages/s).
+# more often than it changes (bench_load.py: ~14 run pages/s). The run's creation time is in the key
+# too: a database started afresh beside a Redis that kept its keys gives ids again.
 WATCH_COUNTS_SECONDS = 3600
 
 
 def _watch_counts(*, run: Run) -> tuple[int, int, dict[str, int], dict[str, float]]:
     """(rollouts, flagged rollouts, flagged rollouts by rule, the latest value of each trend rule)."""
-    key = f"watch-counts:{run.pk}:{run.last_seq}"
+    key = f"watch-counts:{run.pk}:{run.created_at.timestamp()}:{run.last_seq}"
     if run.is_terminal:
         cached = cache.get(key)
         if cached is not None:

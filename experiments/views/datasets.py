@@ -107,13 +107,21 @@ def _upload_failed(request, form, errors, *, status: int, wants_json: bool, extr
     return _upload_page(request, form, status=status)
 
 
-# A dataset's items never change once imported (they go only with the dataset): a page of them,
-# rendered, is kept by dataset and position. Searches are not kept (their words are the user's).
+# A dataset's items never change once imported (they go only with the dataset): its first page of
+# them, the one every visit opens, is rendered once and kept. Other pages and searches are not kept:
+# any number of them can be asked for, and a search's words are the user's. The key holds the
+# dataset's creation time as well as its id: a database started afresh beside a Redis that kept its
+# keys gives ids again.
 ITEM_PAGE_CACHE_SECONDS = 3600
 
 
 def _item_browser_html(dataset, *, after, before, query: str, with_tools: bool) -> str:
-    key = None if query else f"dataset-items:{dataset.pk}:{after}:{before}:{int(with_tools)}"
+    first_page = after is None and before is None and not query
+    key = (
+        f"dataset-items:{dataset.pk}:{dataset.created_at.timestamp()}:{int(with_tools)}"
+        if first_page
+        else None
+    )
     if key is not None and (html := cache.get(key)) is not None:
         return mark_safe(html)
     item_page = dataset_selectors.dataset_item_page(

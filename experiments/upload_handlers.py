@@ -12,6 +12,8 @@ import hashlib
 
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
 
+from . import pacing
+
 
 class HashingTemporaryFileUploadHandler(TemporaryFileUploadHandler):
     def new_file(self, *args, **kwargs) -> None:
@@ -19,6 +21,7 @@ class HashingTemporaryFileUploadHandler(TemporaryFileUploadHandler):
         self.digest = hashlib.sha256()
 
     def receive_data_chunk(self, raw_data: bytes, start: int):
+        pacing.step_aside()  # in the upload helper: paced while the CPU is contended
         self.digest.update(raw_data)
         return super().receive_data_chunk(raw_data, start)
 

@@ -9,7 +9,8 @@ a thread for every request (asgiref's per-request ThreadSensitiveContext) and ho
 loop and threads around each sync middleware and the view: under 200 people at once that machinery
 cost more than a fifth of the server's CPU (bench/bench_load.py, bench/README.md). A body without a
 length (chunked) goes to Django's ASGI handler, which reads it whole (spooled to disk): WSGI has no
-way to read a body of unknown length. Uploads run in a lane of their own (rftweb/upload_lane.py).
+way to read a body of unknown length. Uploads run in a lane of their own, served by a helper process
+(rftweb/upload_lane.py).
 """
 
 import os
@@ -38,11 +39,15 @@ upload_lane = UploadLane(
     queue=settings.RFT_UPLOAD_QUEUE,
     nice=settings.RFT_UPLOAD_NICE,
     refuse=refuse,
+    processes=settings.RFT_IMPORT_PROCESSES,
+    helper_min_bytes=settings.RFT_IMPORT_HELPER_MIN_BYTES,
+    spool_dir=settings.FILE_UPLOAD_TEMP_DIR,
 )
 
 application = ProtocolTypeRouter(
     {
         "http": RequestBodyGuard(django_wsgi_app, chunked_app=django_asgi_app, upload_app=upload_lane),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "lifespan": upload_lane.lifespan,
     }
 )

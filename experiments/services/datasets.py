@@ -12,13 +12,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import multiprocessing
 import os
 import random
-import threading
 import time
 import uuid
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +25,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import ProtectedError, Q
 
-from .. import import_helper
+from .. import import_helper, pacing
 from ..dataset_format import (
     DEFAULT_MAX_ERRORS,
     DEFAULT_MAX_LINE_BYTES,
@@ -181,6 +178,7 @@ def upload_dataset(
         )
         if (
             connection.in_atomic_block  # the caller's open transaction must see the rows (and the owner)
+            or import_helper.IN_HELPER  # this is the helper
             or settings.RFT_IMPORT_PROCESSES <= 0
             or copy.size < settings.RFT_IMPORT_HELPER_MIN_BYTES  # a small file costs less than a hand-off
         ):
@@ -395,6 +393,7 @@ def _import_items(
             position = 0
             with _ItemWriter() as writer:
                 for record in iter_records(stream, max_line_bytes=max_line_bytes):
+                    pacing.step_aside()
                     if isinstance(record, LineError):
                         error_count += 1
                         if len(errors) < max_errors:
@@ -435,34 +434,24 @@ def _import_items(
 # Parsing and checking every line and streaming the rows to PostgreSQL is most of an upload's CPU
 # (~75 % of ~0.5 s per 50 MB, py-spy), and in a web process all of it holds the GIL that the pages'
 # threads and the event loop need: twenty uploads at once stretched every page of those processes by
-# seconds, whatever the threads' OS priority (bench/bench_load.py). So the web process hands the file,
-# once it is on disk, to a helper process of its own (RFT_IMPORT_PROCESSES, started at the first
-# upload), which imports it at a lower OS priority (RFT_UPLOAD_NICE) on its own database connection and
-# answers with the datasets' ids; the request's thread waits without holding the GIL.
-
-_helper_lock = threading.Lock()
-_helper: ProcessPoolExecutor | None = None
+# seconds, whatever the threads' OS priority (bench/bench_load.py). An upload with a declared length
+# is served whole by the web process's helper (rftweb/upload_lane.py), and this runs there. One that
+# reaches Django in the web process (a chunked body) hands the file, once it is on disk, to the same
+# helper (experiments/import_helper.py), which imports it at a lower OS priority (RFT_UPLOAD_NICE) on
+# its own database connection and answers with the datasets' ids; the request's thread waits without
+# holding the GIL.
 
 
 def _import_in_helper(stored: Path, *, fields: dict[str, Any], **arguments) -> UploadResult:
-    global _helper
-    with _helper_lock:
-        if _helper is None:
-            _helper = ProcessPoolExecutor(
-                max_workers=settings.RFT_IMPORT_PROCESSES,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=import_helper.start,
-                initargs=(connection.settings_dict["NAME"], settings.RFT_UPLOAD_NICE),
-            )
+    helper = import_helper.pool()
     fields = dict(fields)
     owner = fields.pop("owner")
     try:
-        dataset_id, eval_id = _helper.submit(
+        dataset_id, eval_id = helper.submit(
             import_helper.run, str(stored), owner.pk, {**arguments, "fields": fields}
         ).result()
     except BrokenProcessPool as exc:  # the helper died (killed, out of memory): the next upload starts one
-        with _helper_lock:
-            _helper = None
+        import_helper.discard(helper)
         raise DatasetError(
             "The import stopped unexpectedly; nothing was stored. Upload the file again."
         ) from exc

@@ -118,16 +118,22 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             "max_size": _pool_size,
             "timeout": env.float("RFT_DB_POOL_TIMEOUT_SECONDS", default=30.0),
         }
-# The upload lane of each web process (rftweb/upload_lane.py): threads that import, how much lower
-# their OS priority is than the pages', and how many more uploads may wait (past that: 503).
+# The upload lane of each web process (rftweb/upload_lane.py): uploads received at once, how much lower
+# the OS priority of the lane and its helper is than the pages', and how many more uploads may wait
+# (past that: 503).
 RFT_UPLOAD_CONCURRENCY = env.int("RFT_UPLOAD_CONCURRENCY", default=2)
 RFT_UPLOAD_NICE = env.int("RFT_UPLOAD_NICE", default=10)
 RFT_UPLOAD_QUEUE = env.int("RFT_UPLOAD_QUEUE", default=20)
-# Helper processes per web process that parse and store uploads, off the web process's GIL
-# (experiments/services/datasets.py); 0: in the request's thread. Files under the minimum size are
-# imported in the request's thread all the same: the hand-off would cost more.
+# Helper processes per web process, started with it, that serve uploads whole off the web process's
+# GIL (experiments/import_helper.py); 0: the lane's threads do. Bodies under the minimum size are
+# served by the lane's threads all the same: the hand-off would cost more.
 RFT_IMPORT_PROCESSES = env.int("RFT_IMPORT_PROCESSES", default=1)
 RFT_IMPORT_HELPER_MIN_BYTES = env.int("RFT_IMPORT_HELPER_MIN_BYTES", default=1024 * 1024)
+# While some task waits for a CPU more than this share of the time (Linux PSI), the helper runs an
+# import only RFT_IMPORT_MIN_DUTY of the time, leaving the CPU to the pages (experiments/pacing.py);
+# 0 turns this off.
+RFT_IMPORT_PRESSURE_LIMIT = env.float("RFT_IMPORT_PRESSURE_LIMIT", default=0.2)
+RFT_IMPORT_MIN_DUTY = env.float("RFT_IMPORT_MIN_DUTY", default=0.2)
 # Threads per web process that run Django for HTTP requests (see rftweb/asgi.py); at most the
 # database pool's size, so that a request never waits for a connection. Fewer threads than one would
 # think: they share one GIL, and under a saturated CPU each runnable thread stretches the others'

@@ -15,6 +15,7 @@ import psutil
 import pytest
 from dataset_files import jsonl, valid_file
 
+from experiments import import_helper
 from experiments.models import Dataset, DatasetItem
 from experiments.models.dataset import DatasetStatus
 from experiments.services import datasets as dataset_services
@@ -28,9 +29,7 @@ def helper(settings):
     settings.RFT_IMPORT_PROCESSES = 1
     settings.RFT_IMPORT_HELPER_MIN_BYTES = 0  # these files are small
     yield
-    if dataset_services._helper is not None:
-        dataset_services._helper.shutdown()
-        dataset_services._helper = None
+    import_helper.shutdown()
 
 
 def test_an_upload_imports_in_the_helper_process_with_its_eval_split(helper, media_root):
@@ -41,7 +40,7 @@ def test_an_upload_imports_in_the_helper_process_with_its_eval_split(helper, med
         name="tasks",
         carve=dataset_services.EvalCarve(count=5, seed=1),
     )
-    assert dataset_services._helper is not None  # the work went to the helper
+    assert import_helper._pool is not None  # the work went to the helper
     assert result.ok
     assert result.dataset.owner == user and result.dataset.item_count == 25
     assert result.eval_dataset.item_count == 5 and result.eval_dataset.derived_from == result.dataset
@@ -57,7 +56,7 @@ def test_a_file_with_bad_lines_is_recorded_invalid_by_the_helper_and_imports_not
     result = dataset_services.upload_dataset(
         owner=user, file=io.BytesIO(jsonl([good, good]) + b"{not json\n"), name="broken"
     )
-    assert dataset_services._helper is not None
+    assert import_helper._pool is not None
     assert not result.ok
     assert result.dataset.status == DatasetStatus.INVALID
     assert result.dataset.error_count == 1 and result.dataset.errors[0]["line"] == 3

@@ -1,5 +1,5 @@
 """A real `manage.py serve` process on the test database, a raw HTTP client that streams huge bodies,
-and a sampler of the server's RSS (the process's own figure, psutil)."""
+and a sampler of the server's RSS (the process's own figure and its upload helper's, psutil)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ class ServerProcess:
         raise RuntimeError(f"the server did not start:\n{log_path.read_text()}")
 
     def rss(self) -> int:
-        return psutil.Process(self.process.pid).memory_info().rss
+        return tree_rss(psutil.Process(self.process.pid))
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -65,8 +65,20 @@ class ServerProcess:
                 self.process.wait(timeout=5)
 
 
+def tree_rss(process: psutil.Process) -> int:
+    """The RSS of a process and of every process under it (the server's upload helper does the imports)."""
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            total += member.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 class PeakRss:
-    """Samples a process's RSS every few milliseconds while the block runs; .peak is the largest."""
+    """Samples the RSS of a process and its children every few milliseconds while the block runs; .peak
+    is the largest."""
 
     def __init__(self, pid: int, interval_s: float = 0.01):
         self.process = psutil.Process(pid)
@@ -75,20 +87,20 @@ class PeakRss:
         self._stop = threading.Event()
 
     def __enter__(self):
-        self.peak = self.process.memory_info().rss
+        self.peak = tree_rss(self.process)
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
+            self.peak = max(self.peak, tree_rss(self.process))
             time.sleep(self.interval_s)
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
+        self.peak = max(self.peak, tree_rss(self.process))
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""Uploads run in a lane of their own (rftweb/upload_lane.py): their own threads at a lower OS
-priority, a bounded queue, and 503 with Retry-After past it, before the body is read; the pages'
-threads are never theirs."""
+"""Uploads run in a lane of their own (rftweb/upload_lane.py): a bounded number at a time, their bodies
+spooled to disk by the event loop, then served whole by the web process's upload helper (or, small
+ones, by the lane's own threads at a lower OS priority); a bounded queue, and 503 with Retry-After
+past it, before the body is read; the pages' threads are never theirs."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import asyncio
 import http.client
 import json
 import os
+import socket
 import threading
 import time
+from http.cookies import SimpleCookie
 
+import psutil
 import pytest
 
 from rftweb.request_guard import refuse
@@ -161,3 +165,128 @@ def test_the_real_server_refuses_an_upload_while_its_lane_is_full_and_pages_stil
             break
         time.sleep(0.1)
     assert again.status == 201, again.body[:300]
+
+
+@pytest.fixture(scope="module")
+def helper_server(django_db_setup, django_db_blocker, redis_url, tmp_path_factory):
+    """A server with its own data folder, so that its spooled bodies can be seen (DATA_DIR/tmp)."""
+    data_dir = tmp_path_factory.mktemp("helper-data")
+    with server_with_uploader(
+        django_db_blocker,
+        redis_url,
+        tmp_path_factory.mktemp("helper-server"),
+        username="uploader-helper",
+        extra_env={"RFTWEB_DATA_DIR": str(data_dir)},
+    ) as process:
+        process.spool_dir = data_dir / "tmp"
+        yield process
+    print(process.log_path.read_text(errors="replace")[-4000:])
+
+
+def _helpers(server) -> list[psutil.Process]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        children = psutil.Process(server.process.pid).children()
+        if children:
+            return children
+        time.sleep(0.1)
+    raise AssertionError("the server started no upload helper")
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_an_upload_is_served_by_the_helper_and_its_spooled_body_is_removed(helper_server):
+    server = helper_server
+    helpers = _helpers(server)  # started with the server, before any upload
+    web = psutil.Process(server.process.pid)
+    web_before, helpers_before = _cpu(web), sum(_cpu(helper) for helper in helpers)
+    answer = _upload(server, _jsonl_multipart(24 * MB, name="through-the-helper"), token=server.token)
+    assert answer.status == 201, answer.body[:300]
+    dataset = json.loads(answer.body)["dataset"]
+    assert dataset["status"] == "ready" and dataset["item_count"] > 2000
+    web_cpu = _cpu(web) - web_before
+    helper_cpu = sum(_cpu(helper) for helper in helpers) - helpers_before
+    print(f"web process {web_cpu:.2f} CPU-s, helper {helper_cpu:.2f} CPU-s")
+    # The web process only received the body; the helper parsed, hashed and imported it.
+    assert helper_cpu > 2 * web_cpu
+    assert list(server.spool_dir.iterdir()) == []  # neither the body nor Django's temporary file is left
+    again = _upload(server, _jsonl_multipart(24 * MB, name="through-the-helper"), token=server.token)
+    assert again.status == 409 and "already uploaded" in json.loads(again.body)["detail"]
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_a_client_that_leaves_mid_body_leaves_no_spooled_file_and_frees_its_place(helper_server):
+    server = helper_server
+    boundary, parts, length = _jsonl_multipart(8 * MB, name="left")
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    head = (
+        "POST /api/v1/datasets/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Token {server.token}\r\nAccept: application/json\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {length}\r\n\r\n"
+    )
+    sock.sendall(head.encode())
+    sock.sendall(next(parts) + next(parts))  # the form's start and a first piece of the file
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not list(server.spool_dir.glob("upload-*")):
+        time.sleep(0.05)
+    assert list(server.spool_dir.glob("upload-*")), "the body was not being spooled"
+    sock.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and list(server.spool_dir.iterdir()):
+        time.sleep(0.05)
+    assert list(server.spool_dir.iterdir()) == []
+    answer = _upload(server, _jsonl_multipart(2 * MB, name="after-the-leaver"), token=server.token)
+    assert answer.status == 201, answer.body[:300]
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_the_upload_page_works_through_the_helper_with_its_session_and_csrf(helper_server, django_db_blocker):
+    """The page's form (session, CSRF, a message for the next page in a cookie) served by the helper:
+    the message it sets is what the web process shows next."""
+    from django.contrib.auth import get_user_model
+
+    from tests.foundation.realtime_support import session_cookie_for
+
+    server = helper_server
+    with django_db_blocker.unblock():
+        session = session_cookie_for(get_user_model().objects.get(username="uploader-helper"))
+    csrf = "k" * 32
+    cookies = f"sessionid={session}; csrftoken={csrf}"
+    _, file_parts, _ = _jsonl_multipart(3 * MB, name="from-the-page")
+    boundary = "pageboundary42"
+    fields = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in (("csrfmiddlewaretoken", csrf), ("name", "from the page"), ("split", "train"))
+    )
+    file_head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="page.jsonl"\r\n'
+        "Content-Type: application/jsonl\r\n\r\n"
+    ).encode()
+    inner = b"".join(file_parts)  # the file's own multipart: keep only its JSONL lines
+    jsonl = inner[inner.index(b"\r\n\r\n", inner.index(b'name="file"')) + 4 : inner.rindex(b"\r\n--")]
+    body = fields + file_head + jsonl + f"\r\n--{boundary}--\r\n".encode()
+    answer = stream_request(
+        server.port,
+        "POST",
+        "/datasets/upload/",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}", "Cookie": cookies},
+        body_parts=[body],
+        content_length=len(body),
+    )
+    assert len(jsonl) > 2 * MB  # past RFT_IMPORT_HELPER_MIN_BYTES: served by the helper
+    assert answer.status == 302, answer.body[:300]
+    page = answer.headers["location"]
+    assert page.startswith("/datasets/")
+    message = SimpleCookie(answer.headers["set-cookie"])["messages"].value
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", page, headers={"Cookie": f"sessionid={session}; messages={message}"})
+    shown = connection.getresponse()
+    assert shown.status == 200
+    assert "Imported “from the page”" in shown.read().decode()

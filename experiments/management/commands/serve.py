@@ -44,7 +44,8 @@ class Command(BaseCommand):
             # run's frames fan out to many watchers (bench/bench_request_cpu.py: 50 watchers, 9.0-9.9
             # -> 7.3 ms per recorded step).
             ws="websockets-sansio",
-            lifespan="off",
+            # The upload helpers start with each server process (rftweb/upload_lane.py).
+            lifespan="on",
             proxy_headers=True,
             forwarded_allow_ips=options["forwarded_allow_ips"],
             server_header=False,

@@ -339,6 +339,7 @@ def upload(port: int, token: str, body: tuple[Path, str], results: list) -> None
     results.append(
         {
             "status": status,
+            "ended": time.time(),
             "seconds": time.perf_counter() - started,
             "items": items,
             "bytes": length,
@@ -372,7 +373,12 @@ def run_locust(host: str, args, config_path: Path, results_path: Path, csv_prefi
         "--stop-timeout",
         "5",
     ]
-    env = {**os.environ, "BENCH_LOAD_CONFIG": str(config_path), "BENCH_LOAD_RESULTS": str(results_path)}
+    env = {
+        **os.environ,
+        "BENCH_LOAD_CONFIG": str(config_path),
+        "BENCH_LOAD_RESULTS": str(results_path),
+        "BENCH_LOAD_TRACE": f"{csv_prefix}_trace.txt",
+    }
     with open(f"{csv_prefix}.log", "wb") as log:
         subprocess.run(command, env=env, check=False, stdout=log, stderr=subprocess.STDOUT)
 
@@ -470,8 +476,11 @@ def main() -> None:
             for index in range(args.uploaders)
         ]
 
+        phases: dict[str, float] = {}
+
         def start_uploads():
             time.sleep(args.upload_at)
+            phases["uploads"] = time.time()
             for thread in uploaders:
                 thread.start()
 
@@ -479,6 +488,7 @@ def main() -> None:
             target=run_locust,
             args=(f"http://127.0.0.1:{port}", args, config_path, results_path, work / "locust"),
         )
+        phases["start"] = time.time()
         people.start()
         time.sleep(3)  # the watchers connect first
         writer.start()
@@ -534,6 +544,7 @@ def main() -> None:
             for result in uploads:
                 if result["status"] != 201:
                     print(f"  upload failed: {result['status']} {result['detail']!r}")
+        _print_phases(work / "locust_trace.txt", phases, uploads)
         ws_errors = sum(len(watcher["errors"]) for watcher in watchers if watcher.get("connected", True))
         unconnected = sum(1 for watcher in watchers if not watcher.get("connected", True))
         print(
@@ -575,6 +586,41 @@ def main() -> None:
         drop_database(admin_url, name)
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)  # the uploads' bodies: a GB at the figures above
+
+
+def _print_phases(trace_path: Path, phases: dict[str, float], uploads: list[dict]) -> None:
+    """p95 of pages and API in the test's phases: while the people arrive (the first 10 s), while the
+    uploads are received and imported, and the rest."""
+    if not trace_path.exists():
+        return
+    samples = []
+    for line in trace_path.read_text().splitlines():
+        ended, milliseconds = line.split()[:2]
+        samples.append((float(ended), float(milliseconds)))
+    start = phases["start"]
+    upload_start = phases.get("uploads")
+    upload_end = max((result["ended"] for result in uploads), default=None)
+    buckets: dict[str, list[float]] = {"arriving": [], "uploads": [], "rest": []}
+    for ended, milliseconds in samples:
+        if ended - start < 10:
+            buckets["arriving"].append(milliseconds)
+        elif upload_start is not None and upload_start <= ended <= upload_end:
+            buckets["uploads"].append(milliseconds)
+        else:
+            buckets["rest"].append(milliseconds)
+    window = (
+        f"t={upload_start - start:.0f}-{upload_end - start:.0f} s" if upload_start and upload_end else "none"
+    )
+    parts = []
+    for name, label in (
+        ("arriving", "people arriving (first 10 s)"),
+        ("uploads", f"uploads in progress ({window})"),
+        ("rest", "the rest"),
+    ):
+        values = sorted(buckets[name])
+        if values:
+            parts.append(f"{label} p95 {_quantile(values, 0.95):.0f} ms ({len(values)} requests)")
+    print("by phase: " + "; ".join(parts))
 
 
 def _quantile(ordered: list[float], q: float) -> float:

@@ -254,8 +254,9 @@ def baseline_checkout(ref: str) -> Path:
 
 
 def server_pid(server) -> int:
-    process = psutil.Process(server.pid)
-    return process.children()[0].pid if process.children() else server.pid  # one worker: in-process
+    """The process that serves: one worker runs in the server's own process (its child is the upload
+    helper, idle here)."""
+    return server.pid
 
 
 def main() -> None:

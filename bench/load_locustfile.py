@@ -29,6 +29,7 @@ from locust import between, events, task
 from locust.contrib.fasthttp import FastHttpUser
 
 CONFIG = json.loads(open(os.environ["BENCH_LOAD_CONFIG"]).read())
+TRACE_PATH = os.environ.get("BENCH_LOAD_TRACE")  # every page and API request: when it ended, its time
 RESULTS_PATH = os.environ["BENCH_LOAD_RESULTS"]
 WATCHERS: list[RunWatcher] = []
 _lock = threading.Lock()
@@ -53,6 +54,19 @@ def _session():
         _next_session += 1
     login = CONFIG["sessions"][index % len(CONFIG["sessions"])]
     return login["cookie"], CONFIG["accounts"][login["account"]]
+
+
+if TRACE_PATH:
+    _trace = open(TRACE_PATH, "w", buffering=1024 * 1024)
+
+    @events.request.add_listener
+    def _traced(request_type, name, response_time, **kwargs):
+        if request_type != "WS":
+            _trace.write(f"{time.time():.3f} {response_time:.1f} {name}\n")
+
+    @events.quitting.add_listener
+    def _close_trace(**kwargs):
+        _trace.close()
 
 
 class Browser(FastHttpUser):

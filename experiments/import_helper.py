@@ -26,6 +26,13 @@ IN_HELPER = False  # True in a helper process: what it is asked to import, it im
 
 _pool_lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
+# Page and API requests this web process has started, in memory its helpers read (experiments/pacing.py).
+_pages = multiprocessing.get_context("spawn").RawValue("Q", 0)
+
+
+def page_started() -> None:
+    """Count a page or API request (the event loop's thread is the only writer)."""
+    _pages.value += 1
 
 
 def pool() -> ProcessPoolExecutor:
@@ -45,6 +52,7 @@ def pool() -> ProcessPoolExecutor:
                     settings.RFT_UPLOAD_NICE,
                     settings.RFT_IMPORT_PRESSURE_LIMIT,
                     settings.RFT_IMPORT_MIN_DUTY,
+                    _pages,
                 ),
             )
         return _pool
@@ -78,19 +86,22 @@ def shutdown() -> None:
         current.shutdown()
 
 
-def start(database_name: str, nice: int, pressure_limit: float = 0.0, min_duty: float = 1.0) -> None:
-    """The helper's initializer: a lower OS priority than the web process's, pacing while the CPU is
-    contended (experiments/pacing.py), Django, the web process's database (under tests, the test
+def start(
+    database_name: str, nice: int, pressure_limit: float = 0.0, min_duty: float = 1.0, pages=None
+) -> None:
+    """The helper's initializer: a lower OS priority than the web process's, pacing while the web
+    process's threads wait for a CPU (experiments/pacing.py), Django, the web process's database (under tests, the test
     database it was switched to), and a watch on the web process: a helper whose web process is gone
     (killed, or exited without shutting its pool down) ends instead of waiting for work forever."""
     global IN_HELPER
     IN_HELPER = True
-    _exit_with_parent(os.getppid())
+    parent = os.getppid()
+    _exit_with_parent(parent)
     if nice > 0:
         os.nice(min(19, nice))
     from . import pacing
 
-    pacing.configure(limit=pressure_limit, min_duty=min_duty)
+    pacing.configure(watch_pid=parent, limit=pressure_limit, min_duty=min_duty, pages=pages)
     import django
     from django.conf import settings
 

@@ -27,6 +27,8 @@ from django.conf import settings
 from django.shortcuts import resolve_url
 from django.urls import Resolver404, resolve
 
+from experiments.import_helper import page_started
+
 # Room for the multipart boundaries and the other form fields around an upload's file.
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024
 # Bodies up to this size are left to Django's own checks (CSRF, authentication) as usual.
@@ -53,6 +55,7 @@ class RequestBodyGuard:
         except ValueError:
             return await refuse(send, 400, "The Content-Length header is not a number.")
         if declared is None and not chunked:
+            page_started()
             return await self.app(scope, receive, send)  # no body
         path = scope.get("path", "")
         match = _resolve(path)
@@ -75,6 +78,7 @@ class RequestBodyGuard:
                 and match.url_name in settings.RFT_UPLOAD_URL_NAMES
             ):
                 return await self.upload_app(scope, receive, send, api=api)
+            page_started()
             return await self.app(scope, receive, send)
         return await self._counted(scope, receive, send, limit, api=api)
 

@@ -129,10 +129,10 @@ RFT_UPLOAD_QUEUE = env.int("RFT_UPLOAD_QUEUE", default=20)
 # served by the lane's threads all the same: the hand-off would cost more.
 RFT_IMPORT_PROCESSES = env.int("RFT_IMPORT_PROCESSES", default=1)
 RFT_IMPORT_HELPER_MIN_BYTES = env.int("RFT_IMPORT_HELPER_MIN_BYTES", default=1024 * 1024)
-# While some task waits for a CPU more than this share of the time (Linux PSI), the helper runs an
-# import only RFT_IMPORT_MIN_DUTY of the time, leaving the CPU to the pages (experiments/pacing.py);
-# 0 turns this off.
-RFT_IMPORT_PRESSURE_LIMIT = env.float("RFT_IMPORT_PRESSURE_LIMIT", default=0.2)
+# While the web process's threads wait for a CPU more than this many seconds per second (Linux
+# schedstat), its helper runs an import only RFT_IMPORT_MIN_DUTY of the time, leaving the CPU to the
+# pages (experiments/pacing.py); 0 turns this off.
+RFT_IMPORT_PRESSURE_LIMIT = env.float("RFT_IMPORT_PRESSURE_LIMIT", default=0.1)
 RFT_IMPORT_MIN_DUTY = env.float("RFT_IMPORT_MIN_DUTY", default=0.2)
 # Threads per web process that run Django for HTTP requests (see rftweb/asgi.py); at most the
 # database pool's size, so that a request never waits for a connection. Fewer threads than one would

@@ -7,8 +7,8 @@ database connection and its own GIL, that serves the process's uploads.
 - `run`: the import of a file already stored, for an upload that reached Django in the web process
   itself (a chunked body; experiments/services/datasets.py).
 
-`pool()` is the web process's helper pool (RFT_IMPORT_PROCESSES processes, started at the first
-upload). A module without Django imports at its top: the helper unpickles these functions before
+`pool()` is the web process's helper pool (RFT_IMPORT_PROCESSES processes, started with the server
+by `warm`, or at the first upload). A module without Django imports at its top: the helper unpickles these functions before
 Django is set up.
 """
 
@@ -90,9 +90,10 @@ def start(
     database_name: str, nice: int, pressure_limit: float = 0.0, min_duty: float = 1.0, pages=None
 ) -> None:
     """The helper's initializer: a lower OS priority than the web process's, pacing while the web
-    process's threads wait for a CPU (experiments/pacing.py), Django, the web process's database (under tests, the test
-    database it was switched to), and a watch on the web process: a helper whose web process is gone
-    (killed, or exited without shutting its pool down) ends instead of waiting for work forever."""
+    process's threads wait for a CPU (experiments/pacing.py), Django, the web process's database
+    (under tests, the test database it was switched to), and a watch on the web process: a helper
+    whose web process is gone (killed, or exited without shutting its pool down) ends instead of
+    waiting for work forever."""
     global IN_HELPER
     IN_HELPER = True
     parent = os.getppid()

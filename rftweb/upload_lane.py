@@ -26,6 +26,7 @@ thread pool:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -45,6 +46,9 @@ BUSY_MESSAGE = (
     f"Try again in {RETRY_AFTER_SECONDS} s."
 )
 FAILED_MESSAGE = "The upload stopped unexpectedly; nothing was stored. Upload the file again."
+NO_ROOM_MESSAGE = (
+    "The server has no room to receive this upload right now (its disk is full); nothing was stored."
+)
 SPOOL_WRITE_BYTES = 1024 * 1024  # the body is written to its file in pieces of this size
 
 
@@ -121,10 +125,18 @@ class UploadLane:
 
     async def _serve(self, scope, receive, send, *, api: bool):
         loop = asyncio.get_running_loop()
-        descriptor, body_path = tempfile.mkstemp(prefix="upload-", suffix=".body", dir=self.spool_dir)
         try:
-            with open(descriptor, "wb") as body:
-                size = await self._spool(receive, body, loop)
+            descriptor, body_path = tempfile.mkstemp(prefix="upload-", suffix=".body", dir=self.spool_dir)
+        except OSError:
+            logger.exception("no room for an upload's body in %s", self.spool_dir)
+            return await self.refuse(send, 507, NO_ROOM_MESSAGE, api=api)
+        try:
+            try:
+                with open(descriptor, "wb") as body:
+                    size = await self._spool(receive, body, loop)
+            except OSError:  # the disk filled up (or went away) under the body
+                logger.exception("writing an upload's body to %s failed", body_path)
+                return await self.refuse(send, 507, NO_ROOM_MESSAGE, api=api)
             if size is None:
                 return  # the client went away: there is nobody to answer
             environ = build_environ(scope, None)
@@ -148,7 +160,8 @@ class UploadLane:
                 logger.exception("upload %s %s failed outside Django", scope["method"], scope["path"])
                 return await self.refuse(send, 500, FAILED_MESSAGE, api=api)
         finally:
-            os.unlink(body_path)
+            with contextlib.suppress(OSError):
+                os.unlink(body_path)
         status, headers, content = answer
         await send(
             {

@@ -99,6 +99,39 @@ def test_past_the_queue_an_upload_is_refused_at_once_and_the_app_never_sees_it()
     assert len(calls) == 2
 
 
+def test_without_room_for_the_body_an_upload_gets_a_clear_507_and_the_app_never_sees_it(tmp_path):
+    calls = []
+
+    def wsgi(environ, start_response):
+        calls.append(environ["PATH_INFO"])
+        start_response("201 Created", [("Content-Type", "application/json")])
+        return [b"{}"]
+
+    lane = UploadLane(wsgi, workers=1, queue=0, nice=0, refuse=refuse, spool_dir=str(tmp_path / "gone"))
+    sent = asyncio.run(_call(lane, b"x" * 1000))
+    assert sent[0]["status"] == 507
+    assert "no room" in json.loads(sent[1]["body"])["detail"]
+    assert calls == []
+
+
+def test_a_small_body_is_served_from_its_spooled_file_by_a_lane_thread(tmp_path):
+    seen = {}
+
+    def wsgi(environ, start_response):
+        seen["body"] = environ["wsgi.input"].read()
+        seen["length"] = environ["CONTENT_LENGTH"]
+        start_response("201 Created", [("Content-Type", "application/json"), ("Set-Cookie", " a=1; Path=/")])
+        return [b'{"ok": true}']
+
+    lane = UploadLane(wsgi, workers=1, queue=0, nice=0, refuse=refuse, spool_dir=str(tmp_path))
+    body = b"y" * (3 * 1024 * 1024 + 7)  # past one spool write (1 MB)
+    sent = asyncio.run(_call(lane, body))
+    assert sent[0]["status"] == 201 and sent[1]["body"] == b'{"ok": true}'
+    assert (b"set-cookie", b"a=1; Path=/") in sent[0]["headers"]  # Django's leading space stripped
+    assert seen == {"body": body, "length": str(len(body))}
+    assert list(tmp_path.iterdir()) == []  # the spooled body is gone
+
+
 @pytest.fixture(scope="module")
 def one_slot_server(django_db_setup, django_db_blocker, redis_url, tmp_path_factory):
     with server_with_uploader(

@@ -9,6 +9,7 @@ import os
 import re
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from experiments.models import Dataset, Run, RunStatus
 from tests.foundation.realtime_support import session_cookie_for
@@ -76,9 +77,17 @@ def test_the_main_flow_works_with_the_keyboard_alone(site, daphne, browser, tmp_
         )
     )
     page.goto(daphne.url + "/datasets/upload/")
-    tab_to(page, "input[type=file]")
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Space")
+    for attempt in range(3):
+        tab_to(page, "input[type=file]")
+        try:
+            with page.expect_file_chooser(timeout=10000) as chooser:
+                page.keyboard.press("Space")
+            break
+        except PlaywrightTimeoutError:
+            # Chromium under a loaded machine (the whole suite) once let a Space pass without opening
+            # the chooser: press it again; three misses still fail the test.
+            if attempt == 2:
+                raise
     chooser.value.set_files(str(upload))
     tab_to(page, "input[name=name]")
     page.keyboard.press("Control+A")

@@ -26,22 +26,27 @@ IN_HELPER = False  # True in a helper process: what it is asked to import, it im
 
 _pool_lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
-# Page and API requests this web process has started, in memory its helpers read (experiments/pacing.py).
-_pages = multiprocessing.get_context("spawn").RawValue("Q", 0)
+# Page and API requests this web process has started, in memory its helpers read
+# (experiments/pacing.py); made with the pool.
+_pages = None
 
 
 def page_started() -> None:
     """Count a page or API request (the event loop's thread is the only writer)."""
-    _pages.value += 1
+    if _pages is not None:
+        _pages.value += 1
 
 
 def pool() -> ProcessPoolExecutor:
     """This web process's helper pool, started on first use."""
-    global _pool
+    global _pool, _pages
     with _pool_lock:
         if _pool is None:
             from django.conf import settings
             from django.db import connection
+
+            if _pages is None:
+                _pages = multiprocessing.get_context("spawn").RawValue("Q", 0)
 
             _pool = ProcessPoolExecutor(
                 max_workers=max(1, settings.RFT_IMPORT_PROCESSES),

@@ -21,7 +21,7 @@ class HashingTemporaryFileUploadHandler(TemporaryFileUploadHandler):
         self.digest = hashlib.sha256()
 
     def receive_data_chunk(self, raw_data: bytes, start: int):
-        pacing.step_aside()  # in the upload helper: paced while the CPU is contended
+        pacing.step_aside()  # in the upload helper: paced while its web process's pages wait for a CPU
         self.digest.update(raw_data)
         return super().receive_data_chunk(raw_data, start)
 

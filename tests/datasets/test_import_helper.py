@@ -98,3 +98,13 @@ def test_a_helper_ends_when_its_web_process_is_killed():
         time.sleep(0.2)
     alive = psutil.pid_exists(helper) and psutil.Process(helper).status() != psutil.STATUS_ZOMBIE
     assert not alive, "the helper outlived its web process"
+
+
+def test_the_helper_sees_the_page_requests_its_web_process_counts(helper):
+    """The pacing's "pages are being served" comes from a count in memory shared with the helper."""
+    helpers = import_helper.pool()
+    read = "__import__('experiments.pacing').pacing._pacer.pages.value"
+    before = helpers.submit(eval, read).result(timeout=60)
+    for _ in range(3):
+        import_helper.page_started()
+    assert helpers.submit(eval, read).result(timeout=60) == before + 3

@@ -323,3 +323,31 @@ def test_the_upload_page_works_through_the_helper_with_its_session_and_csrf(help
     shown = connection.getresponse()
     assert shown.status == 200
     assert "Imported “from the page”" in shown.read().decode()
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_after_its_helper_is_killed_an_upload_gets_a_clear_error_and_the_next_one_a_new_helper(helper_server):
+    server = helper_server
+    killed = _helpers(server)
+    for helper in killed:
+        helper.kill()  # as the out-of-memory killer would
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_running(helper) for helper in killed):
+        time.sleep(0.05)
+    time.sleep(0.5)  # the pool notices its process is gone
+    failed = _upload(server, _jsonl_multipart(2 * MB, name="helper-gone"), token=server.token)
+    assert failed.status == 500, failed.body[:300]
+    assert "nothing was stored" in json.loads(failed.body)["detail"]
+    assert list(server.spool_dir.glob("upload-*")) == []
+    again = _upload(server, _jsonl_multipart(2 * MB, name="new-helper"), token=server.token)
+    assert again.status == 201, again.body[:300]
+    assert json.loads(again.body)["dataset"]["status"] == "ready"
+    assert {helper.pid for helper in _helpers(server)}.isdisjoint({helper.pid for helper in killed})
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -340,7 +340,7 @@ def test_after_its_helper_is_killed_an_upload_gets_a_clear_error_and_the_next_on
     assert failed.status == 500, failed.body[:300]
     assert "nothing was stored" in json.loads(failed.body)["detail"]
     assert list(server.spool_dir.glob("upload-*")) == []
-    again = _upload(server, _jsonl_multipart(2 * MB, name="new-helper"), token=server.token)
+    again = _upload(server, _jsonl_multipart(5 * MB, name="new-helper"), token=server.token)  # a new file
     assert again.status == 201, again.body[:300]
     assert json.loads(again.body)["dataset"]["status"] == "ready"
     assert {helper.pid for helper in _helpers(server)}.isdisjoint({helper.pid for helper in killed})

@@ -38,7 +38,7 @@ class Pacer:
         self._last_pages = pages.value if pages is not None else 0
         self.limit = limit
         self.min_duty = min(1.0, max(0.01, min_duty))
-        self.paused_seconds = 0.0  # in all, for the logs and the tests
+        self.paused_seconds = 0.0  # in all
         self._last_time = time.monotonic()
         self._last_waited = self._waited_seconds()
         self.enabled = self._last_waited is not None and limit > 0 and self.min_duty < 1
@@ -98,7 +98,3 @@ def step_aside() -> None:
     """Pace the calling work if this process was configured to (the upload helper); else nothing."""
     if _pacer is not None:
         _pacer()
-
-
-def paused_seconds() -> float:
-    return _pacer.paused_seconds if _pacer is not None else 0.0

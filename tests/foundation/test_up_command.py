@@ -16,10 +16,18 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_ports() -> tuple[int, int]:
+    """A port for the web server and one for the demo tools, whose MCP server takes the next port too.
+    The kernel can hand the same free port out twice in a row, so the three are checked apart."""
+    while True:
+        with socket.socket() as web, socket.socket() as demo, socket.socket() as mcp:
+            web.bind(("127.0.0.1", 0))
+            demo.bind(("127.0.0.1", 0))
+            try:
+                mcp.bind(("127.0.0.1", demo.getsockname()[1] + 1))
+            except OSError:
+                continue
+            return web.getsockname()[1], demo.getsockname()[1]
 
 
 def process_groups_alive(group_ids: set[int]) -> set[int]:
@@ -36,7 +44,7 @@ def process_groups_alive(group_ids: set[int]) -> set[int]:
 
 
 def test_up_serves_login_and_dashboard_and_ctrl_c_stops_every_process(tmp_path):
-    port, demo_port = free_port(), free_port()
+    port, demo_port = free_ports()
     env = {key: value for key, value in os.environ.items() if key not in {"DATABASE_URL", "REDIS_URL"}}
     env.update(
         DJANGO_SETTINGS_MODULE="rftweb.settings.local",
@@ -65,13 +73,16 @@ def test_up_serves_login_and_dashboard_and_ctrl_c_stops_every_process(tmp_path):
 
         base = f"http://127.0.0.1:{port}"
         with httpx2.Client(base_url=base, timeout=10, follow_redirects=True) as browser:
-            for _ in range(60):
+            login_page = None
+            deadline = time.monotonic() + 120
+            while login_page is None:
                 try:
                     login_page = browser.get("/accounts/login/")
-                    break
-                except httpx2.TransportError:
+                except httpx2.TransportError as error:
+                    assert up.poll() is None, log_path.read_text()
+                    assert time.monotonic() < deadline, f"{error!r}\n{log_path.read_text()}"
                     time.sleep(0.5)
-            assert login_page.status_code == 200
+            assert login_page.status_code == 200, log_path.read_text()
             token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login_page.text).group(1)
             dashboard = browser.post(
                 "/accounts/login/",

@@ -159,24 +159,30 @@ class Command(BaseCommand):
             self.style.SUCCESS(f"rftweb is up: http://{host}:{port}/  (Ctrl-C stops everything)")
         )
 
-    def _wait_for_web(self, host: str, port: int, web: subprocess.Popen, timeout_s: float = 60.0) -> None:
-        """Say "up" only once the server answers: a click on the printed address must not be refused."""
+    def _wait_for_web(
+        self, host: str, port: int, web: subprocess.Popen, notice_every_s: float = 60.0
+    ) -> None:
+        """Say "up" only once the server answers: a click on the printed address must not be refused.
+        A slow start (a busy machine) is waited for, with a word now and then; a server that exits is
+        an error."""
         import socket
 
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and web.poll() is None:
+        address = (host if host not in ("0.0.0.0", "::") else "127.0.0.1", port)
+        started = time.monotonic()
+        next_notice = started + notice_every_s
+        while web.poll() is None:
             try:
-                with socket.create_connection(
-                    (host if host not in ("0.0.0.0", "::") else "127.0.0.1", port), 1
-                ):
+                with socket.create_connection(address, 1):
                     return
             except OSError:
                 time.sleep(0.2)
-        if web.poll() is not None:
-            raise CommandError(f"the web server exited with code {web.returncode}; see its output above")
-        self.stderr.write(
-            f"the web server does not answer on {host}:{port} after {timeout_s:.0f} s; still waiting"
-        )
+            if time.monotonic() >= next_notice:
+                self.stderr.write(
+                    f"the web server does not answer on {host}:{port} after "
+                    f"{time.monotonic() - started:.0f} s; still waiting"
+                )
+                next_notice += notice_every_s
+        raise CommandError(f"the web server exited with code {web.returncode}; see its output above")
 
     def _prepare_quick_demo_model(self) -> None:
         """Build the quick demo's warm-started model in the background (once; cached in DATA_DIR), so

@@ -421,6 +421,14 @@ def main() -> None:
     parser.add_argument("--upload-mb", type=int, default=50)
     parser.add_argument("--upload-at", type=float, default=10, help="seconds into the test")
     parser.add_argument("--workers", type=int, default=2, help="server processes")
+    parser.add_argument(
+        "--keep-trace", type=Path, help="copy the per-request trace (end time, ms, kind) to this file"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="serve a worktree of this git ref instead of this checkout (to compare, alternate runs)",
+    )
     args = parser.parse_args()
 
     admin_url = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -429,7 +437,12 @@ def main() -> None:
     database_url = scratch_database(admin_url, name)
     server = None
     work = None
+    checkout = None
     try:
+        if args.baseline:
+            from bench_request_cpu import baseline_checkout
+
+            checkout = baseline_checkout(args.baseline)
         env = configure(database_url, redis_url)
         config = seed(args.users)
         config["watchers"] = args.watchers
@@ -438,14 +451,15 @@ def main() -> None:
         config_path, results_path = work / "config.json", work / "watchers.json"
         config_path.write_text(json.dumps(config))
         port = free_port()
-        server = start_server(port, args.workers, env, work / "server.log")
+        server = start_server(port, args.workers, env, work / "server.log", cwd=checkout or ROOT)
         sampler = RssSampler(server.pid)
         sampler.start()
         rss_idle = sampler.root.memory_info().rss + sum(
             child.memory_info().rss for child in sampler.root.children(recursive=True)
         )
         print(
-            f"server: manage.py serve (uvicorn), {args.workers} worker(s), production settings, "
+            f"server: manage.py serve (uvicorn){f' of {args.baseline}' if args.baseline else ''}, "
+            f"{args.workers} worker(s), production settings, "
             f"PostgreSQL + Redis; idle rss {rss_idle / MB:.0f} MB"
         )
         print(
@@ -545,6 +559,9 @@ def main() -> None:
                 if result["status"] != 201:
                     print(f"  upload failed: {result['status']} {result['detail']!r}")
         _print_phases(work / "locust_trace.txt", phases, uploads)
+        if args.keep_trace and (work / "locust_trace.txt").exists():
+            shutil.copyfile(work / "locust_trace.txt", args.keep_trace)
+            print(f"trace: {args.keep_trace} (test start {phases['start']:.3f})")
         ws_errors = sum(len(watcher["errors"]) for watcher in watchers if watcher.get("connected", True))
         unconnected = sum(1 for watcher in watchers if not watcher.get("connected", True))
         print(
@@ -586,6 +603,10 @@ def main() -> None:
         drop_database(admin_url, name)
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)  # the uploads' bodies: a GB at the figures above
+        if checkout is not None:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(checkout)], check=False
+            )
 
 
 def _print_phases(trace_path: Path, phases: dict[str, float], uploads: list[dict]) -> None:
@@ -604,7 +625,7 @@ def _print_phases(trace_path: Path, phases: dict[str, float], uploads: list[dict
     for ended, milliseconds in samples:
         if ended - start < 10:
             buckets["arriving"].append(milliseconds)
-        elif upload_start is not None and upload_start <= ended <= upload_end:
+        elif upload_start is not None and upload_end is not None and upload_start <= ended <= upload_end:
             buckets["uploads"].append(milliseconds)
         else:
             buckets["rest"].append(milliseconds)

@@ -11,6 +11,9 @@ cost more than a fifth of the server's CPU (bench/bench_load.py, bench/README.md
 length (chunked) goes to Django's ASGI handler, which reads it whole (spooled to disk): WSGI has no
 way to read a body of unknown length. Uploads run in a lane of their own, served by a helper process
 (rftweb/upload_lane.py).
+
+Each server process sets itself up before it listens (rftweb/lifespan.py, rftweb/warmup.py): its first
+requests are served as fast as the later ones.
 """
 
 import os
@@ -28,8 +31,10 @@ from django.conf import settings  # noqa: E402
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 
 from experiments.routing import websocket_urlpatterns  # noqa: E402
+from rftweb.lifespan import Lifespan  # noqa: E402
 from rftweb.request_guard import RequestBodyGuard, refuse  # noqa: E402
 from rftweb.upload_lane import UploadLane  # noqa: E402
+from rftweb.warmup import warm_up  # noqa: E402
 
 django_wsgi = get_wsgi_application()
 django_wsgi_app = WSGIMiddleware(django_wsgi, workers=settings.RFT_WEB_THREADS)
@@ -48,6 +53,7 @@ application = ProtocolTypeRouter(
     {
         "http": RequestBodyGuard(django_wsgi_app, chunked_app=django_asgi_app, upload_app=upload_lane),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-        "lifespan": upload_lane.lifespan,
+        # Before each server process listens: its one-time set-up (rftweb/warmup.py), its upload helper.
+        "lifespan": Lifespan(startup=[warm_up, upload_lane.start]),
     }
 )

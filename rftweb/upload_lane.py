@@ -111,17 +111,10 @@ class UploadLane:
         finally:
             self.in_lane -= 1
 
-    async def lifespan(self, scope, receive, send):
-        """The server's start and stop (ASGI lifespan): the helpers start with the server."""
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                if self.processes > 0:
-                    import_helper.warm()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    def start(self) -> None:
+        """At the server's start (rftweb/lifespan.py): the helpers start with the server."""
+        if self.processes > 0:
+            import_helper.warm()
 
     async def _serve(self, scope, receive, send, *, api: bool):
         loop = asyncio.get_running_loop()

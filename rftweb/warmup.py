@@ -63,14 +63,18 @@ def warm_up() -> dict[str, float | int]:
 
 def _load_lazy_parts() -> None:
     """What Django, DRF and Channels import or open on first use: the cache (the Redis client library,
-    ~0.13 CPU-s to import, and its connection), the session engine, the authentication backends, DRF's
-    configured classes, the channel layer, the translation catalogue."""
+    ~0.13 CPU-s to import, and its connection), the session engine and message storage, the
+    authentication backends, the templates' context processors, DRF's configured classes, the channel
+    layer, the translation catalogue and the locale's formats."""
     from importlib import import_module
 
     from channels.layers import get_channel_layer
     from django.contrib.auth import get_backends
     from django.core.cache import cache
-    from django.utils import translation
+    from django.template import engines
+    from django.template.backends.django import DjangoTemplates
+    from django.utils import formats, translation
+    from django.utils.module_loading import import_string
     from rest_framework.settings import api_settings
 
     try:
@@ -78,12 +82,17 @@ def _load_lazy_parts() -> None:
     except Exception:  # Redis is down: requests will say so; the server still starts
         logger.warning("warm-up: the cache does not answer", exc_info=True)
     import_module(settings.SESSION_ENGINE)
+    import_string(settings.MESSAGE_STORAGE)
     get_backends()
+    for engine in engines.all():
+        if isinstance(engine, DjangoTemplates):
+            engine.engine.template_context_processors  # noqa: B018 - imports them
     for name in api_settings.import_strings:
         getattr(api_settings, name)
     get_channel_layer()
     with translation.override(settings.LANGUAGE_CODE):
         translation.gettext("Log in")
+        formats.get_format("DATETIME_FORMAT")
 
 
 def _compile_templates() -> int:

@@ -437,6 +437,7 @@ def main() -> None:
     database_url = scratch_database(admin_url, name)
     server = None
     work = None
+    env = None
     checkout = None
     try:
         if args.baseline:
@@ -603,6 +604,8 @@ def main() -> None:
         drop_database(admin_url, name)
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)  # the uploads' bodies: a GB at the figures above
+        if env is not None:
+            shutil.rmtree(env["RFTWEB_DATA_DIR"], ignore_errors=True)  # the stored uploads: a GB more
         if checkout is not None:
             subprocess.run(
                 ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(checkout)], check=False

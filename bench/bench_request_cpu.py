@@ -28,6 +28,7 @@ import argparse
 import http.client
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -282,6 +283,7 @@ def main() -> None:
     database_url = scratch_database(admin_url, name)
     servers: dict[str, subprocess.Popen] = {}
     baseline = None
+    env = None
     try:
         env = configure(database_url, redis_url)
         config = seed(20)
@@ -359,6 +361,8 @@ def main() -> None:
 
         connections.close_all()
         drop_database(admin_url, name)
+        if env is not None:
+            shutil.rmtree(env["RFTWEB_DATA_DIR"], ignore_errors=True)
         if baseline is not None:
             subprocess.run(
                 ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False

@@ -1,12 +1,12 @@
 """A web process does its one-time work before it takes requests, not during its first ones.
 
 Django defers much of its set-up to the first request: importing the URL configuration (and with it
-every view, serializer and service module: ~0.4 CPU-s here), compiling each template the first time it
-is rendered, opening the first database connection, importing the cache's Redis client (~0.13 CPU-s). One request
-pays that once. But a server is restarted under people: when fifty of them opened the live run's page
-at once on a fresh server process (bench/bench_load.py), all its threads waited on those imports
-together, and the first page came after a second, the last after 1.3 s, while the process that had
-answered one request before needed 0.3-0.7 s for the same burst.
+every view, serializer and service module: ~0.4 CPU-s here), compiling each template the first time
+it is rendered, opening the first database connection, importing the cache's Redis client (~0.13
+CPU-s). One request pays that once. But a server is restarted under people: when fifty of them opened
+the live run's page at once on a fresh server process (bench/bench_load.py), all its threads waited
+on that work together, and the first page came after a second, the last after 1.3 s, while the
+process that had answered one request before needed 0.26-0.7 s for the same burst.
 
 `warm_up()` runs at the server's start (the ASGI lifespan, before uvicorn listens), so a process
 answers its first request as fast as its hundredth.

@@ -13,7 +13,8 @@ seconds before the people do, so that every point has had time to arrive; then e
 received seqs are compared with the events stored after the seq it connected with: a stored event
 it never received is a lost point.
 
-Printed: throughput, p50/p95/p99 per page kind, errors, the uploads, the web processes' peak RSS
+Printed: throughput, p50/p95/p99 per page kind, the p95 over every page and API request (from each
+one's time, as locust's trace has it), p95 by phase, errors, the uploads, the web processes' peak RSS
 (sampled every 0.2 s; the largest process and the sum), lost WebSocket points, the machine's load.
 Goal: p95 < 300 ms for pages and API, 0 errors, 0 lost points, web RSS < 1 GB. The last line:
 `load: p95 X ms, errors N, lost points N, peak rss N MB`.

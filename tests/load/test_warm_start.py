@@ -141,7 +141,7 @@ def _lifespan_messages(lifespan: Lifespan, incoming: list[dict]) -> list[dict]:
     return asyncio.run(drive())
 
 
-def test_start_up_steps_run_in_order_off_the_event_loop_before_the_server_listens():
+def test_start_up_steps_run_in_order_off_the_event_loop_before_start_up_completes():
     ran: list[tuple[str, bool]] = []
     main = threading.main_thread()
 

@@ -16,6 +16,8 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from trainer.outbound.client import run_sync
+
 from ..models import DatasetItem, Grader, GraderAudit, ReadinessStatus, Run, Trajectory
 from . import rate_limits
 from .graders import grader_needs
@@ -116,7 +118,9 @@ def execute_audit(*, audit_id: int) -> str:
                 if close is not None:
                     await close()
 
-        results = asyncio.run(grade_all())
+        # run_sync: a fresh loop here, or on a thread of its own where one is running already (Celery's
+        # eager mode inside an event loop); asyncio.run would refuse there and fail the audit.
+        results = run_sync(grade_all)
     except Exception as exc:
         audit.status = ReadinessStatus.FAILED
         audit.error = f"{type(exc).__name__}: {exc}"[:2000]

@@ -39,3 +39,25 @@ def test_someone_elses_grader_cannot_audit():
     run = build_flagged_run(owner, steps=1)
     with pytest.raises(AuditError):
         create_audit(owner=owner, run=run, grader=GraderFactory(), start=False)
+
+
+@pytest.mark.django_db(transaction=True)  # the ORM inside the loop may use a connection of its own
+def test_an_audit_run_where_an_event_loop_is_running_still_grades(monkeypatch):
+    """Celery's eager mode inside an event loop (the browser tests' seeding: Playwright's loop runs in
+    the same thread) used to fail every such audit: asyncio.run refuses to start a second loop."""
+    import asyncio
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # the ORM from a thread with a loop
+    owner = UserFactory()
+    run = build_flagged_run(owner, steps=1)
+    exact = GraderFactory(owner=owner, name="exact")
+    audit = create_audit(owner=owner, run=run, grader=exact, sample_size=2, start=False)
+
+    async def inside_a_loop():
+        return execute_audit(audit_id=audit.pk)
+
+    assert asyncio.run(inside_a_loop()) == ReadinessStatus.SUCCEEDED
+    audit.refresh_from_db()
+    assert audit.error == ""
+    rows = audit.results["rows"]
+    assert rows and all(row["audit_score"] in (0, 1) for row in rows), rows

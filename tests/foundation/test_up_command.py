@@ -99,6 +99,10 @@ def test_up_serves_login_and_dashboard_and_ctrl_c_stops_every_process(tmp_path):
     finally:
         os.kill(up.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         up.wait(timeout=60)
-    assert "Stopped." in log_path.read_text()
+    log_text = log_path.read_text()
+    assert "Stopped." in log_text
+    # A clean exit, even while the quick demo's model is still being built in the background (the
+    # interpreter's teardown under that thread used to abort: exit 134).
+    assert up.returncode == 0, log_text[-3000:]
     time.sleep(0.5)
     assert process_groups_alive(started | {up.pid}) == set()

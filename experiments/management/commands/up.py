@@ -42,11 +42,16 @@ class Command(BaseCommand):
         self.stopping = False
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
+        self.model_builder: threading.Thread | None = None
+        stopped_as_asked = False
         try:
             self._start_all(options)
             self._supervise()
+            stopped_as_asked = True
         finally:
             self._stop_all()
+            if stopped_as_asked:  # (an error goes on to be reported, with its exit status)
+                self._leave_if_the_model_is_building()
 
     def _on_signal(self, signum, frame) -> None:
         if self.stopping:  # a second Ctrl-C: no more grace
@@ -198,7 +203,8 @@ class Command(BaseCommand):
                 return
             self.stdout.write(f"quick demo model ready in {time.monotonic() - started:.0f} s: {path}")
 
-        threading.Thread(target=build, name="quick-demo-model", daemon=True).start()
+        self.model_builder = threading.Thread(target=build, name="quick-demo-model", daemon=True)
+        self.model_builder.start()
 
     def _announce(self, name: str, process: subprocess.Popen, what: str) -> None:
         self.stdout.write(f"started {name} pid={process.pid} ({what})")
@@ -256,6 +262,19 @@ class Command(BaseCommand):
                     pass
         if self.children:
             self.stdout.write("Stopped.")
+
+    def _leave_if_the_model_is_building(self) -> None:
+        """Ctrl-C while the quick demo's model is still being built: the interpreter's teardown under
+        that thread's torch work aborted the command ("terminate called without an active exception",
+        exit 134) after everything had stopped. The build writes to a staging folder that is renamed
+        only once complete, so leaving at once loses just the unfinished build, which the next start
+        (or the quick demo's worker) does again."""
+        if self.model_builder is None or not self.model_builder.is_alive():
+            return
+        self.stdout.write("The quick demo's model was still being built; the next start builds it.")
+        for stream in (self.stdout, self.stderr, sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(0)
 
 
 def _kill_group(process: subprocess.Popen, signum: int) -> None:

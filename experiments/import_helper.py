@@ -8,8 +8,8 @@ database connection and its own GIL, that serves the process's uploads.
   itself (a chunked body; experiments/services/datasets.py).
 
 `pool()` is the web process's helper pool (RFT_IMPORT_PROCESSES processes, started with the server
-by `warm`, or at the first upload). A module without Django imports at its top: the helper unpickles these functions before
-Django is set up.
+by `warm`, or at the first upload). A module without Django imports at its top: the helper unpickles
+these functions before Django is set up.
 """
 
 from __future__ import annotations

@@ -71,8 +71,6 @@ def _load_lazy_parts() -> None:
     from channels.layers import get_channel_layer
     from django.contrib.auth import get_backends
     from django.core.cache import cache
-    from django.template import engines
-    from django.template.backends.django import DjangoTemplates
     from django.utils import formats, translation
     from django.utils.module_loading import import_string
     from rest_framework.settings import api_settings
@@ -84,9 +82,8 @@ def _load_lazy_parts() -> None:
     import_module(settings.SESSION_ENGINE)
     import_string(settings.MESSAGE_STORAGE)
     get_backends()
-    for engine in engines.all():
-        if isinstance(engine, DjangoTemplates):
-            engine.engine.template_context_processors  # noqa: B018 - imports them
+    for engine in _django_template_engines():
+        engine.template_context_processors  # noqa: B018 - imports them
     for name in api_settings.import_strings:
         getattr(api_settings, name)
     get_channel_layer()
@@ -99,14 +96,11 @@ def _compile_templates() -> int:
     """Compile every template in the template engines' own folders (the project's templates/: the
     DIRS setting; packages' templates are left to their first use) through the engines, whose cached
     loader keeps them: the first page render then only renders."""
-    from django.template import TemplateSyntaxError, engines
-    from django.template.backends.django import DjangoTemplates
+    from django.template import TemplateSyntaxError
 
     compiled = 0
-    for engine in engines.all():
-        if not isinstance(engine, DjangoTemplates):
-            continue
-        for folder in map(Path, engine.engine.dirs):
+    for engine in _django_template_engines():
+        for folder in map(Path, engine.dirs):
             for path in sorted(folder.rglob("*")):
                 if path.suffix not in TEMPLATE_SUFFIXES or not path.is_file():
                     continue
@@ -119,6 +113,14 @@ def _compile_templates() -> int:
                     continue
                 compiled += 1
     return compiled
+
+
+def _django_template_engines():
+    """The configured Django template engines (their `Engine`, with its cached loader)."""
+    from django.template import engines
+    from django.template.backends.django import DjangoTemplates
+
+    return [backend.engine for backend in engines.all() if isinstance(backend, DjangoTemplates)]
 
 
 def _since(started: float) -> float:

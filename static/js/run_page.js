@@ -341,6 +341,8 @@
       if (stepInput.value && !data.chosen && traces.length) {
         layout.annotations.push({ text: `no train rollouts at step ${stepInput.value}`, showarrow: false, xref: "paper", yref: "paper", x: 1, y: 1, xanchor: "right", font: { color: "#b54708", size: 12 } });
       }
+      await plotlyReady;
+      if (!window.Plotly) return; // Plotly did not load: the page keeps its still frames, no histogram
       Plotly.react(node, traces, layout, { responsive: true, displaylogo: false });
       node.dataset.steps = traces.map((t) => t.name).join("; ");
     }

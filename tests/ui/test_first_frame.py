@@ -99,5 +99,7 @@ def test_without_plotly_the_charts_stay_as_still_frames(daphne, browser):
     page.route(PLOTLY, lambda route: route.abort())
     page.goto(daphne.url + paths["run"], wait_until="load")
     page.wait_for_function(ALL_DRAWN, arg="svg.first-frame", timeout=15000)
+    # The page's later requests too (the tool-call histogram): their answers must not reach Plotly.
+    page.wait_for_load_state("networkidle")
     assert page_errors == []
     context.close()
